@@ -1,0 +1,71 @@
+"""A test case (x, weight, eps) and how to print it so that anyone can reproduce it."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+import numpy as np
+
+from impl.protocol import DTYPES
+
+#: Arrays with at most this many elements are printed in full (exact bytes).
+PRINT_LIMIT = 64
+
+
+@dataclasses.dataclass
+class Case:
+    x: np.ndarray
+    weight: np.ndarray | None
+    eps: float
+    recipe: str = "explicit"   # how a bulk-drawn x was made (seed and profile), for the repro
+
+    @property
+    def d(self) -> int:
+        return self.x.shape[-1]
+
+    def describe(self) -> str:
+        w = "None" if self.weight is None else f"{self.weight.dtype.name}{list(self.weight.shape)}"
+        return (f"x: {self.x.dtype.name}{list(self.x.shape)}  weight: {w}  eps: {self.eps!r}"
+                f"  ({self.recipe})")
+
+    def __repr__(self) -> str:
+        if self.x.size <= PRINT_LIMIT:
+            return f"Case(x={self.x!r}, weight={self.weight!r}, eps={self.eps!r})"
+        return f"Case({self.describe()})"
+
+    def repro(self) -> str:
+        """Python that rebuilds this exact case."""
+        return (f"from conformance.cases import Case, decode\n"
+                f"case = Case(x={encode(self.x)}, weight={encode(self.weight)}, "
+                f"eps={self.eps!r})")
+
+
+def encode(a: np.ndarray | None) -> str:
+    if a is None:
+        return "None"
+    blob = base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()
+    return f"decode({a.dtype.name!r}, {tuple(a.shape)!r}, {blob!r})"
+
+
+def decode(dtype: str, shape: tuple, blob: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(blob), dtype=DTYPES[dtype]).reshape(shape).copy()
+
+
+def save(case: Case, path) -> None:
+    """Write the exact case to an .npz (x, weight, eps) for arrays too big to print."""
+    arrays = {"x": case.x, "eps": np.float64(case.eps)}
+    if case.weight is not None:
+        arrays["weight"] = case.weight
+    # bfloat16 has no stable npz encoding: store the raw bits with the dtype name.
+    np.savez(path, **{k: (v.view(np.uint16) if v.dtype.name == "bfloat16" else v)
+                      for k, v in arrays.items()},
+             dtypes=np.array([f"{k}:{v.dtype.name}" for k, v in arrays.items()]))
+
+
+def load(path) -> Case:
+    z = np.load(path)
+    dt = dict(s.split(":") for s in z["dtypes"])
+    get = lambda k: z[k].view(DTYPES["bfloat16"]) if dt.get(k) == "bfloat16" else z[k]
+    return Case(x=get("x"), weight=get("weight") if "weight" in dt else None,
+                eps=float(z["eps"]), recipe=f"loaded from {path}")

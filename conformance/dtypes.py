@@ -1,0 +1,69 @@
+"""Floating-point facts per dtype (SPEC.md, TOL section) and the dtype rules of DTY clauses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_dtypes
+import numpy as np
+
+from impl.protocol import DTYPES
+
+
+@dataclasses.dataclass(frozen=True)
+class FloatInfo:
+    name: str
+    dtype: np.dtype
+    p: int            # significand bits, implicit bit included
+    emin: int         # exponent of the smallest normal
+    max: float        # largest finite
+
+    @property
+    def u(self) -> float:
+        """Unit roundoff: half an ulp at 1.0."""
+        return 2.0 ** -self.p
+
+    @property
+    def tiny(self) -> float:
+        """Smallest positive normal."""
+        return 2.0 ** self.emin
+
+    @property
+    def min_subnormal(self) -> float:
+        return 2.0 ** (self.emin - self.p + 1)
+
+
+INFO = {
+    "float32": FloatInfo("float32", DTYPES["float32"], 24, -126, float(np.finfo(np.float32).max)),
+    "float16": FloatInfo("float16", DTYPES["float16"], 11, -14, 65504.0),
+    "bfloat16": FloatInfo("bfloat16", DTYPES["bfloat16"], 8, -126,
+                          float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)),
+}
+F32 = INFO["float32"]
+
+
+def info(dtype) -> FloatInfo:
+    return INFO[np.dtype(dtype).name]
+
+
+def name(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+def result_dtype(x_dtype, w_dtype) -> np.dtype:
+    """DTY-1..3: same dtype -> that dtype; no weight -> x's; otherwise the smallest float type
+    that holds both exactly (float16 with bfloat16 -> float32)."""
+    a = name(x_dtype)
+    if w_dtype is None or name(w_dtype) == a:
+        return DTYPES[a]
+    return DTYPES["float32"]
+
+
+def ulp(values, dtype) -> np.ndarray:
+    """The spacing of ``dtype`` at |values| (float64 array), subnormal spacing below tiny."""
+    fi = info(dtype)
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        _, e = np.frexp(np.where(np.isfinite(v), v, 1.0))
+    step = np.ldexp(1.0, np.maximum(e - fi.p, fi.emin - fi.p + 1))
+    return np.where(v == 0, fi.min_subnormal, step)

@@ -1,0 +1,116 @@
+"""The pytest plugin (entry point ``pytest11``): implementation selection, Hypothesis profiles,
+clause tagging and the clause x implementation summary.
+
+Hooks only; the work lives in registry (finding implementations), clauses (SPEC.md) and
+report (the summary and results file).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from conformance import clauses, registry, report
+
+#: Examples per property in the default profile; ``thorough`` runs 10x as many.
+DEFAULT_EXAMPLES = 25
+
+settings.register_profile(
+    "default", max_examples=DEFAULT_EXAMPLES, derandomize=True, database=None, deadline=None,
+    print_blob=True,
+    # implementation fixtures are stateless adapters, safe to share across examples
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.large_base_example, HealthCheck.function_scoped_fixture])
+settings.register_profile("thorough", settings.get_profile("default"),
+                          max_examples=10 * DEFAULT_EXAMPLES)
+settings.load_profile("default")
+
+ENTRIES = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("rmsnorm-conformance")
+    group.addoption("--impl", action="append", default=[], metavar="ID",
+                    help="implementation id (or glob) to test; repeatable; default: all installed "
+                         f"in entry-point group {registry.GROUP}")
+    group.addoption("--strict-should", action="store_true",
+                    help="fail the run on unmet SHOULD and MAY clauses too (default: reported "
+                         "as xfailed 'unmet')")
+    group.addoption("--conformance-report", metavar="PATH", default=None,
+                    help="write the clause x implementation results as JSON to PATH")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "clause(id): the SPEC.md clause this test checks")
+    entries = registry.discover()
+    wanted = config.getoption("impl")
+    if wanted:
+        unknown = [w for w in wanted if not any(fnmatch.fnmatchcase(e.id, w) for e in entries)]
+        if unknown:
+            installed = ", ".join(e.id for e in entries) or "(none)"
+            raise pytest.UsageError(
+                f"unknown --impl {', '.join(map(repr, unknown))}; installed implementations: "
+                f"{installed}")
+        entries = [e for e in entries if any(fnmatch.fnmatchcase(e.id, w) for w in wanted)]
+    config.stash[ENTRIES] = entries
+    config.pluginmanager.register(report.Collector(config, entries), "rmsnorm-conformance-report")
+
+
+def pytest_report_header(config):
+    lines = []
+    for e in config.stash.get(ENTRIES, []):
+        state = (f"BROKEN: {e.error}" if e.error
+                 else (f"skipped: {e.impl.unavailable_reason()}" if e.impl.unavailable_reason()
+                       else "ok"))
+        lines.append(f"  {e.id} = {e.value} [{e.distribution}] {state}")
+    return [f"rmsnorm-conformance: {len(lines)} implementation(s), hypothesis profile "
+            f"{settings._current_profile!r}"] + lines
+
+
+def pytest_generate_tests(metafunc):
+    entries = metafunc.config.stash.get(ENTRIES, [])
+    if "entry" in metafunc.fixturenames:       # loading itself is under test (IMP clauses)
+        metafunc.parametrize("entry", entries, ids=[e.id for e in entries])
+    elif "impl" in metafunc.fixturenames:
+        loaded = [e for e in entries if e.impl is not None]
+        metafunc.parametrize("impl", loaded, ids=[e.id for e in loaded], indirect=True,
+                             scope="session")
+
+
+@pytest.fixture(scope="session")
+def impl(request):
+    """The implementation under test; skipped with its own reason where it can't run here."""
+    entry = request.param
+    reason = entry.impl.unavailable_reason()
+    if reason:
+        pytest.skip(f"{entry.id}: {reason}")
+    return entry.impl
+
+
+def pytest_collection_modifyitems(session, config, items):
+    spec = clauses.load()
+    for item in items:
+        marker = item.get_closest_marker("clause")
+        if marker is None:
+            continue
+        cid = marker.args[0]
+        params = getattr(item, "callspec", None)
+        params = params.params if params else {}
+        target = params.get("impl", params.get("entry"))
+        level = spec[cid].level if cid in spec else "MUST"
+        item.user_properties += [("clause", cid), ("level", level),
+                                 ("impl", target.id if target is not None else "(suite)")]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    props = dict(item.user_properties)
+    level = props.get("level")
+    if (rep.when == "call" and rep.failed and level in ("SHOULD", "MAY")
+            and not item.config.getoption("strict_should")):
+        rep.outcome = "skipped"
+        rep.wasxfail = f"{level} clause {props['clause']} unmet by {props['impl']}"

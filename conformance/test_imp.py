@@ -1,0 +1,25 @@
+"""SPEC.md section IMP: the implementation itself is loadable and well-formed."""
+
+import pytest
+
+from conformance.assertions import fail
+from impl.protocol import DTYPES, LAYOUTS, Capabilities
+
+
+@pytest.mark.clause("IMP-1")
+def test_entry_point_loads(entry):
+    """The entry point imports and yields an adapter with well-formed capabilities."""
+    if entry.error:
+        pytest.fail(f"entry point {entry.id} = {entry.value} from distribution "
+                    f"{entry.distribution} failed to load: {entry.error}", pytrace=False)
+    caps = entry.impl.capabilities
+    problems = []
+    if not isinstance(caps, Capabilities):
+        problems.append(f"capabilities is {type(caps).__name__}, not impl.protocol.Capabilities")
+    else:
+        problems += [f"unknown dtype {t!r}" for t in caps.dtypes if t not in DTYPES]
+        problems += [f"unknown layout {k!r}" for k in caps.layouts if k not in LAYOUTS]
+        if not caps.dtypes:
+            problems.append("declares no dtypes")
+    if problems:
+        fail(entry.impl, None, "; ".join(problems))
