@@ -24,7 +24,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.large_base_example, HealthCheck.function_scoped_fixture])
 settings.register_profile("thorough", settings.get_profile("default"),
-                          max_examples=10 * DEFAULT_EXAMPLES)
+                          max_examples=10 * DEFAULT_EXAMPLES, derandomize=False)
 settings.load_profile("default")
 
 ENTRIES = pytest.StashKey[list]()

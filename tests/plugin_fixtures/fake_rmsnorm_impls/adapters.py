@@ -1,0 +1,61 @@
+"""One correct adapter and several broken ones, each failing the forward contract differently.
+
+All declare float32 only and no mixed dtypes, so DTY-2 is skipped for them (a skip cell with a
+reason in the summary table).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from impl.protocol import Capabilities, Implementation
+
+CAPS = Capabilities(dtypes=("float32",), mixed=False, weight_none=True, layouts=())
+
+
+def _rms_norm(x, weight, eps):
+    x64 = x.astype(np.float64)
+    y = x64 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps)
+    if weight is not None:
+        y = y * weight.astype(np.float64)
+    return y.astype(np.float32)
+
+
+class Good(Implementation):
+    capabilities = CAPS
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        return _rms_norm(x, weight, eps)
+
+
+class Raises(Good):
+    def rms_norm(self, x, weight, eps, layout=None):
+        raise RuntimeError("fake kernel exploded")
+
+
+class WrongShape(Good):
+    def rms_norm(self, x, weight, eps, layout=None):
+        return _rms_norm(x, weight, eps).reshape(-1)
+
+
+class WrongDtype(Good):
+    def rms_norm(self, x, weight, eps, layout=None):
+        return _rms_norm(x, weight, eps).astype(np.float64)
+
+
+class ReturnsList(Good):
+    def rms_norm(self, x, weight, eps, layout=None):
+        return _rms_norm(x, weight, eps).tolist()
+
+
+class Unavailable(Good):
+    def unavailable_reason(self):
+        return "no fake accelerator here"
+
+
+good = Good()
+raises = Raises()
+wrong_shape = WrongShape()
+wrong_dtype = WrongDtype()
+returns_list = ReturnsList
+unavailable = Unavailable()
