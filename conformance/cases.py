@@ -19,6 +19,7 @@ class Case:
     weight: np.ndarray | None
     eps: float
     recipe: str = "explicit"   # how a bulk-drawn x was made (seed and profile), for the repro
+    extras: dict = dataclasses.field(default_factory=dict)   # cotangents, tangents (GRAD)
 
     @property
     def d(self) -> int:
@@ -26,8 +27,9 @@ class Case:
 
     def describe(self) -> str:
         w = "None" if self.weight is None else f"{self.weight.dtype.name}{list(self.weight.shape)}"
+        extra = "".join(f"  {k}: {v.dtype.name}" for k, v in self.extras.items())
         return (f"x: {self.x.dtype.name}{list(self.x.shape)}  weight: {w}  eps: {self.eps!r}"
-                f"  ({self.recipe})")
+                f"{extra}  ({self.recipe})")
 
     def __repr__(self) -> str:
         if self.x.size <= PRINT_LIMIT:
@@ -36,9 +38,10 @@ class Case:
 
     def repro(self) -> str:
         """Python that rebuilds this exact case."""
+        extras = ", ".join(f"{k!r}: {encode(v)}" for k, v in self.extras.items())
         return (f"from conformance.cases import Case, decode\n"
                 f"case = Case(x={encode(self.x)}, weight={encode(self.weight)}, "
-                f"eps={self.eps!r})")
+                f"eps={self.eps!r}" + (f", extras={{{extras}}})" if extras else ")"))
 
 
 def encode(a: np.ndarray | None) -> str:
@@ -54,7 +57,7 @@ def decode(dtype: str, shape: tuple, blob: str) -> np.ndarray:
 
 def save(case: Case, path) -> None:
     """Write the exact case to an .npz (x, weight, eps) for arrays too big to print."""
-    arrays = {"x": case.x, "eps": np.float64(case.eps)}
+    arrays = {"x": case.x, "eps": np.float64(case.eps), **case.extras}
     if case.weight is not None:
         arrays["weight"] = case.weight
     # bfloat16 has no stable npz encoding: store the raw bits with the dtype name.
@@ -67,5 +70,6 @@ def load(path) -> Case:
     z = np.load(path)
     dt = dict(s.split(":") for s in z["dtypes"])
     get = lambda k: z[k].view(DTYPES["bfloat16"]) if dt.get(k) == "bfloat16" else z[k]
+    extras = {k: get(k) for k in dt if k not in ("x", "weight", "eps")}
     return Case(x=get("x"), weight=get("weight") if "weight" in dt else None,
-                eps=float(z["eps"]), recipe=f"loaded from {path}")
+                eps=float(z["eps"]), recipe=f"loaded from {path}", extras=extras)

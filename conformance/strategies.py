@@ -248,3 +248,29 @@ def exact_sum_cases(draw, caps=None, dtypes=ALL_DTYPES, max_d: int = MAX_D):
     return Case(x=x, weight=w, eps=draw(eps_values(False)),
                 recipe=f"k = default_rng({seed}).integers({-kmax}, {kmax + 1}, "
                        f"{lead + (d,)}); x = k * 2.0**{e}")
+
+
+def _normal_like(seed: int, shape, dtype: str) -> np.ndarray:
+    return _cast(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+@st.composite
+def grad_cases(draw, caps=None, *, with_weight=None, **kw):
+    """A forward case plus, in ``extras``, a cotangent g (output dtype), tangents tx (x's dtype)
+    and tw (weight's dtype), and a second-order direction v (x's dtype), each N(0, 1) from a
+    drawn seed."""
+    if with_weight is True:
+        kw["weight_kinds"] = ("ones", "random")
+    elif with_weight is False:
+        kw["weight_kinds"] = ("none",)
+    case = draw(cases(caps, **kw))
+    seed = draw(st.integers(0, 2 ** 32 - 1))
+    out = expected_dtype(case).name
+    shape = case.x.shape
+    case.extras = {"g": _normal_like(seed, shape, out),
+                   "tx": _normal_like(seed + 1, shape, case.x.dtype.name),
+                   "v": _normal_like(seed + 2, shape, case.x.dtype.name)}
+    if case.weight is not None:
+        case.extras["tw"] = _normal_like(seed + 3, case.weight.shape, case.weight.dtype.name)
+    case.recipe += f"; g, tx, v, tw = N(0,1) from default_rng({seed} + 0, 1, 2, 3)"
+    return case

@@ -8,7 +8,7 @@ from conformance import strategies as cs
 from conformance.assertions import assert_within, check_accuracy, fail, forward, require
 from conformance.cases import Case
 from conformance.dtypes import info
-from conformance.tolerance import ForwardBound, forward_bound
+from conformance.tolerance import Bound, forward_bound
 from impl.protocol import Layout
 
 
@@ -108,7 +108,7 @@ def test_permutation_equivariance(impl, data):
     y = forward(impl, case)[..., p]
     yp = forward(impl, perm)
     fb = forward_bound(perm.x, perm.weight, perm.eps, y.dtype)
-    fb2 = ForwardBound(ref=y.astype(np.float64), bound=2 * fb.bound, zero_ok=fb.zero_ok,
+    fb2 = Bound(ref=y.astype(np.float64), bound=2 * fb.bound, zero_ok=fb.zero_ok,
                        out_dtype=fb.out_dtype)
     assert_within(impl, perm, yp, fb2, context="f(x[p], w[p]) vs f(x, w)[p] (twice the bound)")
 

@@ -24,13 +24,13 @@ UNCHECKABLE = 0.5      # relative error of q at or above which no output value c
 
 
 @dataclasses.dataclass
-class ForwardBound:
-    """Reference values and per-element bounds for one forward call.
+class Bound:
+    """Reference values and per-element bounds for one computed array.
 
     ref:        float64 reference output.
     bound:      per-element absolute error bound (inf where nothing can be bounded).
     zero_ok:    elements that may also be exactly zero (rows whose float32 sum of squares may
-                overflow: ACC-4).
+                overflow: ACC-4; never for gradients).
     out_dtype:  the output dtype the bound is stated for.
     """
 
@@ -50,7 +50,7 @@ def sum_roundings(d: int, x_dtype, exact_sum: bool) -> int:
 
 
 def forward_bound(x: np.ndarray, weight: np.ndarray | None, eps: float, out_dtype,
-                  exact_sum: bool = False, flush_allowed: bool = True) -> ForwardBound:
+                  exact_sum: bool = False, flush_allowed: bool = True) -> Bound:
     """The ACC-1 bound for ``rms_norm(x, weight, eps)``; ACC-3's with ``exact_sum``; without
     the allowance for inputs flushed to zero (SPV-6) when not ``flush_allowed``."""
     d = x.shape[-1]
@@ -73,4 +73,122 @@ def forward_bound(x: np.ndarray, weight: np.ndarray | None, eps: float, out_dtyp
     bound = np.where(np.isnan(bound), np.inf, bound)
     # ACC-4: the float32 sum of squares may overflow (it certainly does above F32.max).
     zero_ok = np.broadcast_to(ms * d * (1.0 + gamma(k, U32)) >= F32.max, ref.shape)
-    return ForwardBound(ref=ref, bound=bound, zero_ok=zero_ok, out_dtype=np.dtype(out_dtype))
+    return Bound(ref=ref, bound=bound, zero_ok=zero_ok, out_dtype=np.dtype(out_dtype))
+
+
+ForwardBound = Bound
+
+# ---------------------------------------------------------------------------------------------
+# Gradients (SPEC.md, TOL section, "Gradients").
+
+K_ELEM = 8          # elementwise roundings allowed in the least precise type involved
+Q_MAX = 2.0 ** 80   # rows with mean(x^2) + eps above this leave float32's range in n^3 (GRAD-9)
+
+
+def _u_compute(*dtypes) -> float:
+    """Unit roundoff of the least precise of the types involved (elementwise steps may round
+    in any of them)."""
+    return max(info(t).u for t in dtypes if t is not None)
+
+
+def _sigma(dtype) -> float:
+    o = info(dtype)
+    return TAU if o.name != "float16" else o.min_subnormal / 2
+
+
+def _row_terms(x, weight, eps, beyond_range=False):
+    """float64 x, weight (ones for None), n, and the relative error bound eps_n of a float32 n."""
+    d = x.shape[-1]
+    x64 = x.astype(np.float64)
+    w64 = np.ones(d) if weight is None else weight.astype(np.float64)
+    q = reference.mean_square(x) + np.float64(eps)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        n = 1.0 / np.sqrt(q)
+        theta_q = gamma(sum_roundings(d, x.dtype, False), U32) + ETA_Q / q
+        eps_n = theta_q / (2.0 * (1.0 - theta_q)) + C_RSQRT * U32
+    checkable = (theta_q < UNCHECKABLE) & ((q <= Q_MAX) | beyond_range)
+    return x64, w64, n, eps_n, checkable
+
+
+def _finish(ref, bound, checkable, out_dtype):
+    bound = np.where(checkable, bound, np.inf)
+    bound = np.where(np.isnan(bound), np.inf, bound)
+    return Bound(ref=ref, bound=bound, zero_ok=np.zeros(ref.shape, bool),
+                 out_dtype=np.dtype(out_dtype))
+
+
+def vjp_bounds(x, weight, eps, g, beyond_range=False):
+    """Bounds for (dx, dweight) of the VJP with cotangent g (dweight None without weight).
+
+    dx = n a - x n^3 p (a = g w, p = <a, x>/d) is judged against the size of the two terms it
+    subtracts, M_i = n |a_i| + |x_i| n^3 <|a|, |x|>/d, not against the (possibly cancelled) result.
+    """
+    d = x.shape[-1]
+    x64, w64, n, eps_n, ok = _row_terms(x, weight, eps, beyond_range)
+    g64 = g.astype(np.float64)
+    uc = _u_compute(x.dtype, g.dtype, None if weight is None else weight.dtype)
+    dx_ref, dw_ref = reference.rms_norm_vjp(x, weight, eps, g)
+    with np.errstate(invalid="ignore", over="ignore"):
+        a = np.abs(g64 * w64)
+        p_abs = np.sum(a * np.abs(x64), axis=-1, keepdims=True) / max(d, 1)
+        m = n * a + np.abs(x64) * n ** 3 * p_abs
+        rel = 3 * eps_n + gamma(d + 2, U32) + K_ELEM * uc + reference.reference_error(d)
+        # three products may each lose TAU to underflow; the one feeding x_i is scaled by it
+        absolute = 3 * _sigma(x.dtype) + TAU * np.abs(x64) * (1 + n)
+        flushed = np.where(np.abs(x64) < TAU, m, 0.0)
+        dx_b = _finish(dx_ref, rel * m + info(x.dtype).u * np.abs(dx_ref) + absolute + flushed,
+                       ok, x.dtype)
+        if weight is None:
+            return dx_b, None
+        terms = np.abs(g64 * x64 * n).reshape(-1, d)
+        rows = terms.shape[0]
+        eps_max = np.max(np.where(ok, eps_n, 0.0)) if eps_n.size else 0.0
+        rel_w = eps_max + gamma(rows, U32) + K_ELEM * uc + reference.reference_error(d)
+        total = np.sum(terms, axis=0)
+        row_ok = np.all(ok) if ok.size else True
+        dw_bound = (rel_w * total + info(weight.dtype).u * np.abs(dw_ref) + _sigma(weight.dtype)
+                    + rows * TAU)
+        dw_b = _finish(dw_ref, dw_bound, np.broadcast_to(row_ok, dw_ref.shape), weight.dtype)
+    return dx_b, dw_b
+
+
+def jvp_bound(x, weight, eps, tx, tweight, out_dtype, beyond_range=False):
+    """Bound for the tangent ty = (tx n + x dn) w + x n tw, dn = -n^3 <x, tx>/d, against the size
+    of its terms."""
+    d = x.shape[-1]
+    x64, w64, n, eps_n, ok = _row_terms(x, weight, eps, beyond_range)
+    tx64 = np.abs(tx.astype(np.float64))
+    tw64 = np.zeros(d) if tweight is None else np.abs(tweight.astype(np.float64))
+    ref = reference.rms_norm_jvp(x, weight, eps, tx, tweight)
+    uc = _u_compute(x.dtype, out_dtype, None if weight is None else weight.dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s_abs = np.sum(np.abs(x64) * tx64, axis=-1, keepdims=True) / max(d, 1)
+        m = (tx64 * n + np.abs(x64) * n ** 3 * s_abs) * np.abs(w64) + np.abs(x64) * n * tw64
+        rel = 3 * eps_n + gamma(d + 2, U32) + K_ELEM * uc + reference.reference_error(d)
+        absolute = 4 * _sigma(out_dtype) + TAU * np.abs(x64) * (1 + n) * (1 + np.abs(w64))
+        bound = rel * m + info(out_dtype).u * np.abs(ref) + absolute
+    return _finish(ref, bound, ok, out_dtype)
+
+
+def hvp_bound(x, weight, eps, g, v, beyond_range=False):
+    """Bound for the second-order product H v (reference.rms_norm_hvp), against the size of its
+    four terms; the second-order graph has about twice the roundings of the first, so the
+    constants double (5 eps_n for n^5, two reductions, 2 K_ELEM)."""
+    d = x.shape[-1]
+    x64, w64, n, eps_n, ok = _row_terms(x, weight, eps, beyond_range)
+    a = np.abs(g.astype(np.float64) * w64)
+    v64 = np.abs(v.astype(np.float64))
+    ref = reference.rms_norm_hvp(x, weight, eps, g, v)
+    uc = _u_compute(x.dtype, g.dtype, None if weight is None else weight.dtype)
+    dd = max(d, 1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ax = np.abs(x64)
+        s = np.sum(ax * v64, axis=-1, keepdims=True) / dd
+        p = np.sum(a * ax, axis=-1, keepdims=True) / dd
+        t = np.sum(a * v64, axis=-1, keepdims=True) / dd
+        m = n ** 3 * s * a + n ** 3 * p * v64 + 3 * n ** 5 * s * p * ax + n ** 3 * t * ax
+        rel = (5 * eps_n + 2 * gamma(d + 2, U32) + 2 * K_ELEM * uc
+               + reference.reference_error(d))
+        absolute = 6 * _sigma(x.dtype) + TAU * (ax + v64) * (1 + n) ** 3
+        bound = rel * m + info(x.dtype).u * np.abs(ref) + absolute
+    return _finish(ref, bound, ok, x.dtype)

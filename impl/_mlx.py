@@ -56,3 +56,63 @@ def build_view(x: np.ndarray, layout: Layout | None):
     if layout.kind == "broadcast":
         return mx.broadcast_to(src, layout.shape)
     raise ValueError(f"unknown layout {layout.kind!r}")
+
+
+# The functional op and its derivatives, shared by both MLX adapters (the module adapter uses them
+# as the reference for MOD-3 and GRAD-8).
+
+def _fn(eps, with_weight):
+    import mlx.core as mx
+
+    if with_weight:
+        return lambda x, w: mx.fast.rms_norm(x, w, eps)
+    return lambda x: mx.fast.rms_norm(x, None, eps)
+
+
+def _primals(x, weight, layout=None):
+    return [build_view(x, layout)] + ([] if weight is None else [to_mx(weight)])
+
+
+def fast_rms_norm(dev, x, weight, eps, layout=None):
+    import mlx.core as mx
+
+    with mx.stream(device(dev)):
+        y = _fn(eps, weight is not None)(*_primals(x, weight, layout))
+        mx.eval(y)
+    return to_np(y)
+
+
+def fast_vjp(dev, x, weight, eps, g):
+    import mlx.core as mx
+
+    with mx.stream(device(dev)):
+        _, grads = mx.vjp(_fn(eps, weight is not None), _primals(x, weight), [to_mx(g)])
+        mx.eval(grads)
+    return to_np(grads[0]), (None if weight is None else to_np(grads[1]))
+
+
+def fast_jvp(dev, x, weight, eps, tx, tweight):
+    import mlx.core as mx
+
+    with mx.stream(device(dev)):
+        tangents = [to_mx(tx)] + ([] if weight is None else [to_mx(tweight)])
+        _, (ty,) = mx.jvp(_fn(eps, weight is not None), _primals(x, weight), tangents)
+        mx.eval(ty)
+    return to_np(ty)
+
+
+def fast_hvp(dev, x, weight, eps, g, v):
+    """d/dt of the VJP's dx at x + t v (cotangent g fixed): forward-over-reverse."""
+    import mlx.core as mx
+
+    with mx.stream(device(dev)):
+        w = None if weight is None else to_mx(weight)
+        gm = to_mx(g)
+
+        def dx(xm):
+            f = lambda z: mx.fast.rms_norm(z, w, eps)
+            return mx.vjp(f, [xm], [gm])[1][0]
+
+        _, (hv,) = mx.jvp(dx, [to_mx(x)], [to_mx(v)])
+        mx.eval(hv)
+    return to_np(hv)

@@ -1,4 +1,5 @@
-"""Adapter: ``mlx.core.fast.rms_norm(x, weight, eps)`` on one MLX device."""
+"""Adapter: ``mlx.core.fast.rms_norm(x, weight, eps)`` on one MLX device, with its derivatives
+through ``mx.vjp`` and ``mx.jvp`` (second order: ``mx.jvp`` of ``mx.vjp``)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,22 @@ class MLXFast(Implementation):
     def __init__(self, device: str):
         self.device = device
         self.id = f"mlx-fast-{device}"
-        self.capabilities = Capabilities(devices=device, gradients=())
+        self.capabilities = Capabilities(devices=device, gradients=("vjp", "jvp", "hvp"))
 
     def unavailable_reason(self):
         return _mlx.gpu_unavailable_reason() if self.device == "gpu" else None
 
     def rms_norm(self, x, weight, eps, layout=None):
-        import mlx.core as mx
+        return _mlx.fast_rms_norm(self.device, x, weight, eps, layout)
 
-        with mx.stream(_mlx.device(self.device)):
-            w = None if weight is None else _mlx.to_mx(weight)
-            y = mx.fast.rms_norm(_mlx.build_view(x, layout), w, eps)
-            mx.eval(y)
-        return _mlx.to_np(y)
+    def vjp(self, x, weight, eps, g):
+        return _mlx.fast_vjp(self.device, x, weight, eps, g)
+
+    def jvp(self, x, weight, eps, tx, tweight):
+        return _mlx.fast_jvp(self.device, x, weight, eps, tx, tweight)
+
+    def hvp(self, x, weight, eps, g, v):
+        return _mlx.fast_hvp(self.device, x, weight, eps, g, v)
 
 
 cpu = MLXFast("cpu")

@@ -1,7 +1,8 @@
 """Adapter: the module ``mlx.nn.RMSNorm(dims, eps)`` on one MLX device.
 
 ``rms_norm(x, weight, eps)`` builds the module with that eps and replaces its weight; a module
-has no ``weight=None`` and rejects eps <= 0, so those capabilities are off.
+has no ``weight=None`` and rejects eps <= 0, so those capabilities are off. Its VJP goes through
+``nn.value_and_grad`` (weight) and ``mx.grad`` (x) of ``sum(g * module(x))``.
 """
 
 from __future__ import annotations
@@ -15,21 +16,37 @@ class MLXModule(Implementation):
         self.device = device
         self.id = f"mlx-nn-{device}"
         self.capabilities = Capabilities(weight_none=False, nonpositive_eps=False, module=True,
-                                         validation=False, devices=device)
+                                         validation=False, devices=device, gradients=("vjp",))
 
     def unavailable_reason(self):
         return _mlx.gpu_unavailable_reason() if self.device == "gpu" else None
 
+    def _module(self, weight, eps):
+        import mlx.nn as nn
+
+        module = nn.RMSNorm(weight.shape[-1], eps=eps)
+        module.weight = _mlx.to_mx(weight)
+        return module
+
     def rms_norm(self, x, weight, eps, layout=None):
+        import mlx.core as mx
+
+        with mx.stream(_mlx.device(self.device)):
+            y = self._module(weight, eps)(_mlx.build_view(x, layout))
+            mx.eval(y)
+        return _mlx.to_np(y)
+
+    def vjp(self, x, weight, eps, g):
         import mlx.core as mx
         import mlx.nn as nn
 
         with mx.stream(_mlx.device(self.device)):
-            module = nn.RMSNorm(x.shape[-1], eps=eps)
-            module.weight = _mlx.to_mx(weight)
-            y = module(_mlx.build_view(x, layout))
-            mx.eval(y)
-        return _mlx.to_np(y)
+            module, gm, xm = self._module(weight, eps), _mlx.to_mx(g), _mlx.to_mx(x)
+            loss = lambda model, z: (model(z) * gm).sum()
+            _, grads = nn.value_and_grad(module, loss)(module, xm)
+            dx = mx.grad(lambda z: loss(module, z))(xm)
+            mx.eval(grads, dx)
+        return _mlx.to_np(dx), _mlx.to_np(grads["weight"])
 
     def module_info(self, dims, eps=None):
         import mlx.nn as nn
@@ -40,13 +57,10 @@ class MLXModule(Implementation):
         return ModuleInfo(eps=module.eps, parameters=params)
 
     def functional(self, x, weight, eps):
-        import mlx.core as mx
+        return _mlx.fast_rms_norm(self.device, x, weight, eps)
 
-        with mx.stream(_mlx.device(self.device)):
-            w = None if weight is None else _mlx.to_mx(weight)
-            y = mx.fast.rms_norm(_mlx.to_mx(x), w, eps)
-            mx.eval(y)
-        return _mlx.to_np(y)
+    def functional_vjp(self, x, weight, eps, g):
+        return _mlx.fast_vjp(self.device, x, weight, eps, g)
 
 
 cpu = MLXModule("cpu")

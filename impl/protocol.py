@@ -64,7 +64,7 @@ class Capabilities:
     module:        the adapter wraps a module and implements ``module_info``/``functional``.
     validation:    the adapter passes invalid arguments through so that VAL clauses apply.
     layouts:       layouts from ``LAYOUTS`` the adapter can build in its framework.
-    gradients:     gradient entry points provided ("vjp", "jvp", "second_order").
+    gradients:     gradient entry points provided: "vjp", "jvp", "hvp" (second order).
     devices:       a free-form description of where it runs (for reports only).
     """
 
@@ -100,6 +100,24 @@ class Implementation:
                  layout: Layout | None = None) -> np.ndarray:
         raise NotImplementedError
 
+    # Gradients (capability ``gradients``). Arrays as for rms_norm; the cotangent g has the
+    # output's dtype, tangents have their primal's dtype.
+    def vjp(self, x: np.ndarray, weight: np.ndarray | None, eps: float,
+            g: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(dx, dweight) = the VJP of rms_norm at (x, weight) with cotangent g; dweight is None
+        when weight is None."""
+        raise NotImplementedError
+
+    def jvp(self, x: np.ndarray, weight: np.ndarray | None, eps: float, tx: np.ndarray,
+            tweight: np.ndarray | None) -> np.ndarray:
+        """The tangent of the output for tangents tx (and tweight, None without weight)."""
+        raise NotImplementedError
+
+    def hvp(self, x: np.ndarray, weight: np.ndarray | None, eps: float, g: np.ndarray,
+            v: np.ndarray) -> np.ndarray:
+        """Second order: the derivative along v of the VJP's dx (cotangent g held fixed)."""
+        raise NotImplementedError
+
     # Module adapters only (capability ``module``).
     def module_info(self, dims: int, eps: float | None = None) -> ModuleInfo:
         """Construct the module with default arguments (eps given: with that eps, which must
@@ -108,6 +126,11 @@ class Implementation:
 
     def functional(self, x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
         """The framework's functional op the module is documented to equal (MOD-3)."""
+        raise NotImplementedError
+
+    def functional_vjp(self, x: np.ndarray, weight: np.ndarray | None, eps: float,
+                       g: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The functional op's VJP, to compare the module's gradients with (GRAD-8)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

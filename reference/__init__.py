@@ -90,3 +90,21 @@ def rms_norm_jvp(x, weight, eps, tx, tweight=None):
         if tweight is not None:
             ty = ty + x64 * n * _f64(tweight)
     return ty
+
+
+def rms_norm_hvp(x, weight, eps, g, v):
+    """Second order: the derivative of the VJP's dx (cotangent g fixed) along the direction v,
+    i.e. H v for H the Hessian of L(x) = <g, rms_norm(x, weight, eps)>.
+
+    With a = g * weight, p = <a, x>/d, s = <x, v>/d, t = <a, v>/d:
+      H v = -n^3 s a - n^3 p v + 3 n^5 s p x - n^3 t x
+    """
+    x64, g64, v64 = _f64(x), _f64(g), _f64(v)
+    n = inv_rms(x, eps)
+    a = g64 if weight is None else g64 * _f64(weight)
+    d = max(x64.shape[-1], 1)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        p = np.sum(a * x64, axis=-1, keepdims=True) / d
+        s = np.sum(x64 * v64, axis=-1, keepdims=True) / d
+        t = np.sum(a * v64, axis=-1, keepdims=True) / d
+        return -n ** 3 * s * a - n ** 3 * p * v64 + 3 * n ** 5 * s * p * x64 - n ** 3 * t * x64

@@ -1,0 +1,348 @@
+"""Unit tests of the tolerance model (conformance/tolerance.py) and the dtype facts it rests on
+(conformance/dtypes.py): TOL-1, the model is sound (never exceeded by a correct float32-accumulating
+implementation, whatever its summation order) and tight (a few ulps where the sum is exact, and
+reached by sequential summation's worst case).
+
+Sizes of the bound, in ulps of the output dtype (``bound / ulp(ref)``), eps = 0, unit weight;
+"at 1.0" is |ref| at a power of two, "worst" is |ref| = 2 - 2**(1-p), the top of its binade (the same relative bound is then
+(2**p - 1) / 2**(p-1), nearly twice, as many ulps):
+
+    output     d=1            d=2     d=4     d=8     large d              exact sum (ACC-3), any d
+    float32    4.75 / 9.5     5 / 10  5.5/11  6.5/13  ~(d/2 + 7.5) u32      4.5 / 9
+    float16    1.001 / 2.001  (all d <= 8: worst < 2.001)    2.064 at d=1024   1.001 / 2.001
+    bfloat16   1.002 / 1.996  (all d <= 8: worst < 1.997)    2.012 at d=1024   1.002 / 1.996
+
+The float32 bound is (k/2 + 7) u32 relative with k = d + 4 (d-1 additions, the float32 square, and
+K_FIXED = 4), or k = K_FIXED with an exact sum: half of k because the square root halves the
+relative error of q, plus C_RSQRT + 1 = 5 for rsqrt and the product x*n, plus two roundings into
+the output type. Half types are dominated by those two output roundings (2 u_out).
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from conformance import tolerance as tol
+from conformance.dtypes import F32, INFO, info, result_dtype, ulp
+from conformance.tolerance import forward_bound
+from impl.protocol import DTYPES
+from reference import gamma, reference_error
+from tests import fakes
+
+pytestmark = pytest.mark.clause("TOL-1")
+
+NAMES = ("float32", "float16", "bfloat16")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+# ---- dtypes.py: FloatInfo, result_dtype, ulp ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float_info_matches_numpy(name):
+    fi = INFO[name]
+    fin = ml_dtypes.finfo(fi.dtype) if name == "bfloat16" else np.finfo(fi.dtype)
+    assert fi.u == float(fin.eps) / 2
+    assert fi.tiny == float(fin.smallest_normal)
+    assert fi.min_subnormal == float(fin.smallest_subnormal)
+    assert fi.max == float(fin.max)
+    assert info(fi.dtype) is fi and info(name) is fi
+
+
+@pytest.mark.parametrize("x, w, want", [
+    ("float32", "float32", "float32"), ("float16", "float16", "float16"),
+    ("bfloat16", "bfloat16", "bfloat16"),
+    ("float32", None, "float32"), ("float16", None, "float16"), ("bfloat16", None, "bfloat16"),
+    ("float16", "float32", "float32"), ("float32", "float16", "float32"),
+    ("bfloat16", "float32", "float32"), ("float32", "bfloat16", "float32"),
+    ("float16", "bfloat16", "float32"), ("bfloat16", "float16", "float32"),
+])
+def test_result_dtype(x, w, want):
+    assert result_dtype(DTYPES[x], None if w is None else DTYPES[w]) == DTYPES[want]
+
+
+@pytest.mark.parametrize("name, at_one", [("float32", 2.0 ** -23), ("float16", 2.0 ** -10),
+                                          ("bfloat16", 2.0 ** -7)])
+def test_ulp_at_one(name, at_one):
+    assert ulp(1.0, DTYPES[name]) == at_one
+    assert ulp(-1.0, DTYPES[name]) == at_one
+    assert at_one == 2 * INFO[name].u
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ulp_at_powers_of_two(name):
+    """ulp(2**k) = 2**(k-p+1) (the spacing above 2**k); just below 2**k it is half of that."""
+    fi = INFO[name]
+    top = int(np.floor(np.log2(fi.max)))
+    ks = np.arange(fi.emin, top + 1)
+    p2 = np.ldexp(1.0, ks)
+    np.testing.assert_array_equal(ulp(p2, fi.dtype), np.ldexp(1.0, ks - fi.p + 1))
+    below = p2[1:] * (1 - 2.0 ** -fi.p)          # the largest value of the binade below 2**k
+    np.testing.assert_array_equal(ulp(below, fi.dtype), np.ldexp(1.0, ks[1:] - fi.p))
+    assert ulp(fi.max, fi.dtype) == 2.0 ** (top - fi.p + 1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ulp_subnormals_and_zero(name):
+    """Zero and every subnormal have the subnormal spacing; so does tiny (the smallest normal),
+    whose binade has the same spacing."""
+    fi = INFO[name]
+    sub = np.array([fi.min_subnormal, 3 * fi.min_subnormal, fi.tiny / 2,
+                    fi.tiny - fi.min_subnormal, fi.tiny])
+    np.testing.assert_array_equal(ulp(sub, fi.dtype), fi.min_subnormal)
+    np.testing.assert_array_equal(ulp(-sub, fi.dtype), fi.min_subnormal)
+    assert ulp(0.0, fi.dtype) == fi.min_subnormal
+    assert ulp(-0.0, fi.dtype) == fi.min_subnormal
+    assert ulp(2 * fi.tiny, fi.dtype) == 2 * fi.min_subnormal
+
+
+def _next_up(v: np.ndarray) -> np.ndarray:
+    """The next representable value above positive finite v, by incrementing the bits."""
+    bits = {2: np.uint16, 4: np.uint32}[v.dtype.itemsize]
+    return (v.view(bits) + bits(1)).view(v.dtype)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ulp_is_the_spacing_of_the_type(name):
+    """For random positive finite values (subnormals included) ulp is the distance to the next
+    representable value above."""
+    fi = INFO[name]
+    rng = np.random.default_rng(7)
+    nbits = 8 * fi.dtype.itemsize
+    bits = rng.integers(1, 2 ** (nbits - 1), 20000, dtype=np.uint64)
+    exponent_all_ones = {"float32": 0x7F800000, "float16": 0x7C00, "bfloat16": 0x7F80}[name]
+    bits = bits[(bits & exponent_all_ones) != exponent_all_ones]     # no inf or NaN
+    v = bits.astype({16: np.uint16, 32: np.uint32}[nbits]).view(fi.dtype)
+    v = v[v.astype(np.float64) < fi.max]
+    spacing = _next_up(v).astype(np.float64) - v.astype(np.float64)
+    np.testing.assert_array_equal(ulp(v.astype(np.float64), fi.dtype), spacing)
+
+
+# ---- tolerance.py: size and shape of the bound --------------------------------------------
+
+
+def _ulps(name, d, exact_sum=False, worst=True):
+    """The bound in ulps of ``name`` for an unit-weight row of ones (eps 0): |ref| = 1.0, or
+    (worst) a weight just below 2.0 so |ref| sits at the top of its binade."""
+    dt = DTYPES[name]
+    w = np.full(d, 2 - 2.0 ** (1 - INFO[name].p), dt) if worst else None
+    fb = forward_bound(np.ones((1, d), dt), w, 0.0, dt, exact_sum=exact_sum)
+    return float(np.max(fb.bound / ulp(fb.ref, dt)))
+
+
+#: (dtype, d) -> (bound at |ref| = 1.0, worst bound) in ulps of the dtype; see the module doc.
+SMALL_D_ULPS = {
+    ("float32", 1): (4.75, 9.5), ("float32", 2): (5.0, 10.0), ("float32", 4): (5.5, 11.0),
+    ("float32", 8): (6.5, 13.0),
+    ("float16", 1): (1.0008, 2.0005), ("float16", 8): (1.001, 2.0009),
+    ("bfloat16", 1): (1.002, 1.9962), ("bfloat16", 8): (1.002, 1.9962),
+}
+
+
+@pytest.mark.parametrize("key", list(SMALL_D_ULPS), ids=lambda k: f"{k[0]}-d{k[1]}")
+def test_small_d_bound_is_a_few_ulps(key):
+    name, d = key
+    at_one, worst = SMALL_D_ULPS[key]
+    assert _ulps(name, d, worst=False) == pytest.approx(at_one, abs=2e-3)
+    assert _ulps(name, d, worst=True) == pytest.approx(worst, abs=2e-3)
+
+
+@pytest.mark.parametrize("name, limit", [("float32", 13.01), ("float16", 2.001),
+                                         ("bfloat16", 1.997)])
+def test_small_d_bound_limits(name, limit):
+    """d = 1..8: at most 13 ulp of float32 (6.5 at a power of two), about 2 ulp of the half
+    types (two roundings into the output type), every dtype of x and weight alike."""
+    for d in range(1, 9):
+        assert 0 < _ulps(name, d) <= limit, d
+        # half inputs with a float32 output have one rounding fewer (no float32 square)
+        if name == "float32":
+            for x_name in ("float16", "bfloat16"):
+                fb = forward_bound(np.ones((1, d), DTYPES[x_name]), np.ones(d, np.float32),
+                                   0.0, np.float32)
+                assert np.max(fb.bound / ulp(fb.ref, np.float32)) <= limit / 2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exact_sum_bound_independent_of_d(name):
+    """ACC-3's bound (exact float32 sum) is the same relative bound at every axis length, up to
+    the float64 reference's own error (reference_error(d), about 2d * 2**-53)."""
+    dt = DTYPES[name]
+    rels = []
+    for d in (1, 2, 7, 256, 4099, 65536):
+        fb = forward_bound(np.ones((1, d), dt), None, 0.0, dt, exact_sum=True)
+        absolute = tol.TAU if name != "float16" else INFO[name].min_subnormal / 2
+        rels.append((fb.bound[0, 0] - absolute) / fb.ref[0, 0] - float(reference_error(d)))
+    assert max(rels) - min(rels) <= 1e-15 * max(rels), rels
+    assert _ulps(name, 65536, exact_sum=True) == pytest.approx(_ulps(name, 1, exact_sum=True),
+                                                               rel=1e-6)
+
+
+@pytest.mark.parametrize("x_name", NAMES)
+def test_bound_grows_linearly_with_d(x_name):
+    """Without an exact sum the bound grows like (d-1) u32 / 2 relative: half of gamma_{d-1}
+    (the float32 sum's worst case) through the square root."""
+    dt = DTYPES[x_name]
+
+    def rel(d):
+        fb = forward_bound(np.ones((1, d), dt), np.ones(d, np.float32), 0.0, np.float32)
+        return fb.bound[0, 0] / fb.ref[0, 0]
+
+    r1 = rel(1)
+    for d in (2, 16, 256, 4096):
+        slope = (rel(d) - r1) / ((d - 1) * tol.U32 / 2)
+        assert 1.0 <= slope <= 1.01, (d, slope)
+    assert rel(65536) > 2 * rel(16384) - r1 - 1e-12     # still growing, slightly faster
+    # sum_roundings: d-1 additions, the float32 square (exact for half inputs), K_FIXED
+    assert tol.sum_roundings(1000, dt, False) == 999 + (x_name == "float32") + tol.K_FIXED
+    assert tol.sum_roundings(1000, dt, True) == tol.K_FIXED
+
+
+def test_bound_infinite_when_nothing_can_be_bounded():
+    """eps = 0 with an all-zero row (0/0), or with squares that underflow float32 (q is only
+    known to within ETA_Q): the bound is inf. eps > 0 or normal squares keep it finite."""
+    f32 = np.float32
+    cases = [
+        (np.zeros((1, 4), f32), 0.0, True),
+        (np.full((1, 4), 2.0 ** -80, f32), 0.0, True),           # squares 2**-160 -> 0
+        (np.full((1, 3), 2.0 ** -64, f32), 0.0, True),           # squares subnormal
+        (np.full((1, 3), 2.0 ** -100, BF16), 0.0, True),
+        (np.full((1, 3), 2.0 ** -62, f32), 0.0, True),           # q = 4 TAU < 6 TAU
+        (np.full((1, 3), 2.0 ** -60, f32), 0.0, False),          # q = 2**-120
+        (np.zeros((1, 4), f32), 1e-5, False),
+        (np.full((1, 4), 2.0 ** -80, f32), 1e-12, False),
+        (np.ones((1, 4), f32), 0.0, False),
+    ]
+    for x, eps, infinite in cases:
+        fb = forward_bound(x, None, eps, x.dtype)
+        assert np.all(np.isinf(fb.bound)) == infinite, (x[0, 0], eps)
+        assert np.all(np.isfinite(fb.bound)) == (not infinite), (x[0, 0], eps)
+    # row by row: only the zero row is unbounded
+    x = np.array([[0, 0], [1, 2]], f32)
+    fb = forward_bound(x, None, 0.0, f32)
+    assert np.isinf(fb.bound[0]).all() and np.isfinite(fb.bound[1]).all()
+    # a zero row with eps > 0: the output must be 0 to within the absolute term
+    fb = forward_bound(np.zeros((1, 4), f32), np.ones(4, f32), 1e-5, f32)
+    np.testing.assert_array_equal(fb.ref, 0.0)
+    np.testing.assert_allclose(fb.bound, 3 * tol.TAU)
+
+
+def test_zero_ok_flags_float32_sum_overflow():
+    f32 = np.float32
+    big = 2.0 ** 64
+    rows = {
+        (big,): True,                    # a single square 2**128 overflows
+        (big, big): True,
+        (big, 0.0): True,                # the square alone overflows
+        (2.0 ** 63, 2.0 ** 63): False,   # sum 2**127: fine
+        (2.0 ** 63.9, 2.0 ** 63.9): True,    # squares fit, their sum overflows
+        (1.8e19,): False,                # 3.24e38 < 3.40e38
+        (1.0, 2.0): False,
+        (0.0, 0.0): False,
+    }
+    for row, want in rows.items():
+        x = np.array([row], f32)
+        fb = forward_bound(x, None, 1e-5, f32)
+        assert fb.zero_ok.shape == x.shape
+        assert bool(fb.zero_ok.all()) == want and bool(fb.zero_ok.any()) == want, row
+    # per row in a batch, and for bfloat16 inputs (float32 accumulator, same range)
+    x = np.array([[big, big], [1, 1]], BF16)
+    fb = forward_bound(x, np.ones(2, BF16), 1e-5, BF16)
+    np.testing.assert_array_equal(fb.zero_ok, [[True, True], [False, False]])
+    # float16 squares never overflow float32
+    fb = forward_bound(np.full((1, 65536), 65504, np.float16), None, 1e-5, np.float16)
+    assert not fb.zero_ok.any()
+
+
+@pytest.mark.parametrize("fake", fakes.textbook_variants(), ids=lambda f: f.id)
+def test_zero_ok_covers_every_float32_overflow(fake):
+    """Rows whose sum of squares is within 2**-16 of float32's max: wherever the textbook
+    implementation's float32 sum overflows (its output is then 0), zero_ok is set; and zero_ok
+    is set only within the model's margin (1 + gamma_k) of the overflow threshold."""
+    rng = np.random.default_rng(3)
+    d = 64
+    target = np.exp(rng.uniform(np.log(F32.max) - 2.0 ** -16, np.log(F32.max) + 2.0 ** -16,
+                                (200, 1)))
+    v = rng.uniform(0.5, 1.0, (200, d))
+    x = (v * np.sqrt(target / np.sum(v * v, axis=-1, keepdims=True))).astype(np.float32)
+    y = fake.rms_norm(x, None, 1e-5)
+    fb = forward_bound(x, None, 1e-5, np.float32)
+    overflowed = np.all(y == 0, axis=-1)
+    assert overflowed.any() and not overflowed.all()
+    assert np.all(fb.zero_ok[overflowed])
+    true_sum = np.sum(x.astype(np.float64) ** 2, axis=-1)
+    k = tol.sum_roundings(d, np.float32, False)
+    flagged = fb.zero_ok[:, 0]
+    assert np.all(true_sum[flagged] * (1 + gamma(k, tol.U32)) >= F32.max)
+    assert tol.forward_bound is forward_bound
+
+
+# ---- soundness and tightness on adversarial inputs ----------------------------------------
+
+
+def _one_big_then_small(name: str, d: int, big_first: bool) -> np.ndarray:
+    """1.0 and d-1 values s with s*s just below half an ulp of 1.0 in float32 (2**-24):
+    summed sequentially after the 1.0 each square is rounded away, the worst case of
+    sequential float32 summation (relative error (d-1) u32 / (1 + (d-1) u32))."""
+    dt = DTYPES[name]
+    s = np.nextafter(np.float32(2.0 ** -12), np.float32(0)) if name == "float32" \
+        else (np.float64(2.0 ** -12) * (1 - 2.0 ** -INFO[name].p)).astype(dt)
+    x = np.full(d, s, dt)
+    x[0 if big_first else -1] = 1
+    return np.stack([x, -x])
+
+
+@pytest.mark.parametrize("fake", fakes.textbook_variants(), ids=lambda f: f.id)
+@pytest.mark.parametrize("name", NAMES)
+def test_bound_holds_on_sequential_worst_case(fake, name):
+    """At d = 65536 no textbook variant exceeds the bound, with or without weight, the large
+    value first or last; the sequential order (or reversed, with the large value last) reaches
+    99% of the float32 bound, so the sum term of the model is tight, not merely safe."""
+    d = 65536
+    worst = 0.0
+    for big_first in (True, False):
+        x = _one_big_then_small(name, d, big_first)
+        for w in (None, np.ones(d, x.dtype)):
+            y = fake.rms_norm(x, w, 1e-12)
+            fb = forward_bound(x, w, 1e-12, y.dtype)
+            ratio = np.abs(y.astype(np.float64) - fb.ref) / fb.bound
+            assert np.all(ratio <= 1), (big_first, w is None, ratio.max())
+            worst = max(worst, float(ratio.max()))
+    serial = fake.sum_order in ("sequential", "reversed")
+    if name == "float32" and serial:
+        assert worst > 0.98, worst          # the float32 sum lost (d-1) u32 of 1 + (d-1) u32
+    if name == "float32" and not serial:
+        assert worst < 0.05, worst
+
+
+@pytest.mark.parametrize("fake", fakes.textbook_variants(), ids=lambda f: f.id)
+def test_bound_holds_on_random_long_rows(fake):
+    """Random rows of every profile at long axes, mixed dtypes included: never over the bound."""
+    from conformance.strategies import bulk_array
+
+    rng = np.random.default_rng(11)
+    pairs = [("float32", "float32"), ("float16", "float16"), ("bfloat16", "bfloat16"),
+             ("float16", "float32"), ("bfloat16", "float16"), ("float32", None)]
+    for i, (xn, wn) in enumerate(pairs * 3):
+        d = int(rng.choice([4095, 16385, 65536]))
+        profile = ("normal", "wide", "spike", "row_scales", "constant")[i % 5]
+        x = bulk_array(xn, (2, d), int(rng.integers(2 ** 32)), profile, -8, 8)
+        w = None if wn is None else \
+            (rng.choice([-1.0, 1.0], d) * np.exp2(rng.uniform(-4, 2, d))).astype(DTYPES[wn])
+        eps = float(10.0 ** rng.uniform(-12, 0))
+        y = fake.rms_norm(x, w, eps)
+        fb = forward_bound(x, w, eps, y.dtype)
+        ratio = np.abs(y.astype(np.float64) - fb.ref) / fb.bound
+        assert np.all(ratio <= 1), (xn, wn, d, profile, eps, ratio.max())
+
+
+def test_sequential_sum_really_is_sequential():
+    """The adversarial input above loses every small square in fakes' sequential order (so the
+    worst-case test exercises what it claims), and none in the pairwise one."""
+    x = _one_big_then_small("float32", 65536, True)[0].astype(np.float32)
+    sq = x * x
+    assert fakes.float32_sum(sq, "sequential")[0] == 1.0
+    assert fakes.float32_sum(sq[::-1], "reversed")[0] == 1.0
+    assert fakes.float32_sum(sq, "pairwise")[0] > 1.0039
+    assert fakes.float32_sum(sq, "blocked")[0] > 1.0039
