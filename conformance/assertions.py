@@ -69,8 +69,15 @@ def check_result(impl, case: Case, out, expect_shape, expect_dtype, what="rms_no
 
 def call(impl, case: Case, fn, *args, what: str):
     """Run ``fn(*args)``; an exception becomes a clause failure naming the implementation."""
+    from conformance.supervisor import ImplementationDied
+
     try:
         return fn(*args)
+    except ImplementationDied as e:   # keep the type (not shrunk), add the exact input
+        lines = [f"{e.kind.upper()}: {e}"]
+        if case is not None:
+            lines += [f"case: {case.describe()}", "repro:", _repro(case, impl)]
+        raise type(e)("\n".join(lines)) from None
     except Exception as e:   # noqa: BLE001 - any adapter error is a finding, not a suite error
         fail(impl, case, f"{what} raised {type(e).__name__}: {e}")
 

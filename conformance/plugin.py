@@ -10,9 +10,10 @@ from __future__ import annotations
 import fnmatch
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from conformance import clauses, registry, report
+from conformance.supervisor import ImplementationDied, Supervised
 
 #: Examples per property in the default profile; ``thorough`` runs 10x as many.
 DEFAULT_EXAMPLES = 25
@@ -20,6 +21,9 @@ DEFAULT_EXAMPLES = 25
 settings.register_profile(
     "default", max_examples=DEFAULT_EXAMPLES, derandomize=True, database=None, deadline=None,
     print_blob=True,
+    # the explain phase re-runs failing examples many times (seconds per failing property);
+    # our own messages already carry the exact input
+    phases=[p for p in Phase if p is not Phase.explain],
     # implementation fixtures are stateless adapters, safe to share across examples
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.large_base_example, HealthCheck.function_scoped_fixture])
@@ -40,6 +44,12 @@ def pytest_addoption(parser):
                          "as xfailed 'unmet')")
     group.addoption("--conformance-report", metavar="PATH", default=None,
                     help="write the clause x implementation results as JSON to PATH")
+    group.addoption("--isolation", choices=("process", "none"), default="process",
+                    help="run implementation calls in a supervised child process so that "
+                         "crashes and hangs are reported, not fatal (default: process)")
+    group.addoption("--call-timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="with --isolation=process, an implementation call taking longer is "
+                         "reported as timed out (default: 60)")
 
 
 def pytest_configure(config):
@@ -54,6 +64,10 @@ def pytest_configure(config):
                 f"unknown --impl {', '.join(map(repr, unknown))}; installed implementations: "
                 f"{installed}")
         entries = [e for e in entries if any(fnmatch.fnmatchcase(e.id, w) for w in wanted)]
+    if config.getoption("isolation") == "process":
+        for e in entries:
+            if e.impl is not None:
+                e.impl = Supervised(e.impl, e.value, config.getoption("call_timeout"))
     config.stash[ENTRIES] = entries
     config.pluginmanager.register(report.Collector(config, entries), "rmsnorm-conformance-report")
 
@@ -62,11 +76,10 @@ def pytest_report_header(config):
     lines = []
     for e in config.stash.get(ENTRIES, []):
         state = (f"BROKEN: {e.error}" if e.error
-                 else (f"skipped: {e.impl.unavailable_reason()}" if e.impl.unavailable_reason()
-                       else "ok"))
+                 else (f"skipped: {e.unavailable}" if e.unavailable else "ok"))
         lines.append(f"  {e.id} = {e.value} [{e.distribution}] {state}")
     return [f"rmsnorm-conformance: {len(lines)} implementation(s), hypothesis profile "
-            f"{settings._current_profile!r}"] + lines
+            f"{settings.get_current_profile_name()!r}"] + lines
 
 
 def pytest_generate_tests(metafunc):
@@ -83,9 +96,8 @@ def pytest_generate_tests(metafunc):
 def impl(request):
     """The implementation under test; skipped with its own reason where it can't run here."""
     entry = request.param
-    reason = entry.impl.unavailable_reason()
-    if reason:
-        pytest.skip(f"{entry.id}: {reason}")
+    if entry.unavailable:
+        pytest.skip(f"{entry.id}: {entry.unavailable}")
     return entry.impl
 
 
@@ -104,10 +116,19 @@ def pytest_collection_modifyitems(session, config, items):
                                  ("impl", target.id if target is not None else "(suite)")]
 
 
+def pytest_unconfigure(config):
+    for e in config.stash.get(ENTRIES, []):
+        if isinstance(e.impl, Supervised):
+            e.impl.close()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    if call.excinfo is not None and call.excinfo.errisinstance(ImplementationDied):
+        rep.user_properties.append(("died", call.excinfo.value.kind))
+        return   # a crash or hang is never downgraded to 'unmet'
     props = dict(item.user_properties)
     level = props.get("level")
     if (rep.when == "call" and rep.failed and level in ("SHOULD", "MAY")

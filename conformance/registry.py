@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.metadata as md
 
@@ -19,6 +20,7 @@ class Entry:
     distribution: str
     impl: Implementation | None = None
     error: str | None = None
+    unavailable: str | None = None   # why it can't run here (every clause skipped), or None
 
 
 def discover(group: str = GROUP) -> list[Entry]:
@@ -34,9 +36,10 @@ def discover(group: str = GROUP) -> list[Entry]:
         else:
             seen[ep.name] = dist
             try:
-                entry.impl = as_implementation(ep.load())
+                entry.impl = copy.copy(as_implementation(ep.load()))   # the id is per entry
                 entry.impl.id = ep.name
+                entry.unavailable = entry.impl.unavailable_reason()
             except Exception as e:   # noqa: BLE001 - reported per implementation, run goes on
-                entry.error = f"{type(e).__name__}: {e}"
+                entry.impl, entry.error = None, f"{type(e).__name__}: {e}"
         entries.append(entry)
     return entries

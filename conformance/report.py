@@ -8,10 +8,16 @@ import time
 
 from conformance import clauses
 
-RANK = {"FAIL": 4, "unmet": 3, "pass": 2, "skip": 1}
+RANK = {"CRASH": 6, "TIMEOUT": 5, "FAIL": 4, "unmet": 3, "pass": 2, "skip": 1}
 
 
 def _status(rep) -> tuple[str, str] | None:
+    died = dict(rep.user_properties).get("died")
+    if died:
+        text = str(rep.longrepr)
+        start = text.find(died.upper() + ":")
+        return ("CRASH" if died == "crashed" else "TIMEOUT"), \
+            (text[start:] if start >= 0 else text).split("\nFalsifying")[0].strip()
     if hasattr(rep, "wasxfail") and rep.skipped:
         return "unmet", rep.wasxfail
     if rep.failed:
@@ -32,10 +38,14 @@ class Collector:
         self.config = config
         self.entries = entries
         self.results: dict[tuple[str, str], dict] = {}
+        self.lost: list[str] = []   # tests whose xdist worker died (no clause information)
 
     def pytest_runtest_logreport(self, report):
         props = dict(report.user_properties)
         if "clause" not in props:
+            if report.failed and "worker" in str(report.longrepr)[:300] \
+                    and "crashed" in str(report.longrepr)[:300]:
+                self.lost.append(report.nodeid)
             return
         st = _status(report)
         if st is None:
@@ -86,6 +96,16 @@ class Collector:
         terminalreporter.write_sep("=", "RMSNorm conformance: clause x implementation")
         for line in lines:
             terminalreporter.write_line(line)
+        died = [(c, i, cell) for (c, i), cell in sorted(self.results.items())
+                if cell["status"] in ("CRASH", "TIMEOUT")]
+        if died:
+            terminalreporter.write_sep("-", "crashed and timed-out calls (each with its input)")
+            for c, i, cell in died:
+                terminalreporter.write_line(f"{cell['status']} {c} {i}:", red=True)
+                for note in cell["notes"]:
+                    terminalreporter.write_line("    " + note.replace("\n", "\n    "))
+        for nodeid in self.lost:
+            terminalreporter.write_line(f"WORKER CRASHED while running {nodeid}", red=True)
         broken = [e for e in self.entries if e.error]
         for e in broken:
             terminalreporter.write_line(
@@ -103,6 +123,7 @@ class Collector:
                                        "error": e.error} for e in self.entries},
             "results": [{"clause": c, "impl": i, **cell}
                         for (c, i), cell in sorted(self.results.items())],
+            "worker_crashes": self.lost,
         }
         with open(path, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)

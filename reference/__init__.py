@@ -74,7 +74,7 @@ def rms_norm_vjp(x, weight, eps, g):
         dx = n * gw - x64 * n ** 3 * proj
         dw = None
         if weight is not None:
-            dw = np.sum((g64 * x64 * n).reshape(-1, d), axis=0)
+            dw = np.sum(g64 * x64 * n, axis=tuple(range(x64.ndim - 1)))
     return dx, dw
 
 

@@ -88,7 +88,8 @@ class TextbookFloat32(Implementation):
             raise ValueError(f"unknown order {order!r}")
         self.order = order
         self.sum_order = "sequential" if order == "torch" else order
-        self.id = f"{self.kind()}-{order}"
+        mutant = type(self) is not TextbookFloat32
+        self.id = self.kind() + ("" if mutant and order == "sequential" else f"-{order}")
 
     @classmethod
     def kind(cls) -> str:

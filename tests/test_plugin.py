@@ -85,8 +85,11 @@ def _load_with_test_clauses():
 clauses.load = _load_with_test_clauses
 '''
 
-#: Options every inner run gets (the empty ini keeps the project's pyproject.toml out).
-BASE_ARGS = ("-p", "no:cacheprovider", "--hypothesis-profile=plugin-selftest", "-rA")
+#: Options every inner run gets. ``--assert=plain``: pytest would otherwise assert-rewrite every
+#: pytest11 distribution (all of Hypothesis) in each subprocess, about 2 s of CPU per process
+#: where bytecode isn't cached (PYTHONDONTWRITEBYTECODE); the inner tests use no bare asserts.
+BASE_ARGS = ("-p", "no:cacheprovider", "--assert=plain", "--hypothesis-profile=plugin-selftest",
+             "-rA")
 
 SEP = "RMSNorm conformance: clause x implementation"
 
@@ -175,7 +178,6 @@ def test_broken_entry_point_reported_while_good_one_passes(inner):
                    "-k", "test_entry_point_loads or test_same_dtype_output", "test_inner.py")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert outcomes(result) == {"passed": 2, "failed": 1}
-    result.assert_outcomes(passed=2, failed=1)
     out = result.stdout.str()
     # the header names the distribution of every selected entry point and the profile
     assert "rmsnorm-conformance: 2 implementation(s), hypothesis profile 'plugin-selftest'" in out
@@ -357,7 +359,7 @@ def test_xdist_controller_prints_the_complete_table(inner, pytester):
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "2 workers [" in result.stdout.str()
     # 5 IMP-1 tests + 4 loaded implementations x (DTY-1, DTY-2, TST-8, TST-9)
-    assert outcomes(result) == {"passed": 6, "failed": 3, "skipped": 6, "xfailed": 6}
+    assert outcomes(result) == {"passed": 5, "failed": 3, "skipped": 7, "xfailed": 6}
     cells, _, raw = table(result)
     assert [" ".join(line.split()) for line in raw] == FULL_TABLE
     assert result.outlines.count(raw[0]) == 1       # printed once, by the controller

@@ -175,8 +175,9 @@ def test_exact_sum_bound_independent_of_d(name):
         absolute = tol.TAU if name != "float16" else INFO[name].min_subnormal / 2
         rels.append((fb.bound[0, 0] - absolute) / fb.ref[0, 0] - float(reference_error(d)))
     assert max(rels) - min(rels) <= 1e-15 * max(rels), rels
+    # in ulps: the reference term adds (2 * 65536 + 6) * 2**-53 relative, 2.5e-4 float32 ulps
     assert _ulps(name, 65536, exact_sum=True) == pytest.approx(_ulps(name, 1, exact_sum=True),
-                                                               rel=1e-6)
+                                                               abs=3e-4)
 
 
 @pytest.mark.parametrize("x_name", NAMES)
@@ -345,4 +346,4 @@ def test_sequential_sum_really_is_sequential():
     assert fakes.float32_sum(sq, "sequential")[0] == 1.0
     assert fakes.float32_sum(sq[::-1], "reversed")[0] == 1.0
     assert fakes.float32_sum(sq, "pairwise")[0] > 1.0039
-    assert fakes.float32_sum(sq, "blocked")[0] > 1.0039
+    assert fakes.float32_sum(sq, "blocked")[0] > 1.0038      # loses only in the first block

@@ -1,0 +1,198 @@
+"""Running implementation calls in a supervised child process (SPEC.md, IMP-4 and IMP-5).
+
+An adapter may kill the interpreter (segmentation fault, SIGFPE, abort, ``os._exit``), hang, or
+return something absurd. With isolation on (the default) every adapter call runs in a child
+process started from a forkserver (NumPy preloaded; the adapter's framework is imported after the
+fork, because MLX imported before a fork hangs on some later calls). A start costs the framework's
+import (about half a second for MLX, once per implementation and pytest process, again only after
+a crash or hang); a call about half a millisecond of pickling. The parent waits at most
+``timeout`` seconds, and a hung child writes its stacks to a file that the report includes.
+
+A crash or a time-out raises ``ImplementationCrashed`` or ``ImplementationTimedOut``. Both derive
+from BaseException on purpose: Hypothesis does not catch them, so it neither shrinks (which would
+re-run the crash or the hang many times) nor retries; the test fails at once with the exact input
+that caused it, and the next call starts a fresh child.
+"""
+
+from __future__ import annotations
+
+import builtins
+import multiprocessing as mp
+import os
+import pathlib
+import signal
+import tempfile
+import time
+import traceback
+
+import numpy as np
+
+from impl.protocol import Implementation, as_implementation
+
+#: A result larger than this is not sent back: it is described instead (IMP-5).
+MAX_RESULT_BYTES = 256 * 1024 * 1024
+CALLS = ("rms_norm", "vjp", "jvp", "hvp", "module_info", "functional", "functional_vjp")
+
+
+class ImplementationDied(BaseException):
+    """The implementation's process crashed or hung. BaseException: not shrunk by Hypothesis."""
+
+    kind = "died"
+
+
+class ImplementationCrashed(ImplementationDied):
+    kind = "crashed"
+
+
+class ImplementationTimedOut(ImplementationDied):
+    kind = "timed out"
+
+
+class RemoteError(Exception):
+    """An exception of a type that only exists in the child (its name is kept)."""
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"numpy.ndarray of shape {value.shape}, dtype {value.dtype}, {value.nbytes} bytes"
+    return f"{type(value).__module__}.{type(value).__name__}"
+
+
+def _check_size(value):
+    """Results go back as they are unless enormous; an oversize one comes back as a string that
+    the parent turns into a clause failure."""
+    arrays = value if isinstance(value, tuple) else (value,)
+    for a in arrays:
+        if isinstance(a, np.ndarray) and a.nbytes > MAX_RESULT_BYTES:
+            return ("oversize", f"returned an enormous result ({_describe(a)}, over "
+                                f"{MAX_RESULT_BYTES} bytes)")
+    return ("ok", value)
+
+
+def _child(conn, spec: str, timeout: float, stack_file: str):
+    import faulthandler
+
+    # the child must not react to the terminal's Ctrl-C (the parent handles it)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    module, _, attr = spec.partition(":")
+    import importlib
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    impl = as_implementation(obj)
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        name, args = msg
+        # a call about to time out first dumps every thread's stack to stderr (shown by pytest)
+        dump = open(stack_file, "w")
+        faulthandler.dump_traceback_later(max(timeout * 0.9, timeout - 2), exit=False, file=dump)
+        try:
+            reply = _check_size(getattr(impl, name)(*args))
+        except Exception as e:   # noqa: BLE001 - sent back and re-raised in the parent
+            reply = ("raised", type(e).__name__, str(e), traceback.format_exc(limit=4))
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+            dump.close()
+        try:
+            conn.send(reply)
+        except Exception as e:   # noqa: BLE001 - unpicklable result
+            conn.send(("unpicklable", f"returned an object that cannot be sent back "
+                                      f"({_describe(reply[1])}): {e}"))
+
+
+def _signal_name(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name} ({-code})"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class Supervised(Implementation):
+    """A proxy for an adapter whose calls run in a supervised child process."""
+
+    def __init__(self, inner: Implementation, spec: str, timeout: float):
+        self.inner = inner
+        self.id = inner.id
+        self.capabilities = inner.capabilities
+        self.spec = spec
+        self.timeout = timeout
+        self._proc = None
+        self._conn = None
+
+    def unavailable_reason(self):
+        return self.inner.unavailable_reason()
+
+    def _start(self):
+        ctx = mp.get_context("forkserver")
+        # Preload only what is fork-safe: the adapter's framework is imported after the fork
+        # (MLX imported before a fork hangs on some later calls, e.g. zero-size arrays).
+        ctx.set_forkserver_preload(["numpy", "ml_dtypes", "impl.protocol"])
+        parent, child = ctx.Pipe()
+        fd, self._stack_file = tempfile.mkstemp(prefix=f"rmsnorm-{self.id}-", suffix=".stack")
+        os.close(fd)
+        self._proc = ctx.Process(target=_child, daemon=True,
+                                 args=(child, self.spec, self.timeout, self._stack_file),
+                                 name=f"rmsnorm-impl-{self.id}")
+        self._proc.start()
+        child.close()
+        self._conn = parent
+
+    def close(self):
+        if getattr(self, "_stack_file", None):
+            pathlib.Path(self._stack_file).unlink(missing_ok=True)
+            self._stack_file = None
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join(5)
+        self._proc = self._conn = None
+
+    def _call(self, name, *args):
+        if self._proc is None or not self._proc.is_alive():
+            self.close()
+            self._start()
+        try:
+            self._conn.send((name, args))
+            ready = self._conn.poll(self.timeout)
+            reply = self._conn.recv() if ready else None
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            ready, reply = True, None
+        if reply is None:
+            if not ready:
+                time.sleep(min(2.0, self.timeout * 0.1))   # let the stack dump land
+                stack = pathlib.Path(self._stack_file).read_text(errors="replace").strip()
+                self.close()
+                raise ImplementationTimedOut(
+                    f"{self.id}: {name} did not return within {self.timeout:g} s "
+                    f"(--call-timeout); the process was killed. Its stacks:\n{stack}")
+            self._proc.join(5)
+            code = self._proc.exitcode
+            self.close()
+            raise ImplementationCrashed(f"{self.id}: the process running {name} died with "
+                                        f"{_signal_name(code if code is not None else 0)}")
+        status = reply[0]
+        if status == "ok":
+            return reply[1]
+        if status == "raised":
+            _, tname, message, tb = reply
+            exc = getattr(builtins, tname, None)
+            if isinstance(exc, type) and issubclass(exc, Exception):
+                raise exc(message)
+            raise RemoteError(f"{tname}: {message}")
+        raise RemoteError(reply[1])   # oversize or unpicklable: a clause failure
+
+
+def _forward(name):
+    def method(self, *args):
+        return self._call(name, *args)
+    method.__name__ = name
+    return method
+
+
+for _name in CALLS:
+    setattr(Supervised, _name, _forward(_name))
