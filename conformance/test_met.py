@@ -23,7 +23,9 @@ def _bits_differ(a, b):
 
 
 def _first_diff(a, b):
-    i = tuple(np.argwhere(a.astype(np.float64) != b.astype(np.float64))[0]) if a.size else ()
+    """The first element whose bits differ (so +0.0 vs -0.0 counts)."""
+    differ = a.view(f"u{a.itemsize}") != b.view(f"u{b.itemsize}")
+    i = tuple(int(k) for k in np.argwhere(differ)[0]) if differ.any() else ()
     return f"first difference at {i}: {a[i]!r} vs {b[i]!r}"
 
 

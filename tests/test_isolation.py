@@ -95,15 +95,12 @@ CRASH_CALLS = {"Abort": 1, "Exit3": 3, "Fpe": 1, "Hang": 1, "Segv": 3}
 
 #: id -> the failure message after "implementation: <id>" (a regular expression)
 GARBAGE = {
-    "garbage-huge": r"rms_norm raised RemoteError: returned an enormous result \(numpy\.ndarray "
-                    r"of shape \(1099511627776,\), dtype float32, 4398046511104 bytes, over "
-                    r"268435456 bytes\)",
-    "garbage-lambda": r"rms_norm raised RemoteError: returned an object that cannot be sent back "
-                      r"\(builtins\.function\): Can't pickle .*lambda",
-    "garbage-lock": r"rms_norm raised RemoteError: returned an object that cannot be sent back "
-                    r"\(_thread\.lock\): cannot pickle '_thread\.lock' object",
+    "garbage-huge": r"rms_norm .*enormous result \(numpy\.ndarray of shape \(1099511627776,\), "
+                    r"dtype float32, 4398046511104 bytes, over 268435456 bytes\)",
+    "garbage-lambda": r"rms_norm .*cannot be sent back \(builtins\.function\): .*pickle.*lambda",
+    "garbage-lock": r"rms_norm .*cannot be sent back \(_thread\.lock\): .*pickle '_thread\.lock'",
     "garbage-str": r"rms_norm returned builtins\.str, expected a numpy\.ndarray",
-    "garbage-unpickle": r"rms_norm raised ValueError: this object refuses to be unpickled",
+    "garbage-unpickle": r"rms_norm .*this object refuses to be unpickled",
 }
 
 
@@ -114,7 +111,8 @@ class Inner:
     """One finished inner run: exit code, output, timings, the JSON results (if asked for)."""
 
     def __init__(self, ret, out, err, wall, cpu, data):
-        self.ret, self.out, self.err, self.wall, self.cpu, self.data = ret, out, err, wall, cpu, data
+        self.ret, self.out, self.err = ret, out, err
+        self.wall, self.cpu, self.data = wall, cpu, data
         self.lines = out.splitlines()
 
     def __repr__(self):
@@ -173,7 +171,8 @@ def impl_args(*ids: str) -> list[str]:
 
 def outcomes(run: Inner) -> dict[str, int]:
     last = run.lines[-1] if run.lines else ""
-    return {k: int(n) for n, k in re.findall(r"(\d+) (\w+)", last) if k != "deselected"}
+    return {k: int(n) for n, k in re.findall(r"(\d+) (\w+)", last)
+            if k in ("passed", "failed", "error", "errors", "skipped", "xfailed", "xpassed")}
 
 
 def table(run: Inner) -> dict[tuple[str, str], str]:
@@ -225,8 +224,8 @@ def failure_section(run: Inner, test_id: str) -> str:
 def exec_repro(lines: list[str]):
     """Run the Python printed after 'repro:'; returns the rebuilt Case."""
     start = lines.index("repro:") + 1
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith("case = ")), None)
-    assert end is not None, f"no runnable repro after 'repro:' in:\n" + "\n".join(lines)
+    end = next((i for i in range(start, len(lines)) if "case = " in lines[i]), None)
+    assert end is not None, "no runnable repro after 'repro:' in:\n" + "\n".join(lines)
     namespace: dict = {}
     exec("\n".join(lines[start:end + 1]), namespace)   # noqa: S102 - the suite's printed repro
     return namespace["case"]
@@ -254,13 +253,15 @@ def results(run: Inner, impl: str | None = None) -> dict[tuple[str, str], dict]:
 
 
 def no_internal_error(run: Inner):
+    """The run ended normally: no internal error, no lost xdist worker, results written."""
     assert "INTERNALERROR" not in run.out + run.err, run
+    assert run.data is not None, f"no --conformance-report written:\n{run!r}"
     assert "Traceback" not in run.err, run
-    assert "WORKER CRASHED" not in run.out and "worker_crashes" in run.data, run
+    assert "WORKER CRASHED" not in run.out, run
     assert run.data["worker_crashes"] == [], run
 
 
-# --- the baseline: the good implementation alone ---------------------------------------------------
+# --- the baseline: the good implementation alone -------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -284,9 +285,13 @@ def baseline(tmp_path_factory) -> Inner:
 @pytest.mark.parametrize("workers", ["0", "2"], ids=["serial", "xdist"])
 def test_crashes_and_hangs_are_reported_per_clause_and_the_run_goes_on(tmp_path, baseline,
                                                                       workers):
+    """Five crashers and MLX, serial and with two xdist workers: CRASH / TIMEOUT cells with the
+    signal or exit code and the input, each crash once (no shrinking, no retry), the next call
+    in a fresh child, and MLX's results exactly those of a run without the crashers."""
     log = tmp_path / "crash-calls.log"
     run = run_inner(tmp_path / "run", *impl_args("crash-*", MLX), "-n", workers,
-                    "--call-timeout", CALL_TIMEOUT, log=log, label=f"crash-* + {MLX}, -n {workers}")
+                    "--call-timeout", CALL_TIMEOUT, log=log,
+                    label=f"crash-* + {MLX}, -n {workers}")
     # the run completes, fails, and nothing is an error of the suite itself
     assert run.ret == pytest.ExitCode.TESTS_FAILED, run
     no_internal_error(run)
@@ -375,6 +380,8 @@ def test_crash_on_a_large_input_reports_a_runnable_repro(tmp_path):
 
 @pytest.mark.clause("IMP-5")
 def test_garbage_results_are_clause_failures_with_a_clear_message(tmp_path, baseline):
+    """A string, a lambda, a lock, a 4 TiB array and an object that fails to unpickle: each an
+    ordinary FAIL of every clause, saying what came back, with the input; MLX unaffected."""
     run = run_inner(tmp_path / "run", *impl_args("garbage-*", MLX), "-n", "0",
                     "--call-timeout", CALL_TIMEOUT, label=f"garbage-* + {MLX}, -n 0")
     assert run.ret == pytest.ExitCode.TESTS_FAILED, run
@@ -420,6 +427,8 @@ def test_result_that_kills_the_parent_while_unpickled(tmp_path):
 
 @pytest.mark.clause("IMP-4")
 def test_isolation_none_gives_the_same_results_for_a_good_implementation(tmp_path, baseline):
+    """--isolation none (adapters called in-process) still runs a good implementation, with the
+    same results as under process isolation."""
     run = run_inner(tmp_path / "run", *impl_args(MLX), "-n", "0", "--isolation", "none",
                     label=f"{MLX} alone, --isolation none, -n 0")
     assert run.ret == 0, run
