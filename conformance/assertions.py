@@ -33,11 +33,13 @@ def _is_final_run() -> bool:
         return True
 
 
-def _repro(case: Case, impl) -> str:
+def _repro(case: Case, impl, force: bool = False) -> str:
+    """Small cases print their bytes; large ones are saved as .npz on Hypothesis' final run (or
+    at once with ``force``: a crash or hang gets no final run)."""
     arrays = [case.x, case.weight, *case.extras.values()]
     if all(a is None or a.size <= PRINT_LIMIT for a in arrays):
         return case.repro()
-    if not _is_final_run():
+    if not (force or _is_final_run()):
         return "(repro saved on Hypothesis' final run)"
     folder = pathlib.Path(os.environ.get(ARTIFACTS_ENV, ".rmsnorm-conformance"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -69,15 +71,17 @@ def check_result(impl, case: Case, out, expect_shape, expect_dtype, what="rms_no
 
 def call(impl, case: Case, fn, *args, what: str):
     """Run ``fn(*args)``; an exception becomes a clause failure naming the implementation."""
-    from conformance.supervisor import ImplementationDied
+    from conformance.supervisor import BadResult, ImplementationDied
 
     try:
         return fn(*args)
     except ImplementationDied as e:   # keep the type (not shrunk), add the exact input
         lines = [f"{e.kind.upper()}: {e}"]
         if case is not None:
-            lines += [f"case: {case.describe()}", "repro:", _repro(case, impl)]
+            lines += [f"case: {case.describe()}", "repro:", _repro(case, impl, force=True)]
         raise type(e)("\n".join(lines)) from None
+    except BadResult as e:
+        fail(impl, case, f"{what} {e}")
     except Exception as e:   # noqa: BLE001 - any adapter error is a finding, not a suite error
         fail(impl, case, f"{what} raised {type(e).__name__}: {e}")
 

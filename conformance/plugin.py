@@ -127,7 +127,8 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     if call.excinfo is not None and call.excinfo.errisinstance(ImplementationDied):
-        rep.user_properties.append(("died", call.excinfo.value.kind))
+        rep.user_properties += [("died", call.excinfo.value.kind),
+                                ("died_message", str(call.excinfo.value))]
         return   # a crash or hang is never downgraded to 'unmet'
     props = dict(item.user_properties)
     level = props.get("level")

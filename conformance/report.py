@@ -12,12 +12,9 @@ RANK = {"CRASH": 6, "TIMEOUT": 5, "FAIL": 4, "unmet": 3, "pass": 2, "skip": 1}
 
 
 def _status(rep) -> tuple[str, str] | None:
-    died = dict(rep.user_properties).get("died")
-    if died:
-        text = str(rep.longrepr)
-        start = text.find(died.upper() + ":")
-        return ("CRASH" if died == "crashed" else "TIMEOUT"), \
-            (text[start:] if start >= 0 else text).split("\nFalsifying")[0].strip()
+    props = dict(rep.user_properties)
+    if props.get("died"):
+        return ("CRASH" if props["died"] == "crashed" else "TIMEOUT"), props["died_message"]
     if hasattr(rep, "wasxfail") and rep.skipped:
         return "unmet", rep.wasxfail
     if rep.failed:

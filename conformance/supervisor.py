@@ -17,9 +17,11 @@ that caused it, and the next call starts a fresh child.
 from __future__ import annotations
 
 import builtins
+import io
 import multiprocessing as mp
 import os
 import pathlib
+import pickle
 import signal
 import tempfile
 import time
@@ -27,7 +29,7 @@ import traceback
 
 import numpy as np
 
-from impl.protocol import Implementation, as_implementation
+from impl.protocol import Implementation, ModuleInfo, as_implementation
 
 #: A result larger than this is not sent back: it is described instead (IMP-5).
 MAX_RESULT_BYTES = 256 * 1024 * 1024
@@ -48,8 +50,21 @@ class ImplementationTimedOut(ImplementationDied):
     kind = "timed out"
 
 
-class RemoteError(Exception):
-    """An exception of a type that only exists in the child (its name is kept)."""
+class BadResult(Exception):
+    """The adapter returned something that is not plain data (IMP-5): a clause failure."""
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Rebuilds only plain data: nothing from the child may run code in the suite's process."""
+
+    ALLOWED = ("numpy", "ml_dtypes")
+
+    def find_class(self, module, name):
+        if module.split(".")[0] in self.ALLOWED or (module, name) in (
+                ("impl.protocol", "ModuleInfo"), ("builtins", "complex"), ("builtins", "slice"),
+                ("collections", "OrderedDict")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
 
 
 def _describe(value) -> str:
@@ -58,15 +73,31 @@ def _describe(value) -> str:
     return f"{type(value).__module__}.{type(value).__name__}"
 
 
-def _check_size(value):
-    """Results go back as they are unless enormous; an oversize one comes back as a string that
-    the parent turns into a clause failure."""
-    arrays = value if isinstance(value, tuple) else (value,)
-    for a in arrays:
-        if isinstance(a, np.ndarray) and a.nbytes > MAX_RESULT_BYTES:
-            return ("oversize", f"returned an enormous result ({_describe(a)}, over "
-                                f"{MAX_RESULT_BYTES} bytes)")
-    return ("ok", value)
+def _plain_problem(value, budget: list) -> str | None:
+    """Why ``value`` is not plain data (arrays, numbers, strings, None, ModuleInfo and tuples,
+    lists and dicts of those, in all at most MAX_RESULT_BYTES), or None."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, np.generic)):
+        return None
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            return f"an object array ({_describe(value)})"
+        budget[0] -= value.nbytes
+        if budget[0] < 0:
+            return f"an enormous result ({_describe(value)}, over {MAX_RESULT_BYTES} bytes)"
+        return None
+    if isinstance(value, ModuleInfo):
+        return _plain_problem(value.parameters, budget)
+    if isinstance(value, (tuple, list)):
+        items = value
+    elif isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    else:
+        return _describe(value)
+    for item in items:
+        problem = _plain_problem(item, budget)
+        if problem:
+            return problem
+    return None
 
 
 def _child(conn, spec: str, timeout: float, stack_file: str):
@@ -82,25 +113,44 @@ def _child(conn, spec: str, timeout: float, stack_file: str):
     impl = as_implementation(obj)
     while True:
         try:
-            msg = conn.recv()
+            name, args = conn.recv()
         except EOFError:
             return
-        name, args = msg
-        # a call about to time out first dumps every thread's stack to stderr (shown by pytest)
+        # a call about to time out first dumps every thread's stack (read by the parent)
         dump = open(stack_file, "w")
         faulthandler.dump_traceback_later(max(timeout * 0.9, timeout - 2), exit=False, file=dump)
         try:
-            reply = _check_size(getattr(impl, name)(*args))
+            value = getattr(impl, name)(*args)
+            problem = _plain_problem(value, [MAX_RESULT_BYTES])
+            reply = ("bad", f"returned {problem}") if problem else ("ok", value)
         except Exception as e:   # noqa: BLE001 - sent back and re-raised in the parent
-            reply = ("raised", type(e).__name__, str(e), traceback.format_exc(limit=4))
+            reply = ("raised", [c.__name__ for c in type(e).__mro__], str(e),
+                     traceback.format_exc(limit=6))
         finally:
             faulthandler.cancel_dump_traceback_later()
             dump.close()
         try:
-            conn.send(reply)
-        except Exception as e:   # noqa: BLE001 - unpicklable result
-            conn.send(("unpicklable", f"returned an object that cannot be sent back "
-                                      f"({_describe(reply[1])}): {e}"))
+            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:   # noqa: BLE001 - e.g. a lock inside a tuple
+            data = pickle.dumps(("bad", f"returned an object that cannot be sent back "
+                                        f"({type(e).__name__}: {e})"))
+        conn.send_bytes(data)
+
+
+def _rebuild_exception(names: list, message: str, tb: str) -> Exception:
+    """The child's exception as the nearest builtin type, named like the original, with the
+    child's traceback as a note (so ValueError subclasses still satisfy VAL clauses)."""
+    for base_name in names:
+        base = getattr(builtins, base_name, None)
+        if isinstance(base, type) and issubclass(base, Exception):
+            cls = base if base_name == names[0] else type(names[0], (base,), {})
+            try:
+                exc = cls(message)
+            except TypeError:      # constructors with other signatures (UnicodeDecodeError)
+                continue
+            exc.add_note("in the implementation's process:\n" + tb)
+            return exc
+    return RuntimeError(f"{names[0]}: {message}")
 
 
 def _signal_name(code: int) -> str:
@@ -146,7 +196,7 @@ class Supervised(Implementation):
         if getattr(self, "_stack_file", None):
             pathlib.Path(self._stack_file).unlink(missing_ok=True)
             self._stack_file = None
-        if self._proc is not None:
+        if self._proc is not None and self._proc.pid is not None:
             if self._proc.is_alive():
                 self._proc.kill()
             self._proc.join(5)
@@ -159,9 +209,16 @@ class Supervised(Implementation):
         try:
             self._conn.send((name, args))
             ready = self._conn.poll(self.timeout)
-            reply = self._conn.recv() if ready else None
-        except (EOFError, BrokenPipeError, ConnectionResetError):
-            ready, reply = True, None
+            data = self._conn.recv_bytes() if ready else None
+        except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
+            ready, data = True, None
+        reply = None
+        if data is not None:
+            try:
+                reply = _SafeUnpickler(io.BytesIO(data)).load()
+            except Exception as e:   # noqa: BLE001 - whatever the bytes were, a clause failure
+                raise BadResult(f"returned an object that is not plain data "
+                                f"({type(e).__name__}: {e})") from None
         if reply is None:
             if not ready:
                 time.sleep(min(2.0, self.timeout * 0.1))   # let the stack dump land
@@ -173,18 +230,16 @@ class Supervised(Implementation):
             self._proc.join(5)
             code = self._proc.exitcode
             self.close()
+            how = (_signal_name(code) if code is not None
+                   else "its pipe closed while it was still alive (killed)")
             raise ImplementationCrashed(f"{self.id}: the process running {name} died with "
-                                        f"{_signal_name(code if code is not None else 0)}")
+                                        f"{how}")
         status = reply[0]
         if status == "ok":
             return reply[1]
         if status == "raised":
-            _, tname, message, tb = reply
-            exc = getattr(builtins, tname, None)
-            if isinstance(exc, type) and issubclass(exc, Exception):
-                raise exc(message)
-            raise RemoteError(f"{tname}: {message}")
-        raise RemoteError(reply[1])   # oversize or unpicklable: a clause failure
+            raise _rebuild_exception(*reply[1:])
+        raise BadResult(reply[1])   # not plain data, or enormous: a clause failure
 
 
 def _forward(name):
