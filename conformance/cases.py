@@ -73,3 +73,18 @@ def load(path) -> Case:
     extras = {k: get(k) for k in dt if k not in ("x", "weight", "eps")}
     return Case(x=get("x"), weight=get("weight") if "weight" in dt else None,
                 eps=float(z["eps"]), recipe=f"loaded from {path}", extras=extras)
+
+
+def scaled_pair(case: Case, k: int) -> tuple[Case, Case]:
+    """(case', case' scaled): x * 2**k with eps * 4**k, extras kept. case' zeroes elements below
+    16 * tiny and clips at max / 16 so that the scaling by 2**k (|k| <= 4) is exact."""
+    from conformance.dtypes import info
+
+    fi = info(case.x.dtype)
+    x = case.x.astype(np.float64)
+    x[np.abs(x) < fi.tiny * 16] = 0
+    base = Case(np.clip(x, -fi.max / 16, fi.max / 16).astype(case.x.dtype), case.weight,
+                case.eps, case.recipe + "; |x| clipped to [tiny*16, max/16]", dict(case.extras))
+    scaled = Case(base.x * np.asarray(2.0 ** k, base.x.dtype), base.weight, base.eps * 4.0 ** k,
+                  base.recipe + f"; x *= 2**{k}, eps *= 4**{k}", dict(base.extras))
+    return base, scaled

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 import reference
 from conformance import strategies as cs
 from conformance.assertions import assert_within, call, check_result, fail, forward, require
-from conformance.cases import Case
+from conformance.cases import Case, scaled_pair
 from conformance.tolerance import Bound, forward_bound, hvp_bound, jvp_bound, vjp_bounds
 
 F64_SLACK = 2.0 ** -50   # float64 evaluation of the identities' own sums (d <= 4096 terms)
@@ -87,6 +87,17 @@ def test_gradient_shapes_and_dtypes(impl, data):
         jvp(impl, case)
 
 
+def _identity_terms(impl, case):
+    """dx, <x, dx> per row, eps n^3 <g w, x> per row, and the allowed difference per row."""
+    dx, _ = vjp(impl, case)
+    bdx, _ = vjp_bounds(case.x, case.weight, case.eps, case.extras["g"])
+    n = reference.inv_rms(case.x, case.eps)[..., 0]
+    gw = case.extras["g"].astype(np.float64) * (1.0 if case.weight is None
+                                                 else case.weight.astype(np.float64))
+    return (_row_dot(case.x, dx), case.eps * n ** 3 * _row_dot(gw, case.x),
+            _identity_bound(case, dx, bdx))
+
+
 def _identity_bound(case, dx, bdx):
     x = np.abs(case.x.astype(np.float64))
     return np.sum(x * bdx.bound, axis=-1) + F64_SLACK * np.sum(x * np.abs(dx.astype(
@@ -101,14 +112,7 @@ def test_identity_x_dot_dx(impl, data):
     |x_i| times dx's bound."""
     require(impl, "gradients", "vjp")
     case = _grad_case(data, impl, allow_empty=False)
-    dx, _ = vjp(impl, case)
-    bdx, _ = vjp_bounds(case.x, case.weight, case.eps, case.extras["g"])
-    n = reference.inv_rms(case.x, case.eps)[..., 0]
-    gw = case.extras["g"].astype(np.float64) * (1.0 if case.weight is None
-                                                 else case.weight.astype(np.float64))
-    want = case.eps * n ** 3 * _row_dot(gw, case.x)
-    got = _row_dot(case.x, dx)
-    allowed = _identity_bound(case, dx, bdx)
+    got, want, allowed = _identity_terms(impl, case)
     bad = ~(np.abs(got - want) <= allowed)
     if bad.any():
         i = tuple(np.argwhere(bad)[0])
@@ -127,13 +131,9 @@ def test_dx_orthogonal_to_x_as_eps_vanishes(impl, data):
     case = _grad_case(data, impl, allow_empty=False, eps=st.just(eps))
     ms = reference.mean_square(case.x)[..., 0]
     keep = ms >= 2.0 ** -20
-    dx, _ = vjp(impl, case)
-    bdx, _ = vjp_bounds(case.x, case.weight, case.eps, case.extras["g"])
-    n = reference.inv_rms(case.x, case.eps)[..., 0]
-    gw = case.extras["g"].astype(np.float64) * (1.0 if case.weight is None
-                                                 else case.weight.astype(np.float64))
-    allowed = _identity_bound(case, dx, bdx) + eps * n ** 3 * np.abs(_row_dot(gw, case.x))
-    got = np.abs(_row_dot(case.x, dx))
+    dot, eps_term, allowed = _identity_terms(impl, case)
+    allowed = allowed + np.abs(eps_term)
+    got = np.abs(dot)
     bad = keep & ~(got <= allowed)
     if bad.any():
         i = tuple(np.argwhere(bad)[0])
@@ -165,16 +165,8 @@ def test_dweight_is_g_times_unit_output(impl, data):
 
 
 def _scaled(data, impl):
-    from conformance.dtypes import info
-    case = _grad_case(data, impl)
     k = data.draw(st.integers(-4, 4), label="log2(c)")
-    fi = info(case.x.dtype)
-    x = case.x.astype(np.float64)
-    x[np.abs(x) < fi.tiny * 16] = 0
-    case.x = np.clip(x, -fi.max / 16, fi.max / 16).astype(case.x.dtype)
-    scaled = Case(case.x * np.asarray(2.0 ** k, case.x.dtype), case.weight, case.eps * 4.0 ** k,
-                  case.recipe + f"; x *= 2**{k}, eps *= 4**{k}", dict(case.extras))
-    return case, k, scaled
+    return (*scaled_pair(_grad_case(data, impl), k), k)
 
 
 @pytest.mark.clause("GRAD-7")
@@ -183,7 +175,7 @@ def test_scale_covariance_of_dx(impl, data):
     """dx at (c x, c^2 eps) times c is within dx's bound at (x, eps), c = 2**k; dweight is
     unchanged within its bound."""
     require(impl, "gradients", "vjp")
-    case, k, scaled = _scaled(data, impl)
+    case, scaled, k = _scaled(data, impl)
     dxs, dws = vjp(impl, scaled)
     bdx, bdw = vjp_bounds(case.x, case.weight, case.eps, case.extras["g"])
     c = 2.0 ** k
@@ -200,7 +192,7 @@ def test_scale_covariance_of_dx_bitwise(impl, data):
     where both are normal numbers of dx's type (subnormal results lose bits when scaled)."""
     from conformance.dtypes import info
     require(impl, "gradients", "vjp")
-    case, k, scaled = _scaled(data, impl)
+    case, scaled, k = _scaled(data, impl)
     dx, _ = vjp(impl, case)
     dxs, _ = vjp(impl, scaled)
     a, b = dx.astype(np.float64), dxs.astype(np.float64) * 2.0 ** k
