@@ -119,10 +119,10 @@ def describe_errors(case: Case, got: np.ndarray, fb: Bound, bad: np.ndarray,
         bound_ulps = fb.bound / unit
         excess = np.where(bad, np.nan_to_num(err_ulps / bound_ulps, nan=np.inf), -1.0)
     idx = np.unravel_index(int(np.argmax(excess)), excess.shape) if excess.size else ()
-    xs = case.x.astype(np.float64)
+    x_at = f"x = {case.x.astype(np.float64)[idx]!r}, " if got.shape == case.x.shape else ""
     return (f"{int(bad.sum())} of {bad.size} {label} elements exceed the bound; worst at index "
             f"{tuple(int(i) for i in idx)}:\n"
-            f"  x = {xs[idx]!r}, expected (float64 reference) = {fb.ref[idx]!r}, got = {g[idx]!r}\n"
+            f"  {x_at}expected (float64 reference) = {fb.ref[idx]!r}, got = {g[idx]!r}\n"
             f"  error = {err_ulps[idx]:.4g} ulp of {fb.out_dtype.name}, bound = "
             f"{bound_ulps[idx]:.4g} ulp (= {fb.bound[idx]:.6g} absolute)")
 

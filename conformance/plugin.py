@@ -47,9 +47,9 @@ def pytest_addoption(parser):
     group.addoption("--isolation", choices=("process", "none"), default="process",
                     help="run implementation calls in a supervised child process so that "
                          "crashes and hangs are reported, not fatal (default: process)")
-    group.addoption("--call-timeout", type=float, default=60.0, metavar="SECONDS",
+    group.addoption("--call-timeout", type=float, default=30.0, metavar="SECONDS",
                     help="with --isolation=process, an implementation call taking longer is "
-                         "reported as timed out (default: 60)")
+                         "reported as timed out (default: 30)")
 
 
 def pytest_configure(config):
@@ -126,12 +126,12 @@ def pytest_unconfigure(config):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
-    if call.excinfo is not None and call.excinfo.errisinstance(ImplementationDied):
-        rep.user_properties += [("died", call.excinfo.value.kind),
-                                ("died_message", str(call.excinfo.value))]
-        return   # a crash or hang is never downgraded to 'unmet'
     props = dict(item.user_properties)
     level = props.get("level")
+    if call.excinfo is not None and call.excinfo.errisinstance(ImplementationDied):
+        # shown as CRASH / TIMEOUT whatever the level; the level decides the exit status below
+        rep.user_properties += [("died", call.excinfo.value.kind),
+                                ("died_message", str(call.excinfo.value))]
     if (rep.when == "call" and rep.failed and level in ("SHOULD", "MAY")
             and not item.config.getoption("strict_should")):
         rep.outcome = "skipped"

@@ -13,7 +13,7 @@ RANK = {"CRASH": 6, "TIMEOUT": 5, "FAIL": 4, "unmet": 3, "pass": 2, "skip": 1}
 
 def _status(rep) -> tuple[str, str] | None:
     props = dict(rep.user_properties)
-    if props.get("died"):
+    if props.get("died") and (rep.failed or hasattr(rep, "wasxfail")):
         return ("CRASH" if props["died"] == "crashed" else "TIMEOUT"), props["died_message"]
     if hasattr(rep, "wasxfail") and rep.skipped:
         return "unmet", rep.wasxfail

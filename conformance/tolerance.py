@@ -106,8 +106,11 @@ def _row_terms(x, weight, eps, beyond_range=False):
         n = 1.0 / np.sqrt(q)
         theta_q = gamma(sum_roundings(d, x.dtype, False), U32) + ETA_Q / q
         eps_n = theta_q / (2.0 * (1.0 - theta_q)) + C_RSQRT * U32
-    checkable = (theta_q < UNCHECKABLE) & ((q <= Q_MAX) | beyond_range)
-    return x64, w64, n, eps_n, checkable
+    # rows whose float32 sum of squares may overflow are ACC-4's business (n may be 0)
+    overflow = reference.mean_square(x) * d * (1.0 + gamma(d + K_FIXED, U32)) >= F32.max
+    known = (theta_q < UNCHECKABLE) & ~overflow
+    checkable = known & ((q <= Q_MAX) | beyond_range)
+    return x64, w64, n, eps_n, checkable, known
 
 
 def _finish(ref, bound, checkable, out_dtype):
@@ -124,7 +127,7 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False):
     subtracts, M_i = n |a_i| + |x_i| n^3 <|a|, |x|>/d, not against the (possibly cancelled) result.
     """
     d = x.shape[-1]
-    x64, w64, n, eps_n, ok = _row_terms(x, weight, eps, beyond_range)
+    x64, w64, n, eps_n, ok, known = _row_terms(x, weight, eps, beyond_range)
     g64 = g.astype(np.float64)
     uc = _u_compute(x.dtype, g.dtype, None if weight is None else weight.dtype)
     dx_ref, dw_ref = reference.rms_norm_vjp(x, weight, eps, g)
@@ -142,10 +145,11 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False):
             return dx_b, None
         terms = np.abs(g64 * x64 * n).reshape(-1, d)
         rows = terms.shape[0]
-        eps_max = np.max(np.where(ok, eps_n, 0.0)) if eps_n.size else 0.0
+        # dweight needs n only (not n^3): every row whose q is known counts
+        eps_max = np.max(np.where(known, eps_n, 0.0)) if eps_n.size else 0.0
         rel_w = eps_max + gamma(rows, U32) + K_ELEM * uc + reference.reference_error(d)
         total = np.sum(terms, axis=0)
-        row_ok = np.all(ok) if ok.size else True
+        row_ok = np.all(known) if known.size else True
         dw_bound = (rel_w * total + info(weight.dtype).u * np.abs(dw_ref) + _sigma(weight.dtype)
                     + rows * TAU)
         dw_b = _finish(dw_ref, dw_bound, np.broadcast_to(row_ok, dw_ref.shape), weight.dtype)
@@ -156,7 +160,7 @@ def jvp_bound(x, weight, eps, tx, tweight, out_dtype, beyond_range=False):
     """Bound for the tangent ty = (tx n + x dn) w + x n tw, dn = -n^3 <x, tx>/d, against the size
     of its terms."""
     d = x.shape[-1]
-    x64, w64, n, eps_n, ok = _row_terms(x, weight, eps, beyond_range)
+    x64, w64, n, eps_n, ok, known = _row_terms(x, weight, eps, beyond_range)
     tx64 = np.abs(tx.astype(np.float64))
     tw64 = np.zeros(d) if tweight is None else np.abs(tweight.astype(np.float64))
     ref = reference.rms_norm_jvp(x, weight, eps, tx, tweight)
@@ -175,7 +179,7 @@ def hvp_bound(x, weight, eps, g, v, beyond_range=False):
     four terms; the second-order graph has about twice the roundings of the first, so the
     constants double (5 eps_n for n^5, two reductions, 2 K_ELEM)."""
     d = x.shape[-1]
-    x64, w64, n, eps_n, ok = _row_terms(x, weight, eps, beyond_range)
+    x64, w64, n, eps_n, ok, known = _row_terms(x, weight, eps, beyond_range)
     a = np.abs(g.astype(np.float64) * w64)
     v64 = np.abs(v.astype(np.float64))
     ref = reference.rms_norm_hvp(x, weight, eps, g, v)

@@ -43,19 +43,23 @@ def _lead_sum(terms: np.ndarray, order: str) -> np.ndarray:
 
 class TextbookGrad(fakes.TextbookFloat32):
     """A correct float32 RMSNorm with float32 VJP, JVP and Hessian-vector product; ``order``
-    (from ``SUM_ORDERS``) is the float32 summation order of every reduction."""
+    (from ``SUM_ORDERS``) is the float32 summation order of every reduction. ``split_cube``
+    forms dx's second term as (x n)(n^2 p) instead of x n^3 p (GRAD-11's suggestion); by default
+    n^3 is formed explicitly, as MLX does."""
 
     capabilities = Capabilities(
         dtypes=("float32", "float16", "bfloat16"), mixed=True, weight_none=True,
         nonpositive_eps=True, module=False, validation=False, layouts=LAYOUTS,
         gradients=("vjp", "jvp", "hvp"), devices="numpy")
 
-    def __init__(self, order: str = "sequential"):
+    def __init__(self, order: str = "sequential", split_cube: bool = False):
         if order not in SUM_ORDERS:
             raise ValueError(f"unknown order {order!r}; use one of {SUM_ORDERS}")
         super().__init__(order)
+        self.split_cube = split_cube
         mutant = type(self) is not TextbookGrad
-        self.id = self.kind() + ("" if mutant and order == "sequential" else f"-{order}")
+        self.id = (self.kind() + ("" if mutant and order == "sequential" else f"-{order}")
+                   + ("-split-cube" if split_cube else ""))
 
     @classmethod
     def kind(cls) -> str:
@@ -66,6 +70,10 @@ class TextbookGrad(fakes.TextbookFloat32):
         """n = 1/sqrt(mean(x^2) + eps) in float32, exactly as the forward forms it."""
         return self.inv_rms(self.sum_squares(x, x32), self.count(x), eps)
 
+    def dx_n(self, x, x32, eps, n):
+        """The n that dx is formed with (the backward's n)."""
+        return n
+
     def row_mean(self, u, v):
         """mean(u v) over the last axis, keepdims: float32 products, float32 accumulation."""
         d = u.shape[-1]
@@ -75,6 +83,8 @@ class TextbookGrad(fakes.TextbookFloat32):
         return n * n * n
 
     def dx_formula(self, n, a, x32, p):
+        if self.split_cube:      # (x n)(n^2 p): no n^3, which underflows for q > 2**84
+            return n * a - (x32 * n) * (n * n * p)
         return n * a - x32 * self.cube(n) * p
 
     def batch_sum(self, terms):
@@ -117,7 +127,7 @@ class TextbookGrad(fakes.TextbookFloat32):
             n = self.backward_n(x, x32, eps)
             a = g32 * self._w32(weight, x.shape[-1])
             p = self.row_mean(a, x32)
-            dx = self.finish_dx(self.dx_formula(n, a, x32, p), x)
+            dx = self.finish_dx(self.dx_formula(self.dx_n(x, x32, eps, n), a, x32, p), x)
             dw = None if weight is None else self.dweight_for(x, weight, g32, x32, n)
         return dx, dw
 
@@ -129,7 +139,7 @@ class TextbookGrad(fakes.TextbookFloat32):
             s = self.row_mean(x32, tx32)
             tw32 = None if tweight is None else tweight.astype(F32)
             ty = self.tangent(x32, n, tx32, self._w32(weight, x.shape[-1]), tw32, s)
-        return ty.astype(out)
+            return ty.astype(out)
 
     def hvp(self, x, weight, eps, g, v):
         with np.errstate(all="ignore"):
@@ -138,7 +148,7 @@ class TextbookGrad(fakes.TextbookFloat32):
             a = g32 * self._w32(weight, x.shape[-1])
             p, sv, t = self.row_mean(a, x32), self.row_mean(x32, v32), self.row_mean(a, v32)
             hv = self.second_order(x32, n, a, v32, p, sv, t)
-        return hv.astype(x.dtype)
+            return hv.astype(x.dtype)
 
 
 # ---- mutants: one classic gradient bug each ------------------------------------------------
@@ -156,6 +166,20 @@ class ProjectionSignFlipped(TextbookGrad):
 
     def dx_formula(self, n, a, x32, p):
         return n * a + x32 * self.cube(n) * p
+
+
+class BackwardSquaresInHalf(TextbookGrad):
+    """dx's kernel recomputes n from squares formed and summed in x's half type (float16 or
+    bfloat16) instead of float32: squares above float16's range (|x| > 256) become inf, so n = 0,
+    and the sum loses bits (the forward and dweight are right)."""
+
+    def dx_n(self, x, x32, eps, n):
+        if x.dtype.name not in fakes.HALF_NAMES:
+            return n
+        sq = x * x
+        s = (np.zeros(sq.shape[:-1] + (1,), sq.dtype) if sq.shape[-1] == 0
+             else np.cumsum(sq, axis=-1, dtype=sq.dtype)[..., -1:])
+        return self.inv_rms(s.astype(F32), self.count(x), eps)
 
 
 class DweightFirstRowOnly(TextbookGrad):
@@ -192,6 +216,10 @@ class SquareInsteadOfCube(TextbookGrad):
 
 class SumInsteadOfMeanInProjection(TextbookGrad):
     """p = sum(a x) instead of mean(a x) in dx (the division by d forgotten)."""
+
+    def dx_n(self, x, x32, eps, n):
+        """The n that dx is formed with (the backward's n)."""
+        return n
 
     def row_mean(self, u, v):
         return float32_sum(u * v, self.sum_order)
