@@ -91,9 +91,11 @@ def _u_compute(*dtypes) -> float:
     return max(info(t).u for t in dtypes if t is not None)
 
 
-def _sigma(dtype) -> float:
-    o = info(dtype)
-    return TAU if o.name != "float16" else o.min_subnormal / 2
+def _sigma(*dtypes) -> float:
+    """Absolute error of one rounding below the normal range, in the least precise of the types
+    (half float16's smallest subnormal; TAU for float32/bfloat16, whose flush-to-zero is allowed)."""
+    return max(TAU if info(t).name != "float16" else info(t).min_subnormal / 2
+               for t in dtypes if t is not None)
 
 
 def _row_terms(x, weight, eps, beyond_range=False):
@@ -136,8 +138,11 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False):
         p_abs = np.sum(a * np.abs(x64), axis=-1, keepdims=True) / max(d, 1)
         m = n * a + np.abs(x64) * n ** 3 * p_abs
         rel = 3 * eps_n + gamma(d + 2, U32) + K_ELEM * uc + reference.reference_error(d)
-        # three products may each lose TAU to underflow; the one feeding x_i is scaled by it
-        absolute = 3 * _sigma(x.dtype) + TAU * np.abs(x64) * (1 + n)
+        # a rounding below the normal range (sigma_c) of an intermediate is scaled by what
+        # multiplies it afterwards: g w by n, x n by n^2 p, the result and the difference by 1;
+        # float32 intermediates feeding x_i (n^3 p, n^2 p) by |x_i| (1 + n)
+        sc = _sigma(x.dtype, g.dtype, None if weight is None else weight.dtype)
+        absolute = sc * (2 + n + n ** 2 * p_abs) + TAU * np.abs(x64) * (1 + n)
         flushed = np.where(np.abs(x64) < TAU, m, 0.0)
         dx_b = _finish(dx_ref, rel * m + info(x.dtype).u * np.abs(dx_ref) + absolute + flushed,
                        ok, x.dtype)
@@ -150,8 +155,10 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False):
         rel_w = eps_max + gamma(rows, U32) + K_ELEM * uc + reference.reference_error(d)
         total = np.sum(terms, axis=0)
         row_ok = np.all(known) if known.size else True
+        # per row: x n rounded (sigma_c, then scaled by |g|) and the product g (x n) (sigma_c)
+        low = np.sum((sc * (1 + np.abs(g64))).reshape(-1, d), axis=0)
         dw_bound = (rel_w * total + info(weight.dtype).u * np.abs(dw_ref) + _sigma(weight.dtype)
-                    + rows * TAU)
+                    + low)
         dw_b = _finish(dw_ref, dw_bound, np.broadcast_to(row_ok, dw_ref.shape), weight.dtype)
     return dx_b, dw_b
 
@@ -169,7 +176,10 @@ def jvp_bound(x, weight, eps, tx, tweight, out_dtype, beyond_range=False):
         s_abs = np.sum(np.abs(x64) * tx64, axis=-1, keepdims=True) / max(d, 1)
         m = (tx64 * n + np.abs(x64) * n ** 3 * s_abs) * np.abs(w64) + np.abs(x64) * n * tw64
         rel = 3 * eps_n + gamma(d + 2, U32) + K_ELEM * uc + reference.reference_error(d)
-        absolute = 4 * _sigma(out_dtype) + TAU * np.abs(x64) * (1 + n) * (1 + np.abs(w64))
+        sc = _sigma(x.dtype, out_dtype, None if weight is None else weight.dtype)
+        # tx n and x n rounded (scaled by |w| + |tw| and n^2 s |w|), the products and the sum
+        absolute = (sc * (3 + (np.abs(w64) + tw64) * (1 + n ** 2 * s_abs) + np.abs(w64))
+                    + TAU * np.abs(x64) * (1 + n) * (1 + np.abs(w64)))
         bound = rel * m + info(out_dtype).u * np.abs(ref) + absolute
     return _finish(ref, bound, ok, out_dtype)
 
@@ -193,6 +203,9 @@ def hvp_bound(x, weight, eps, g, v, beyond_range=False):
         m = n ** 3 * s * a + n ** 3 * p * v64 + 3 * n ** 5 * s * p * ax + n ** 3 * t * ax
         rel = (5 * eps_n + 2 * gamma(d + 2, U32) + 2 * K_ELEM * uc
                + reference.reference_error(d))
-        absolute = 6 * _sigma(x.dtype) + TAU * (ax + v64) * (1 + n) ** 3
+        sc = _sigma(x.dtype, g.dtype, None if weight is None else weight.dtype)
+        # as for dx, with the extra factors of the second order (n^2 s, n^2 t, 3 n^4 s p)
+        absolute = (sc * (4 + n + n ** 2 * (p + s + t) + 3 * n ** 4 * s * p)
+                    + TAU * (ax + v64) * (1 + n) ** 3)
         bound = rel * m + info(x.dtype).u * np.abs(ref) + absolute
     return _finish(ref, bound, ok, x.dtype)
