@@ -21,6 +21,7 @@ from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from reference import (
+    rms_norm_hvp,
     inv_rms,
     mean_square,
     reference_error,
@@ -549,3 +550,30 @@ def test_row_with_inf(name, inf, eps):
         assert np.isnan(y[0, 1])
         np.testing.assert_array_equal(y[0, [0, 2, 3]], 0.0)
         assert np.isfinite(y[1]).all()
+
+
+@pytest.mark.clause("REF-2")
+@settings(max_examples=30, deadline=None)
+@given(case=grad_case(), vseed=st.integers(0, 2 ** 32 - 1))
+def test_hvp_matches_central_differences_of_the_vjp(case, vseed):
+    """REF-2: rms_norm_hvp(x, w, eps, g, v) equals the central difference of the VJP's dx along
+    v, (dx(x + h v) - dx(x - h v)) / 2h, per row within 1e-6 of the size of H v's terms (the
+    same finite-difference budget as above, one derivative order up: step h = 1e-6 * s / |v|)."""
+    x, w, eps, g = case
+    v = np.random.default_rng(vseed).standard_normal(x.shape)
+    hv = rms_norm_hvp(x, w, eps, g, v)
+    x64 = x.astype(np.float64)
+    n = inv_rms(x, eps)
+    a = np.abs(g.astype(np.float64) * (1.0 if w is None else w.astype(np.float64)))
+    d = x.shape[-1]
+    ax, av = np.abs(x64), np.abs(v)
+    s, p, t = (np.sum(ax * av, -1, keepdims=True) / d, np.sum(a * ax, -1, keepdims=True) / d,
+               np.sum(a * av, -1, keepdims=True) / d)
+    size = n ** 3 * (s * a + p * av + 3 * n ** 2 * s * p * ax + t * ax)   # H v's four terms
+    h = FD_STEP / (n * np.max(av, axis=-1, keepdims=True))
+    fd = (rms_norm_vjp(x64 + h * v, w, eps, g)[0] - rms_norm_vjp(x64 - h * v, w, eps, g)[0]) \
+        / (2 * h)
+    # plus the cancellation of the dx differences: u |dx| / h ~ 1e-10 n^2 |a| |v|, far below
+    # 1e-6 n^2 max|a| for |v| of order 1
+    scale = np.max(size, axis=-1, keepdims=True) + n ** 2 * np.max(a, axis=-1, keepdims=True)
+    assert np.all(np.abs(hv - fd) <= FD_REL * scale), np.max(np.abs(hv - fd) / scale)
