@@ -47,6 +47,3 @@ def parse(text: str) -> dict[str, Clause]:
 def load() -> dict[str, Clause]:
     return parse(spec_path().read_text(encoding="utf-8"))
 
-
-def section(cid: str) -> str:
-    return cid.split("-")[0]

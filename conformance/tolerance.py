@@ -76,7 +76,6 @@ def forward_bound(x: np.ndarray, weight: np.ndarray | None, eps: float, out_dtyp
     return Bound(ref=ref, bound=bound, zero_ok=zero_ok, out_dtype=np.dtype(out_dtype))
 
 
-ForwardBound = Bound
 
 # ---------------------------------------------------------------------------------------------
 # Gradients (SPEC.md, TOL section, "Gradients").
