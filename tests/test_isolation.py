@@ -429,3 +429,43 @@ def test_isolation_none_gives_the_same_results_for_a_good_implementation(tmp_pat
     assert results(run, MLX) == results(baseline, MLX)
     print(f"baseline ({MLX} alone, --isolation process): wall {baseline.wall:.2f} s, "
           f"CPU {baseline.cpu:.2f} s")
+
+
+# --- a dying xdist worker ------------------------------------------------------------------------
+
+WORKER_KILLER = '''
+import os
+
+import pytest
+
+from conformance.test_dty import test_same_dtype_output  # noqa: F401  (a real clause test)
+
+
+@pytest.mark.clause("IMP-4")
+def test_kills_its_worker():
+    os._exit(7)
+'''
+
+
+@pytest.mark.clause("IMP-4")
+def test_summary_is_complete_when_an_xdist_worker_dies(tmp_path):
+    """Not an implementation (those run in children) but the pytest worker itself dies: xdist
+    replaces it, the table still holds every other result, and the death is listed in the
+    summary and in the JSON results."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "pytest.ini").write_text("[pytest]\n")
+    (folder / "conftest.py").write_text(INNER_CONFTEST)
+    (folder / "test_killer.py").write_text(WORKER_KILLER)
+    report = folder / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "pytest", *BASE_ARGS, "-n", "2",
+                           *impl_args(MLX), "--conformance-report", str(report),
+                           "test_killer.py"], cwd=folder, env=_env(folder, None),
+                          capture_output=True, text=True, timeout=150)
+    assert proc.returncode == pytest.ExitCode.TESTS_FAILED, proc.stdout[-3000:]
+    assert "WORKER CRASHED while running test_killer.py::test_kills_its_worker" in proc.stdout
+    assert re.search(r"^DTY-1 MUST\s+pass\s*$", proc.stdout, re.M), proc.stdout[-3000:]
+    data = json.loads(report.read_text())
+    assert data["worker_crashes"] == ["test_killer.py::test_kills_its_worker"]
+    assert [(r["clause"], r["impl"], r["status"]) for r in data["results"]] == \
+        [("DTY-1", MLX, "pass")]
