@@ -5,9 +5,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from conformance import strategies as cs
-from conformance.assertions import check_accuracy, fail, forward
+from conformance.assertions import assert_within, check_accuracy, forward
 from conformance.cases import Case
-from conformance.dtypes import F32, INFO
 from conformance.tolerance import forward_bound
 
 
@@ -81,7 +80,6 @@ def test_accurate_beyond_float32_accumulator(impl, data):
     got = forward(impl, case)
     fb = forward_bound(case.x, case.weight, case.eps, got.dtype)
     fb.zero_ok[...] = False
-    from conformance.assertions import assert_within
     assert_within(impl, case, got, fb)
 
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from conformance import strategies as cs
-from conformance.assertions import check_accuracy, fail, forward, require
+from conformance.assertions import assert_within, fail, forward, require
 from conformance.cases import Case
 from conformance.dtypes import INFO
 from conformance.tolerance import forward_bound
@@ -64,7 +64,6 @@ def test_nan_propagates_to_its_row_only(impl, data):
 def _check_other_rows(impl, case, got, row):
     keep = np.arange(case.x.shape[0]) != row
     fb = forward_bound(case.x[keep], case.weight, case.eps, got.dtype)
-    from conformance.assertions import assert_within
     assert_within(impl, case, got[keep], fb, context=f"rows other than the poisoned row {row}:")
 
 
@@ -110,7 +109,6 @@ def test_subnormal_inputs_preserved(impl, data):
     case = Case(x.astype(DTYPES[t]), np.ones(d, DTYPES[t]), data.draw(cs.eps_values(), "eps"))
     got = forward(impl, case)
     fb = forward_bound(case.x, case.weight, case.eps, got.dtype, flush_allowed=False)
-    from conformance.assertions import assert_within
     assert_within(impl, case, got, fb)
 
 
