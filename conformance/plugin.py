@@ -17,9 +17,13 @@ from conformance.supervisor import ImplementationDied, Supervised
 
 #: Examples per property in the default profile; ``thorough`` runs 10x as many.
 DEFAULT_EXAMPLES = 25
+#: The profile the conformance properties run under unless --hypothesis-profile names another.
+#: It is applied to the conformance properties only (pytest_collection_modifyitems), never
+#: loaded globally, so other Hypothesis suites in the same environment keep their own defaults.
+PROFILE = "rmsnorm-default"
 
 settings.register_profile(
-    "default", max_examples=DEFAULT_EXAMPLES, derandomize=True, database=None, deadline=None,
+    PROFILE, max_examples=DEFAULT_EXAMPLES, derandomize=True, database=None, deadline=None,
     print_blob=True,
     # the explain phase re-runs failing examples many times (seconds per failing property);
     # our own messages already carry the exact input
@@ -27,9 +31,8 @@ settings.register_profile(
     # implementation fixtures are stateless adapters, safe to share across examples
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                            HealthCheck.large_base_example, HealthCheck.function_scoped_fixture])
-settings.register_profile("thorough", settings.get_profile("default"),
+settings.register_profile("thorough", settings.get_profile(PROFILE),
                           max_examples=10 * DEFAULT_EXAMPLES, derandomize=False)
-settings.load_profile("default")
 
 ENTRIES = pytest.StashKey[list]()
 
@@ -79,7 +82,11 @@ def pytest_report_header(config):
                  else (f"skipped: {e.unavailable}" if e.unavailable else "ok"))
         lines.append(f"  {e.id} = {e.value} [{e.distribution}] {state}")
     return [f"rmsnorm-conformance: {len(lines)} implementation(s), hypothesis profile "
-            f"{settings.get_current_profile_name()!r}"] + lines
+            f"{_profile_name(config)!r}"] + lines
+
+
+def _profile_name(config) -> str:
+    return config.getoption("hypothesis_profile", None) or PROFILE
 
 
 def pytest_generate_tests(metafunc):
@@ -103,7 +110,13 @@ def impl(request):
 
 def pytest_collection_modifyitems(session, config, items):
     spec = clauses.load()
+    profile = settings.get_profile(_profile_name(config))
     for item in items:
+        fn = getattr(item, "obj", None)
+        if ("impl" in getattr(item, "fixturenames", ()) and hasattr(fn, "hypothesis")
+                and not getattr(fn, "_rmsnorm_profile", False)):
+            settings(profile)(fn)          # the public way to set a @given test's settings
+            fn._rmsnorm_profile = True
         marker = item.get_closest_marker("clause")
         if marker is None:
             continue
