@@ -21,6 +21,10 @@ DEFAULT_EXAMPLES = 25
 #: It is applied to the conformance properties only (pytest_collection_modifyitems), never
 #: loaded globally, so other Hypothesis suites in the same environment keep their own defaults.
 PROFILE = "rmsnorm-default"
+#: Health checks off for the properties: large bulk-drawn arrays are slow and big by design, and
+#: the implementation fixture is a stateless adapter, safe to share across examples.
+SUPPRESSED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example,
+              HealthCheck.function_scoped_fixture]
 
 settings.register_profile(
     PROFILE, max_examples=DEFAULT_EXAMPLES, derandomize=True, database=None, deadline=None,
@@ -28,9 +32,7 @@ settings.register_profile(
     # the explain phase re-runs failing examples many times (seconds per failing property);
     # our own messages already carry the exact input
     phases=[p for p in Phase if p is not Phase.explain],
-    # implementation fixtures are stateless adapters, safe to share across examples
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.large_base_example, HealthCheck.function_scoped_fixture])
+    suppress_health_check=SUPPRESSED)
 settings.register_profile("thorough", settings.get_profile(PROFILE),
                           max_examples=10 * DEFAULT_EXAMPLES, derandomize=False)
 
@@ -110,7 +112,11 @@ def impl(request):
 
 def pytest_collection_modifyitems(session, config, items):
     spec = clauses.load()
-    profile = settings.get_profile(_profile_name(config))
+    chosen = settings.get_profile(_profile_name(config))
+    # whatever profile is chosen: no deadlines (device calls vary), and the shared stateless
+    # implementation fixture is fine across examples
+    profile = settings(chosen, deadline=None, suppress_health_check=sorted(
+        set(chosen.suppress_health_check) | set(SUPPRESSED), key=lambda h: h.value))
     for item in items:
         fn = getattr(item, "obj", None)
         if ("impl" in getattr(item, "fixturenames", ()) and hasattr(fn, "hypothesis")
