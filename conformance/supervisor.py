@@ -3,9 +3,9 @@
 An adapter may kill the interpreter (segmentation fault, SIGFPE, abort, ``os._exit``), hang, or
 return something absurd. With isolation on (the default) every adapter call runs in a child
 process started from a forkserver (NumPy preloaded; the adapter's framework is imported after the
-fork, because MLX imported before a fork hangs on some later calls). A start costs the framework's
-import (about half a second for MLX, once per implementation and pytest process, again only after
-a crash or hang); a call about half a millisecond of pickling. The parent waits at most
+fork: forking after a threaded native library has initialised is unsafe in general). A start
+costs the framework's import (about half a second for MLX, once per implementation and pytest
+process, again only after a crash or hang); a call about half a millisecond of pickling. The parent waits at most
 ``timeout`` seconds, and a hung child writes its stacks to a file that the report includes.
 
 A crash or a time-out raises ``ImplementationCrashed`` or ``ImplementationTimedOut``. Both derive
@@ -180,8 +180,7 @@ class Supervised(Implementation):
 
     def _start(self):
         ctx = mp.get_context("forkserver")
-        # Preload only what is fork-safe: the adapter's framework is imported after the fork
-        # (MLX imported before a fork hangs on some later calls, e.g. zero-size arrays).
+        # Preload only what is fork-safe: the adapter's framework is imported after the fork.
         ctx.set_forkserver_preload(["numpy", "ml_dtypes", "impl.protocol"])
         parent, child = ctx.Pipe()
         fd, self._stack_file = tempfile.mkstemp(prefix=f"rmsnorm-{self.id}-", suffix=".stack")
