@@ -49,6 +49,12 @@ def sum_roundings(d: int, x_dtype, exact_sum: bool) -> int:
     return max(d - 1, 0) + (1 if info(x_dtype).name == "float32" else 0) + K_FIXED
 
 
+def accumulator_may_overflow(ms, d: int, k: int) -> np.ndarray:
+    """ACC-4: rows whose float32 sum of squares may overflow (it certainly does above F32.max);
+    ms is the float64 mean of squares, k the roundings of q (``sum_roundings``)."""
+    return ms * d * (1.0 + gamma(k, U32)) >= F32.max
+
+
 def forward_bound(x: np.ndarray, weight: np.ndarray | None, eps: float, out_dtype,
                   exact_sum: bool = False, flush_allowed: bool = True) -> Bound:
     """The ACC-1 bound for ``rms_norm(x, weight, eps)``; ACC-3's with ``exact_sum``; without
@@ -71,8 +77,7 @@ def forward_bound(x: np.ndarray, weight: np.ndarray | None, eps: float, out_dtyp
         bound = rel * np.abs(ref) + absolute + flushed
     bound = np.where(theta_q >= UNCHECKABLE, np.inf, bound)
     bound = np.where(np.isnan(bound), np.inf, bound)
-    # ACC-4: the float32 sum of squares may overflow (it certainly does above F32.max).
-    zero_ok = np.broadcast_to(ms * d * (1.0 + gamma(k, U32)) >= F32.max, ref.shape)
+    zero_ok = np.broadcast_to(accumulator_may_overflow(ms, d, k), ref.shape)
     return Bound(ref=ref, bound=bound, zero_ok=zero_ok, out_dtype=np.dtype(out_dtype))
 
 
@@ -102,14 +107,15 @@ def _row_terms(x, weight, eps, beyond_range=False):
     d = x.shape[-1]
     x64 = x.astype(np.float64)
     w64 = np.ones(d) if weight is None else weight.astype(np.float64)
-    q = reference.mean_square(x) + np.float64(eps)
+    ms = reference.mean_square(x)
+    q = ms + np.float64(eps)
+    k = sum_roundings(d, x.dtype, False)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         n = 1.0 / np.sqrt(q)
-        theta_q = gamma(sum_roundings(d, x.dtype, False), U32) + ETA_Q / q
+        theta_q = gamma(k, U32) + ETA_Q / q
         eps_n = theta_q / (2.0 * (1.0 - theta_q)) + C_RSQRT * U32
     # rows whose float32 sum of squares may overflow are ACC-4's business (n may be 0)
-    overflow = reference.mean_square(x) * d * (1.0 + gamma(d + K_FIXED, U32)) >= F32.max
-    known = (theta_q < UNCHECKABLE) & ~overflow
+    known = (theta_q < UNCHECKABLE) & ~accumulator_may_overflow(ms, d, k)
     checkable = known & ((q <= Q_MAX) | beyond_range)
     return x64, w64, n, eps_n, checkable, known
 

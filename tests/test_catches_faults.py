@@ -137,14 +137,20 @@ def _marked(pairs):
             for m, cid in pairs]
 
 
-@pytest.mark.parametrize("mutant, cid", _marked(CAUGHT))
-def test_mutant_is_caught(mutant, cid, tmp_path, monkeypatch):
-    monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path))     # repros of large inputs go here
+def assert_caught(test_fn, mutant, examples) -> str:
+    """The property fails for the mutant with a message naming it and carrying a repro."""
     with pytest.raises(Nonconformance) as info:
-        run_property(BY_CLAUSE[cid], mutant, MUTANT_EXAMPLES)
+        run_property(test_fn, mutant, examples)
     message = str(info.value)
     assert f"implementation: {mutant.id}" in message, message
     assert "repro:" in message and ("decode(" in message or "load(" in message), message
+    return message
+
+
+@pytest.mark.parametrize("mutant, cid", _marked(CAUGHT))
+def test_mutant_is_caught(mutant, cid, tmp_path, monkeypatch):
+    monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path))     # repros of large inputs go here
+    assert_caught(BY_CLAUSE[cid], mutant, MUTANT_EXAMPLES)
 
 
 @pytest.mark.clause("MET-1")
