@@ -90,7 +90,8 @@ def forward(impl, case: Case, layout=None) -> np.ndarray:
     """impl.rms_norm on the case, checked for type, shape and the DTY output dtype."""
     out = call(impl, case, impl.rms_norm, case.x, case.weight, case.eps, layout,
                what="rms_norm")
-    expect = result_dtype(case.x.dtype, None if case.weight is None else case.weight.dtype)
+    expect = impl.capabilities.output_dtype(case.x.dtype, None if case.weight is None
+                                            else case.weight.dtype)
     return check_result(impl, case, out, case.x.shape, expect)
 
 

@@ -42,20 +42,20 @@ def to_np(a) -> np.ndarray:
     return np.array(a)
 
 
-def build_view(x: np.ndarray, layout: Layout | None):
-    """The framework array for ``x``: contiguous, or the requested view built with MLX ops."""
+def build_view(x: np.ndarray, weight: np.ndarray | None, layout: Layout | None):
+    """The framework arrays for ``x`` and ``weight``: contiguous, or the requested views built
+    with MLX ops (``Layout.view``)."""
     import mlx.core as mx
 
     if layout is None:
-        return to_mx(x)
-    src = to_mx(layout.source)
-    if layout.kind == "transposed":
-        return mx.swapaxes(src, -1, -2)
-    if layout.kind == "strided":
-        return src[..., ::2]
-    if layout.kind == "broadcast":
-        return mx.broadcast_to(src, layout.shape)
-    raise ValueError(f"unknown layout {layout.kind!r}")
+        return to_mx(x), (None if weight is None else to_mx(weight))
+    return layout.view(x, weight, to_mx, mx.swapaxes, mx.broadcast_to)
+
+
+def environment(dev: str) -> dict[str, str]:
+    import mlx.core as mx
+
+    return {"framework": "mlx", "version": mx.__version__, "device": dev}
 
 
 # The functional op and its derivatives, shared by both MLX adapters (the module adapter uses them
@@ -70,7 +70,8 @@ def _fn(eps, with_weight):
 
 
 def _primals(x, weight, layout=None):
-    return [build_view(x, layout)] + ([] if weight is None else [to_mx(weight)])
+    xm, wm = build_view(x, weight, layout)
+    return [xm] + ([] if wm is None else [wm])
 
 
 def fast_rms_norm(dev, x, weight, eps, layout=None):

@@ -8,18 +8,22 @@ has no ``weight=None`` and rejects eps <= 0, so those capabilities are off. Its 
 from __future__ import annotations
 
 from impl import _mlx
-from impl.protocol import Capabilities, Implementation, ModuleInfo
+from impl.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
 
 
 class MLXModule(Implementation):
     def __init__(self, device: str):
         self.device = device
         self.id = f"mlx-nn-{device}"
-        self.capabilities = Capabilities(weight_none=False, nonpositive_eps=False, module=True,
-                                         validation=False, devices=device, gradients=("vjp",))
+        self.capabilities = Capabilities(
+            dtypes=tuple(DTYPES), mixed="promote", module=True, mlx_module=True,
+            layouts=LAYOUTS, gradients=("vjp",), device=device)
 
     def unavailable_reason(self):
         return _mlx.gpu_unavailable_reason() if self.device == "gpu" else None
+
+    def environment(self):
+        return _mlx.environment(self.device)
 
     def _module(self, weight, eps):
         import mlx.nn as nn
@@ -32,7 +36,10 @@ class MLXModule(Implementation):
         import mlx.core as mx
 
         with mx.stream(_mlx.device(self.device)):
-            y = self._module(weight, eps)(_mlx.build_view(x, layout))
+            xm, wm = _mlx.build_view(x, weight, layout)
+            module = self._module(weight, eps)
+            module.weight = wm
+            y = module(xm)
             mx.eval(y)
         return _mlx.to_np(y)
 

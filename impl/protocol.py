@@ -1,11 +1,13 @@
 """The adapter protocol: how an implementation of RMSNorm is exposed to the suite.
 
-An adapter is a small object (see ``impl/mlx_fast.py`` for a complete one) that the suite finds
+Adapter authors import it under the distribution's own name, ``rmsnorm_conformance``:
+
+    from rmsnorm_conformance import Capabilities, Implementation
+
+An adapter is a small object (``impl/mlx_fast.py`` is a complete one) that the suite finds
 through the entry-point group ``rmsnorm_conformance.implementations``. Everything crossing the
 boundary is NumPy: ``numpy.float32``, ``numpy.float16`` and ``ml_dtypes.bfloat16`` arrays in,
 the same kinds of arrays out. The suite never imports the framework under test itself.
-
-The protocol is deliberately framework-neutral; a third party implements it in its own package:
 
     [project.entry-points."rmsnorm_conformance.implementations"]
     my-rmsnorm = "my_pkg.conformance_adapter:adapter"
@@ -28,60 +30,137 @@ DTYPES: dict[str, np.dtype] = {
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
 }
 
-#: Memory layouts the suite asks for (MET-6). Each names a recipe the adapter applies *in the
-#: framework* to ``Layout.source`` so that the framework array seen by the kernel is a view:
-#:   "transposed": source has the last two axes swapped; swap them back (a non-contiguous view);
-#:   "strided":    source has a doubled last axis; take every other element ``[..., ::2]``;
-#:   "broadcast":  source has leading dimensions of size 1; broadcast it to ``Layout.shape``.
-LAYOUTS = ("transposed", "strided", "broadcast")
+#: Memory layouts the suite asks for (MET-7, MET-8). Each names a recipe the adapter applies *in
+#: its framework* to ``Layout.source`` (and ``Layout.weight_source``) so that the arrays the kernel
+#: sees are views, not copies; ``Layout.view`` is the recipe written once for any array type with
+#: NumPy-style slicing:
+#:   "transposed":     source has the last two axes swapped; swap them back;
+#:   "strided":        source has a doubled last axis; take every other element ``[..., ::2]``;
+#:   "broadcast":      source has leading dimensions of size 1; broadcast it to ``shape``;
+#:   "offset":         source is 1-D with ``offset`` extra leading elements; ``source[offset:]``
+#:                     reshaped to ``shape`` (a view that does not start at its buffer's start);
+#:   "padded":         rows padded beyond d: source is (..., d + pad); take ``[..., :d]`` (a row
+#:                     stride larger than the row);
+#:   "reversed":       source is x reversed along the last axis; take ``[..., ::-1]`` (a negative
+#:                     stride);
+#:   "weight_strided": x is contiguous; the weight is ``weight_source[::2]`` (a strided weight).
+LAYOUTS = ("transposed", "strided", "broadcast", "offset", "padded", "reversed", "weight_strided")
+
+#: Conventions for the output dtype when x and weight differ (capability ``mixed``).
+MIXED = ("promote", "input")
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Instructions to build a non-contiguous framework view whose values equal ``x``."""
+    """Instructions to build non-contiguous framework views whose values equal ``x`` (and the
+    weight). ``source`` is None for "weight_strided" (x is passed as is)."""
 
     kind: str
-    source: np.ndarray
+    source: np.ndarray | None
     shape: tuple[int, ...]
+    offset: int = 0
+    weight_source: np.ndarray | None = None
+
+    def view(self, x, weight, asarray, swapaxes, broadcast_to):
+        """(x view, weight view) built with the framework's own operations: ``asarray`` turns a
+        NumPy array into a framework array, ``swapaxes(a, i, j)`` and ``broadcast_to(a, shape)``
+        are the framework's. Slicing and ``reshape`` are used as methods. An adapter whose
+        framework lacks one of these views does not declare that layout."""
+        wv = None if weight is None else asarray(weight)
+        if self.kind == "weight_strided":
+            return asarray(x), asarray(self.weight_source)[::2]
+        src = asarray(self.source)
+        if self.kind == "transposed":
+            xv = swapaxes(src, -1, -2)
+        elif self.kind == "strided":
+            xv = src[..., ::2]
+        elif self.kind == "broadcast":
+            xv = broadcast_to(src, self.shape)
+        elif self.kind == "offset":
+            xv = src[self.offset:].reshape(self.shape)
+        elif self.kind == "padded":
+            xv = src[..., :self.shape[-1]]
+        elif self.kind == "reversed":
+            xv = src[..., ::-1]
+        else:
+            raise ValueError(f"unknown layout {self.kind!r}; known: {LAYOUTS}")
+        return xv, wv
 
 
 @dataclasses.dataclass(frozen=True)
 class ModuleInfo:
     """What a module (``nn.RMSNorm(dims)``-like object) holds after default construction."""
 
-    eps: float
+    eps: float | None
     parameters: dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
 class Capabilities:
-    """What an implementation declares; clauses needing an undeclared capability are skipped.
+    """What an implementation declares. A clause that needs an undeclared capability is skipped
+    with that reason. The defaults are conservative: an adapter is judged on MLX-specific
+    behaviour (the MLX profile in SPEC.md) only where it declares it.
 
-    dtypes:        input dtypes accepted (names from ``DTYPES``).
-    mixed:         accepts a weight whose dtype differs from x's (output dtype by promotion).
-    weight_none:   accepts ``weight=None`` (no scaling).
-    nonpositive_eps: accepts eps <= 0 (MLX's fast.rms_norm does; its module raises).
-    module:        the adapter wraps a module and implements ``module_info``/``functional``.
-    validation:    the adapter passes invalid arguments through so that VAL clauses apply.
-    layouts:       layouts from ``LAYOUTS`` the adapter can build in its framework.
-    gradients:     gradient entry points provided: "vjp", "jvp", "hvp" (second order).
-    devices:       a free-form description of where it runs (for reports only).
+    dtypes:          input dtypes accepted (names from ``DTYPES``). Default float32 only.
+    mixed:           a weight whose dtype differs from x's is accepted, with the output dtype by
+                     "promote" (the promotion of both: MLX, Flax) or "input" (x's dtype: PyTorch);
+                     None (default): mixed dtypes are not tested.
+    weight_none:     ``weight=None`` is accepted (no scaling).
+    nonpositive_eps: eps <= 0 and non-finite eps are accepted (MLX profile: fast.rms_norm).
+    validation:      MLX's argument validation (VAL-1..4): invalid arguments raise ValueError.
+    module:          the adapter wraps a module and implements ``module_info``, ``functional``
+                     (and ``functional_vjp`` with gradients): MOD-1, MOD-3, MOD-5, GRAD-13.
+    mlx_module:      the module follows MLX's module contract (MOD-2 default eps 1e-5, MOD-4
+                     eps <= 0 rejected).
+    layouts:         layouts from ``LAYOUTS`` the adapter builds as views in its framework.
+    gradients:       gradient entry points provided: "vjp", "jvp", "hvp" (second order).
+    device:          where it runs, e.g. "cpu", "gpu", "cuda:0" (reports; anything but "cpu"
+                     is an accelerator: its tests share one xdist worker per device).
     """
 
-    dtypes: Sequence[str] = ("float32", "float16", "bfloat16")
-    mixed: bool = True
-    weight_none: bool = True
-    nonpositive_eps: bool = True
+    dtypes: Sequence[str] = ("float32",)
+    mixed: str | None = None
+    weight_none: bool = False
+    nonpositive_eps: bool = False
+    validation: bool = False
     module: bool = False
-    validation: bool = True
-    layouts: Sequence[str] = LAYOUTS
+    mlx_module: bool = False
+    layouts: Sequence[str] = ()
     gradients: Sequence[str] = ()
-    devices: str = "cpu"
+    device: str = "cpu"
+
+    def problems(self) -> list[str]:
+        """What is malformed in this declaration (IMP-1), as messages; [] when well-formed."""
+        found = [f"unknown dtype {t!r} (known: {sorted(DTYPES)})" for t in self.dtypes
+                 if t not in DTYPES]
+        found += [f"unknown layout {k!r} (known: {LAYOUTS})" for k in self.layouts
+                  if k not in LAYOUTS]
+        found += [f"unknown gradient {g!r} (known: vjp, jvp, hvp)" for g in self.gradients
+                  if g not in ("vjp", "jvp", "hvp")]
+        if not self.dtypes:
+            found.append("declares no dtypes")
+        if self.mixed not in (None, *MIXED):
+            found.append(f"mixed must be None or one of {MIXED}, got {self.mixed!r}")
+        if self.mlx_module and not self.module:
+            found.append("mlx_module needs module=True")
+        if isinstance(self.dtypes, str) or isinstance(self.layouts, str) \
+                or isinstance(self.gradients, str):
+            found.append("dtypes, layouts and gradients are sequences of names, not one string")
+        return found
+
+    def output_dtype(self, x_dtype, w_dtype) -> np.dtype:
+        """The output dtype this implementation declares for x and weight dtypes (DTY-1..3)."""
+        a = np.dtype(x_dtype)
+        if w_dtype is None or np.dtype(w_dtype) == a:
+            return a
+        if self.mixed == "input":
+            return a
+        return DTYPES["float32"]    # "promote": float32 with anything, float16 with bfloat16
 
 
 class Implementation:
     """Base class for adapters. Subclasses set ``id`` and ``capabilities`` and override
-    ``rms_norm``; module adapters also override ``module_info`` and ``functional``.
+    ``rms_norm``; gradient and module adapters override the methods their capabilities name.
 
     Contract for ``rms_norm``: return a NumPy array (``ml_dtypes.bfloat16`` for bfloat16) of the
     framework's result, fully computed (lazy frameworks must evaluate). Invalid arguments must
@@ -93,12 +172,29 @@ class Implementation:
     capabilities: Capabilities = Capabilities()
 
     def unavailable_reason(self) -> str | None:
-        """None when usable here; otherwise the reason every clause is skipped (no GPU, ...)."""
+        """None when usable here; otherwise the reason every clause is skipped (no GPU, the
+        framework not installed, ...). Called in a supervised child process."""
         return None
+
+    def environment(self) -> dict[str, str]:
+        """What it runs on, for the results file: e.g. {"framework": "mlx", "version":
+        "0.32.4", "device": "cpu"}. Called in a supervised child process."""
+        return {}
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray | None, eps: float,
                  layout: Layout | None = None) -> np.ndarray:
         raise NotImplementedError
+
+    def rms_norm_sequence(self, calls: Sequence[tuple]) -> list[np.ndarray]:
+        """Forward calls ``(x, weight, eps)`` in order, on one function built for the whole
+        sequence (compiled adapters: one compiled function reused across the calls' changing
+        shapes; FWD-6). The default calls ``rms_norm`` for each."""
+        return [self.rms_norm(x, w, eps) for x, w, eps in calls]
+
+    def vjp_sequence(self, calls: Sequence[tuple]) -> list[tuple]:
+        """VJP calls ``(x, weight, eps, g)`` in order, on one function built for the whole
+        sequence (GRAD-15). The default calls ``vjp`` for each."""
+        return [self.vjp(x, w, eps, g) for x, w, eps, g in calls]
 
     # Gradients (capability ``gradients``). Arrays as for rms_norm; the cotangent g has the
     # output's dtype, tangents have their primal's dtype.
@@ -130,7 +226,7 @@ class Implementation:
 
     def functional_vjp(self, x: np.ndarray, weight: np.ndarray | None, eps: float,
                        g: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The functional op's VJP, to compare the module's gradients with (GRAD-8)."""
+        """The functional op's VJP, to compare the module's gradients with (GRAD-13)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -143,6 +239,6 @@ def as_implementation(obj: Any) -> Implementation:
         obj = obj()
     if not isinstance(obj, Implementation):
         raise TypeError(
-            f"entry point must name an impl.protocol.Implementation instance or a factory "
+            f"entry point must name a rmsnorm_conformance.Implementation instance or a factory "
             f"returning one, got {type(obj).__name__}")
     return obj

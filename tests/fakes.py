@@ -32,19 +32,12 @@ SUM_ORDERS = ("sequential", "pairwise", "reversed", "blocked")
 BLOCK = 256
 
 
-def build_view(x: np.ndarray, layout: Layout | None) -> np.ndarray:
-    """The NumPy counterpart of ``impl._mlx.build_view``: the requested view of ``layout.source``
-    (never a copy), or ``x`` itself."""
+def build_view(x: np.ndarray, weight: np.ndarray | None, layout: Layout | None):
+    """The NumPy counterpart of ``impl._mlx.build_view``: the requested views (never copies),
+    or ``x`` and ``weight`` themselves."""
     if layout is None:
-        return x
-    src = layout.source
-    if layout.kind == "transposed":
-        return np.swapaxes(src, -1, -2)
-    if layout.kind == "strided":
-        return src[..., ::2]
-    if layout.kind == "broadcast":
-        return np.broadcast_to(src, layout.shape)
-    raise ValueError(f"unknown layout {layout.kind!r}")
+        return x, weight
+    return layout.view(x, weight, np.asarray, np.swapaxes, np.broadcast_to)
 
 
 def _sequential(sq: np.ndarray) -> np.ndarray:
@@ -79,9 +72,9 @@ class TextbookFloat32(Implementation):
     ``SUM_ORDERS`` or "torch" (sequential sum, output rounded once: y = T(x32 * n * w32))."""
 
     capabilities = Capabilities(
-        dtypes=("float32", "float16", "bfloat16"), mixed=True, weight_none=True,
+        dtypes=("float32", "float16", "bfloat16"), mixed="promote", weight_none=True,
         nonpositive_eps=True, module=False, validation=False, layouts=LAYOUTS, gradients=(),
-        devices="numpy")
+        device="cpu")
 
     def __init__(self, order: str = "sequential"):
         if order not in SUM_ORDERS + ("torch",):
@@ -96,8 +89,8 @@ class TextbookFloat32(Implementation):
         return "textbook-f32" if cls is TextbookFloat32 else "mutant-" + cls.__name__
 
     # ---- the steps, each overridable ------------------------------------------------------
-    def view(self, x, layout):
-        return build_view(x, layout)
+    def view(self, x, weight, layout):
+        return build_view(x, weight, layout)
 
     def out_dtype(self, x, weight) -> np.dtype:
         return result_dtype(x.dtype, None if weight is None else weight.dtype)
@@ -140,7 +133,7 @@ class TextbookFloat32(Implementation):
 
     # ---- the whole computation -------------------------------------------------------------
     def rms_norm(self, x, weight, eps, layout=None):
-        xv = self.view(x, layout)
+        xv, weight = self.view(x, weight, layout)
         out = self.out_dtype(xv, weight)
         with np.errstate(all="ignore"):
             x32 = self.to_accumulator(xv)
@@ -333,11 +326,12 @@ class IgnoresStrides(TextbookFloat32):
     """Reads a non-contiguous view's buffer as if it were contiguous (strides ignored):
     a transposed view is read in memory order, a strided one reads the skipped elements."""
 
-    def view(self, x, layout):
-        if layout is None or layout.kind == "broadcast":
-            return build_view(x, layout)
+    def view(self, x, weight, layout):
+        if layout is None or layout.kind in ("broadcast", "weight_strided", "offset"):
+            return build_view(x, weight, layout)
         n = int(np.prod(layout.shape, dtype=np.int64))
-        return np.ascontiguousarray(layout.source).reshape(-1)[:n].reshape(layout.shape)
+        flat = np.ascontiguousarray(layout.source).reshape(-1)[:n].reshape(layout.shape)
+        return flat, weight
 
 
 class FlushSubnormalInputs(TextbookFloat32):

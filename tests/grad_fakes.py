@@ -48,9 +48,9 @@ class TextbookGrad(fakes.TextbookFloat32):
     n^3 is formed explicitly, as MLX does."""
 
     capabilities = Capabilities(
-        dtypes=("float32", "float16", "bfloat16"), mixed=True, weight_none=True,
+        dtypes=("float32", "float16", "bfloat16"), mixed="promote", weight_none=True,
         nonpositive_eps=True, module=False, validation=False, layouts=LAYOUTS,
-        gradients=("vjp", "jvp", "hvp"), devices="numpy")
+        gradients=("vjp", "jvp", "hvp"), device="cpu")
 
     def __init__(self, order: str = "sequential", split_cube: bool = False):
         if order not in SUM_ORDERS:

@@ -11,7 +11,7 @@ import numpy as np
 import reference
 from impl.protocol import Capabilities, Implementation
 
-CAPS = Capabilities(dtypes=("float32",), mixed=False, weight_none=True, layouts=())
+CAPS = Capabilities(dtypes=("float32",), weight_none=True)
 
 
 def _rms_norm(x, weight, eps):

@@ -41,7 +41,7 @@ import numpy as np
 import reference
 from impl.protocol import Capabilities, Implementation
 
-CAPS = Capabilities(dtypes=("float32",), mixed=False, weight_none=True, layouts=())
+CAPS = Capabilities(dtypes=("float32",), weight_none=True)
 LONG_D = 100
 
 
