@@ -18,7 +18,7 @@ where ``adapter`` is an ``Implementation`` instance or a zero-argument callable 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -228,6 +228,16 @@ class Implementation:
                        g: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The functional op's VJP, to compare the module's gradients with (GRAD-13)."""
         raise NotImplementedError
+
+    # Benchmarks (``rmsnorm-conformance bench``; never a test).
+    def benchmark(self, op: str, shape: tuple[int, ...],
+                  dtype: str) -> Callable[[], None] | None:
+        """A zero-argument function that runs one ``op`` on inputs already resident where the
+        implementation runs and returns once the work has finished (synchronising the device):
+        "forward" (rms_norm with a weight of x's dtype), "backward" (the VJP, dx and dweight)
+        or "copy" (the framework's plain copy of an x-sized array: the bandwidth ceiling).
+        None: not offered; the bench then times the NumPy round trip and says so."""
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id}>"
