@@ -110,13 +110,20 @@ def impl(request):
     return entry.impl
 
 
+def shipped_settings(profile_name: str = PROFILE) -> settings:
+    """The settings the plugin applies to every conformance property under ``profile_name``
+    (the default run's unless --hypothesis-profile names another): whatever the profile, no
+    deadlines (device calls vary) and the health checks that a shared stateless implementation
+    fixture and large inputs would trip are off. Self-tests that must judge "the suite as
+    shipped" apply exactly these settings to a property."""
+    chosen = settings.get_profile(profile_name)
+    return settings(chosen, deadline=None, suppress_health_check=sorted(
+        set(chosen.suppress_health_check) | set(SUPPRESSED), key=lambda h: h.value))
+
+
 def pytest_collection_modifyitems(session, config, items):
     spec = clauses.load()
-    chosen = settings.get_profile(_profile_name(config))
-    # whatever profile is chosen: no deadlines (device calls vary), and the shared stateless
-    # implementation fixture is fine across examples
-    profile = settings(chosen, deadline=None, suppress_health_check=sorted(
-        set(chosen.suppress_health_check) | set(SUPPRESSED), key=lambda h: h.value))
+    profile = shipped_settings(_profile_name(config))
     for item in items:
         fn = getattr(item, "obj", None)
         if ("impl" in getattr(item, "fixturenames", ()) and hasattr(fn, "hypothesis")
