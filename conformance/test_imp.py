@@ -2,21 +2,18 @@
 
 import pytest
 
-from conformance.assertions import fail
-from impl.protocol import Capabilities
+from conformance import plugin
 
 
 @pytest.mark.clause("IMP-1")
-def test_entry_point_loads(entry):
-    """The entry point imports and yields an adapter with well-formed capabilities."""
+def test_entry_point_loads(entry, request):
+    """The entry point imports (in a supervised process by default) and yields an adapter with
+    well-formed capabilities."""
+    entry = plugin.load(request.config, entry)
     if entry.error:
         pytest.fail(f"entry point {entry.id} = {entry.value} from distribution "
                     f"{entry.distribution} failed to load: {entry.error}", pytrace=False)
-    caps = entry.impl.capabilities
-    problems = []
-    if not isinstance(caps, Capabilities):
-        problems.append(f"capabilities is {type(caps).__name__}, not impl.protocol.Capabilities")
-    else:
-        problems += caps.problems()
+    problems = entry.impl.capabilities.problems()
     if problems:
-        fail(entry.impl, None, "; ".join(problems))
+        pytest.fail(f"entry point {entry.id} = {entry.value} declares malformed capabilities: "
+                    + "; ".join(problems), pytrace=False)
