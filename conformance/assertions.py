@@ -35,6 +35,11 @@ class Nonconformance(AssertionError):
         self.summary = summary
 
 
+class AdapterError(Exception):
+    """The adapter's plumbing is broken (it declares a capability it does not implement): an
+    ERROR of the run, not a verdict on the implementation."""
+
+
 def artifacts_dir() -> pathlib.Path:
     env = os.environ.get(ARTIFACTS_ENV)
     return pathlib.Path(env).resolve() if env else ARTIFACTS["dir"]
@@ -111,6 +116,9 @@ def call(impl, case: Case | None, fn, *args, what: str):
         raise type(e)("\n".join(lines), summary=e.summary) from None
     except BadResult as e:
         fail(impl, case, f"{what} {e}")
+    except NotImplementedError as e:
+        raise AdapterError(f"{getattr(impl, 'id', impl)}: {what} is not implemented by the "
+                           f"adapter, though its capabilities declare it ({e})") from None
     except Exception as e:   # noqa: BLE001 - any adapter error is a finding, not a suite error
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         fail(impl, case, f"{what} raised {type(e).__name__}: {first}")
