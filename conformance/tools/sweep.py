@@ -24,7 +24,6 @@ results (the page is still written, saying why); 2 bad usage.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import os
 import pathlib
@@ -77,7 +76,7 @@ def add_arguments(parser) -> None:
                              "--pytest-arg=--hypothesis-profile=thorough")
     parser.add_argument("--no-run", action="store_true",
                         help="only regenerate the page from DIR's results (VERSIONs optional: "
-                             "default every mlx-*.json there)")
+                             "default every release in DIR/sweep.json or DIR/mlx-*.json)")
     parser.add_argument("--margin-ratio", type=float, default=diff.DEFAULT_RATIO, metavar="R")
     parser.add_argument("--margin-ulps", type=float, default=diff.DEFAULT_ULPS, metavar="U")
 
@@ -213,7 +212,7 @@ def run_releases(versions: list[str], out_dir: pathlib.Path, runner) -> list[Out
         seconds = time.monotonic() - t0
         outcome = Outcome(v, str(out_json), str(log), round(seconds, 1), message)
         if not out_json.exists():
-            outcome.message += f"; no results file (see {log})"
+            outcome.message += f"; no results file (see logs/{log.name} in {out_dir})"
         else:
             try:
                 results.load(out_json)
@@ -243,8 +242,10 @@ def _write_manifest(out_dir: pathlib.Path, outcomes: list[Outcome]) -> None:
     results.write_text_atomic(out_dir / "sweep.json", json.dumps(data, indent=1) + "\n")
 
 
-def collect(versions: list[str], out_dir: pathlib.Path) -> list[_history.Release]:
-    """The releases' results as they are in ``out_dir`` (missing or unusable ones say why)."""
+def collect(versions: list[str], out_dir: pathlib.Path,
+            base: pathlib.Path | None = None) -> list[_history.Release]:
+    """The releases' results as they are in ``out_dir`` (missing or unusable ones say why), with
+    paths relative to ``base`` (the history page's directory)."""
     manifest = _manifest(out_dir)
     releases = []
     for v in versions:
@@ -257,23 +258,24 @@ def collect(versions: list[str], out_dir: pathlib.Path) -> list[_history.Release
             doc = None
             if record.get("ok") or not message:       # the file changed since, or no record
                 message = str(e)
-        releases.append(_history.Release(v, doc, _display(path), message))
+        releases.append(_history.Release(v, doc, _display(path, base), message))
     return releases
 
 
-def _display(path: pathlib.Path) -> str:
+def _display(path: pathlib.Path, base: pathlib.Path | None = None) -> str:
     try:
-        return os.path.relpath(path)
-    except ValueError:
+        return pathlib.Path(os.path.relpath(path, base)).as_posix()
+    except ValueError:                  # another drive
         return str(path)
 
 
 def write_history(versions: list[str], out_dir: pathlib.Path, history: pathlib.Path,
                   notes_path: pathlib.Path, margin: diff.Margin, command: str) -> int:
-    releases = collect(versions, out_dir)
+    releases = collect(versions, out_dir, history.parent)
     notes = (_history.parse_notes(notes_path.read_text(encoding="utf-8"))
              if notes_path.is_file() else {})
-    text, unexplained = _history.render(releases, notes, margin, _display(notes_path), command)
+    text, unexplained = _history.render(releases, notes, margin,
+                                        _display(notes_path, history.parent), command)
     history.parent.mkdir(parents=True, exist_ok=True)
     emit(text, str(history))
     print(f"wrote {history}: {len(releases)} release(s), {unexplained} unexplained change(s)",
@@ -295,9 +297,9 @@ def run(args) -> int:
     if not (args.margin_ratio >= 1 and args.margin_ulps >= 0):
         raise ToolError("--margin-ratio must be >= 1 and --margin-ulps >= 0")
     versions = list(dict.fromkeys(args.versions))
-    if args.no_run and not versions:
-        versions = [p.name[4:-5] for p in out_dir.glob("mlx-*.json")
-                    if fnmatch.fnmatch(p.name, "mlx-*.json")]
+    if args.no_run and not versions:      # every release run before (sweep.json) or present
+        versions = sorted(set(_manifest(out_dir)) | {p.name[4:-5]
+                                                     for p in out_dir.glob("mlx-*.json")})
     if not versions:
         raise ToolError("name at least one MLX release (e.g. 0.32.4)" if not args.no_run
                         else f"no mlx-*.json results in {out_dir}")
