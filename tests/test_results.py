@@ -172,7 +172,8 @@ def _bad_files(tmp_path):
          "looks like a pytest-json-report file"),
         ("old report", w("old.json", json.dumps(old)), "old --conformance-report"),
         ("no schema", w("misc.json", json.dumps({"a": 1})), "no 'schema' field"),
-        ("other schema", w("other.json", json.dumps(other)), "its schema is 'someone-else/results'"),
+        ("other schema", w("other.json", json.dumps(other)),
+         "its schema is 'someone-else/results'"),
         ("version 2", w("v2.json", json.dumps(v2)), "schema_version 2 is not supported by this "
                                                     "reader (version 1); upgrade"),
         ("version string", w("vs.json", json.dumps(v_str)), "schema_version '1' is not supported"),

@@ -193,6 +193,18 @@ def test_error_margin_is_judged_per_dtype():
     assert ch.dtype == "float16" and ch.kind == diff.REGRESSION
 
 
+def test_a_dtype_getting_worse_under_an_unchanged_clause_status():
+    col = results.Column("i", "h", "cpu")
+    entry = {"status": "FAIL", "examples": 3, "worst": None}
+    b = result("ACC-1", status="FAIL", dtypes={"float32": entry, "float16":
+                                               {**entry, "status": "pass"}})
+    c = result("ACC-1", status="FAIL", dtypes={"float32": entry, "float16": entry})
+    (ch,) = diff.compare_cells("ACC-1", col, b, c, diff.Margin())
+    assert (ch.kind, ch.dtype, ch.text) == (diff.REGRESSION, "float16", "pass -> FAIL")
+    (ch,) = diff.compare_cells("ACC-1", col, c, b, diff.Margin())
+    assert ch.kind == diff.IMPROVEMENT
+
+
 def test_diff_exit_codes_and_report(capsys, tmp_path):
     base = write(tmp_path / "base.json", two_impls("ci-1"))
     same = write(tmp_path / "same.json", two_impls("ci-7"))      # another runner name

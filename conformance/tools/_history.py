@@ -59,9 +59,10 @@ def _keys(change: diff.Change, v1: str, v2: str) -> list[tuple[str, str, str]]:
     return [(change.clause or impl, v1, v2)]
 
 
-def render(releases: list[Release], notes: dict, margin: diff.Margin = diff.Margin(),
+def render(releases: list[Release], notes: dict, margin: diff.Margin | None = None,
            notes_name: str = "docs/history-notes.md", generated_by: str = "") -> tuple[str, int]:
     """The page, and how many changes have no explanation."""
+    margin = margin or diff.Margin()
     got = [r for r in releases if r.doc is not None]
     merged = {r.version: results.merge([(r.path, r.doc)]) for r in got}
     out = ["# MLX release history", "",

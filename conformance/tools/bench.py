@@ -102,8 +102,6 @@ def measure(fn, *, warmup: int = 3, repeats: int = 7, min_time: float = 0.5,
 
 
 def _arrays(shape, dtype, rng):
-    import numpy as np
-
     from impl.protocol import DTYPES as NP_DTYPES
 
     dt = NP_DTYPES[dtype]

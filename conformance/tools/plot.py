@@ -82,7 +82,7 @@ def render_png(merged: results.Merged, clause: str, label: str) -> bytes:
                 continue
             ds = [d for d, _, _ in pts]
             errs = [max(e, FLOOR) for _, e, _ in pts]
-            line, = ax.plot(ds, errs, marker="o", ms=4, color=colours[col], label=names[col])
+            ax.plot(ds, errs, marker="o", ms=4, color=colours[col], label=names[col])
             zeros = [(d, FLOOR) for d, e, _ in pts if e <= 0]
             if zeros:
                 ax.plot(*zip(*zeros), ls="none", marker="o", ms=7, mfc="white",

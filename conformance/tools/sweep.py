@@ -190,6 +190,10 @@ class VenvRunner:
         finally:
             if not self.keep_venvs:
                 shutil.rmtree(venv, ignore_errors=True)
+                try:
+                    venv.parent.rmdir()            # DIR/venvs, when nothing else is kept there
+                except OSError:
+                    pass
 
     def _failed(self, step: str, rc: int | None) -> str:
         if rc is None:
