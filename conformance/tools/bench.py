@@ -269,7 +269,7 @@ def plot_png(rows: list[dict]) -> bytes:
     import io
 
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     done = [r for r in rows if "skip" not in r]
     directions = [d for d in DIRECTIONS if any(r["direction"] == d for r in done)]
@@ -288,22 +288,24 @@ def plot_png(rows: list[dict]) -> bytes:
                              and r["direction"] == direction)
                 if not pts:
                     continue
-                xs = [r["bytes"] for _, r in pts]
+                xs = [r["bytes"] / 1e6 for _, r in pts]
                 style = dict(color=f"C{n % 10}", ls=styles[dtype], marker="o", ms=4,
                              label=f"{impl} {dtype}" + (" (numpy round trip)" if any(
                                  r["timing"] != "adapter" for _, r in pts) else ""))
                 top.plot(xs, [r["bytes_per_s"] / 1e9 for _, r in pts], **style)
-                fr = [(r["bytes"], r["fraction_of_copy"]) for _, r in pts
+                fr = [(r["bytes"] / 1e6, r["fraction_of_copy"]) for _, r in pts
                       if "fraction_of_copy" in r]
                 if fr:
                     bottom.plot(*zip(*fr), **style)
         for ax in (top, bottom):
             ax.set_xscale("log")
-            ax.set_xlabel("bytes moved per call")
+            ax.set_xlabel("MB moved per call")
             ax.grid(True, which="both", alpha=0.3)
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         top.set_yscale("log")
         top.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        top.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        top.yaxis.set_minor_formatter(NullFormatter())
         bottom.set_ylim(bottom=0)
         top.set_ylabel("throughput (GB/s)")
         top.set_title(f"{direction}")
