@@ -126,6 +126,14 @@ def test_each_violation_is_one_line_naming_its_path(name, mutate, path, words):
     assert words in msg, msg
 
 
+def test_optional_fields():
+    doc = good()
+    doc["results"][1]["details"] = "Fatal Python error: Aborted\n  File ..., line 3"
+    results.validate(doc)
+    del doc["results"][0]["by_d"]
+    results.validate(doc)
+
+
 def test_semantic_checks_unknown_impl_and_duplicate_results():
     doc = good()
     doc["results"].append(result("FWD-1", impl="nobody"))
