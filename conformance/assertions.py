@@ -192,8 +192,10 @@ def _record(case: Case, got: np.ndarray, fb: Bound, label: str) -> None:
         return
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         err = np.abs(got.astype(np.float64) - fb.ref)
-        ratio = np.where(np.isfinite(err) & np.isfinite(fb.bound) & (fb.bound > 0),
-                         err / fb.bound, 0.0)
+        judged = np.isfinite(err) & np.isfinite(fb.bound) & (fb.bound > 0)
+        if not judged.any():
+            return
+        ratio = np.where(judged, err / fb.bound, -1.0)
     i = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
     unit = ulp(fb.ref[i], fb.out_dtype)
     book.note_error(case, label, np.array([err[i] / unit]), np.array([fb.bound[i] / unit]))

@@ -67,6 +67,7 @@ class Ledger:
         self.worst: Worst | None = None
         self.record_calls = record_calls
         self.calls: list[list] = []          # per example: (method, case) (coverage only)
+        self.by_d: dict[tuple, list] = {}     # (dtype, label, d) -> [ratio, err, bound, count]
         self._key: str | None = None
         self._example_ratio = 0.0
         self._last_case = None
@@ -112,6 +113,11 @@ class Ledger:
         self._example_ratio = max(self._example_ratio, r)
         key = dtype_key(case)
         w = Worst(r, float(err_ulps.flat[i]), float(bound_ulps.flat[i]), label, key, case)
+        rec = self.by_d.setdefault((key, label, int(case.x.shape[-1]) if case.x.ndim else 0),
+                                   [-1.0, 0.0, 0.0, 0])
+        rec[3] += 1
+        if r > rec[0]:
+            rec[:3] = [r, w.error_ulps, w.bound_ulps]
         entry = self.by_dtype.setdefault(key, DtypeEntry())
         if entry.worst is None or r > entry.worst.ratio:
             entry.worst = w

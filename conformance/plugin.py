@@ -99,8 +99,10 @@ def _check_clauses(wanted):
     spec = clauses.load()
     unknown = [w for w in wanted if not any(fnmatch.fnmatchcase(c, w) for c in spec)]
     if unknown:
-        raise pytest.UsageError(f"unknown --clause {', '.join(map(repr, unknown))}; SPEC.md "
-                                f"defines {', '.join(spec)}")
+        raise pytest.UsageError(
+            f"unknown --clause {', '.join(map(repr, unknown))}; pass a SPEC.md clause id such "
+            f"as {next(iter(spec))} or a glob such as 'ACC-*' (sections: "
+            f"{', '.join(dict.fromkeys(c.split('-')[0] for c in spec))})")
 
 
 def _writable_target(path: str) -> pathlib.Path:
@@ -224,6 +226,7 @@ def _clause_of(item) -> str | None:
     return marker.args[0] if marker else None
 
 
+@pytest.hookimpl(tryfirst=True)      # before -k, which must see the clause keywords
 def pytest_collection_modifyitems(session, config, items):
     spec = clauses.load()
     wanted = config.getoption("clause")
@@ -239,7 +242,7 @@ def pytest_collection_modifyitems(session, config, items):
             ship(fn, profile_name(config))
         if cid is None:
             continue
-        item.keywords[cid] = True                    # -k ACC-1 selects the clause's tests
+        item.extra_keyword_matches.add(cid)          # -k ACC-1 selects the clause's tests
         params = getattr(item, "callspec", None)
         params = params.params if params else {}
         target_entry = params.get("impl", params.get("entry"))
@@ -333,6 +336,9 @@ def pytest_runtest_makereport(item, call):
     if status == "skip":
         reason = _skip_reason(rep)
     rep.user_properties.append(("status", (status, reason)))
+    if status not in ("pass", "skip"):
+        details = "\n".join(str(call.excinfo.value).splitlines()[:60])
+        rep.user_properties.append(("details", details))
     book = item.stash.get(LEDGER, None)
     if book is not None:
         rep.user_properties.append(("ledger", report.ledger_summary(

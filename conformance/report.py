@@ -18,26 +18,23 @@ import pathlib
 import platform
 import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-from conformance import clauses
+from conformance import clauses, results
 from conformance.assertions import save_case
 from conformance.cases import PRINT_LIMIT
 
 #: Worst first: the status of a cell checked by several tests is its worst test's.
-RANK = {"CRASH": 7, "TIMEOUT": 6, "ERROR": 5, "FAIL": 4, "unmet": 3, "pass": 2, "skip": 1}
+RANK = results.RANK
 LEGEND = ("pass; FAIL = a MUST clause not met (fails the run); unmet = a SHOULD/MAY clause not "
           "met (fails only with --strict-should); CRASH / TIMEOUT = the implementation's process "
           "died or hung (its input is listed below; the clause's level decides the exit status); "
           "ERROR = a defect of the suite or of the adapter's plumbing (always fails the run); "
           "skip = not applicable here; - = not checked (deselected, or the implementation is "
           "not selected)")
-SUITE = "(suite)"
-SCHEMA_ID = "rmsnorm-conformance/results"
-SCHEMA_VERSION = 1
+SUITE = results.SUITE_IMPL
 #: A worst case is saved as a file (when too large to print) only if it failed or used more
 #: than this fraction of its bound; otherwise its description (with its exact recipe) is kept.
 SAVE_RATIO = 0.5
@@ -55,7 +52,7 @@ def entry_summary(entry) -> dict:
         "reason": entry.error or entry.unavailable,
         "environment": dict(entry.environment),
         "capabilities": ({k: (list(v) if isinstance(v, tuple) else v)
-                          for k, v in dataclasses.asdict(caps).items()} if caps else None),
+                          for k, v in dataclasses.asdict(caps).items()} if caps else {}),
     }
 
 
@@ -84,6 +81,8 @@ def ledger_summary(book, config, failed: bool) -> dict:
     """A test's ledger as plain data (what xdist can forward)."""
     return {"examples": book.examples,
             "worst": _worst(book.worst, config, failed),
+            "by_d": [{"dtype": k, "label": label, "d": d, "error_ulps": r[1], "bound_ulps": r[2],
+                      "examples": r[3]} for (k, label, d), r in sorted(book.by_d.items())],
             "dtypes": {k: {"examples": e.examples, "failed": e.failed,
                            "worst": _worst(e.worst, config, e.failed)}
                        for k, e in sorted(book.by_dtype.items())}}
@@ -116,20 +115,6 @@ def _suite_info() -> dict:
         pass
     return {"version": version, "commit": commit,
             "spec_sha256": hashlib.sha256(spec.read_bytes()).hexdigest()}
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    """Write text to path so that an interrupted write never leaves a partial file there."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Collector:
@@ -165,9 +150,12 @@ class Collector:
         key = (props["clause"], props["impl"])
         spec = clauses.load()
         cell = self.cells.setdefault(key, {
-            "clause": key[0], "title": spec[key[0]].title if key[0] in spec else "",
+            "clause": key[0], "title": spec[key[0]].title if key[0] in spec else key[0],
             "impl": key[1], "level": props["level"], "status": status, "reason": None,
-            "tests": 0, "examples": 0, "time_s": 0.0, "worst": None, "dtypes": {}})
+            "tests": 0, "examples": 0, "time_s": 0.0, "worst": None, "dtypes": {},
+            "details": None, "by_d": {}})
+        if "details" in props and RANK[status] >= RANK[cell["status"]]:
+            cell["details"] = props["details"]
         if (report.nodeid, key) not in self._seen:
             self._seen.add((report.nodeid, key))
             cell["tests"] += 1
@@ -184,6 +172,14 @@ class Collector:
     @staticmethod
     def _merge_ledger(cell, book, status):
         cell["examples"] += book["examples"]
+        for rec in book["by_d"]:
+            k = (rec["dtype"], rec["label"], rec["d"])
+            old = cell["by_d"].get(k)
+            if old is None or _ratio(rec) > _ratio(old):
+                cell["by_d"][k] = dict(rec, examples=rec["examples"] + (old or {}).get(
+                    "examples", 0))
+            else:
+                old["examples"] += rec["examples"]
         w = book["worst"]
         if w is not None and (cell["worst"] is None or w["ratio"] > cell["worst"]["ratio"]):
             cell["worst"] = w
@@ -277,7 +273,10 @@ class Collector:
             for line in coverage.table(self.coverage):
                 terminalreporter.write_line(line)
         path = self.config.getoption("conformance_results")
-        if path:
+        if path and getattr(self, "write_error", None):
+            terminalreporter.write_line(f"results NOT written to {path}: {self.write_error}",
+                                        red=True)
+        elif path:
             terminalreporter.write_line(f"results written to {path}")
 
     # ---- exit status and results ------------------------------------------------------------
@@ -312,14 +311,17 @@ class Collector:
             session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
         path = self.config.getoption("conformance_results")
         if path:
-            write_atomic(pathlib.Path(path), json.dumps(self.document(session), indent=1,
-                                                        allow_nan=False, default=float))
+            try:
+                results.write_atomic(path, self.document(session))
+            except results.ResultsError as e:     # a defect of the suite: say so, keep the table
+                self.write_error = str(e)
+                session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
 
     def document(self, session) -> dict:
         cfg = self.config
         workers = getattr(cfg.option, "numprocesses", None)
         return {
-            "schema": SCHEMA_ID, "schema_version": SCHEMA_VERSION,
+            "schema": results.SCHEMA_ID, "schema_version": results.SCHEMA_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "suite": _suite_info(),
             "run": {"profile": cfg.getoption("hypothesis_profile", None) or "rmsnorm-default",
@@ -340,22 +342,29 @@ class Collector:
         }
 
     def _impl_info(self, entry) -> dict:
-        info = dict(self.impls.get(entry.id) or entry_summary(entry))
+        info = self.impls.get(entry.id)
+        if info is None or info["state"] == "not loaded":
+            # never used by any test here (all its tests deselected, or run on workers that
+            # did not report it): load it now so that the document says what it is
+            from conformance import plugin
+            info = entry_summary(plugin.load(self.config, entry))
+        info = dict(info)
         info.pop("id", None)
+        if info["reason"]:
+            info["reason"] = info["reason"].splitlines()[0]
         info["fingerprint"] = info.get("fingerprint")
         return info
 
 
+def _ratio(rec) -> float:
+    return rec["error_ulps"] / rec["bound_ulps"] if rec["bound_ulps"] else 0.0
+
+
 def _finite(cell: dict) -> dict:
-    """JSON has no inf/NaN: an unbounded ratio or error is written as null."""
-    def clean(v):
-        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-    out = clean(cell)
+    """The result record: by_d as a list, times rounded."""
+    out = dict(cell)
+    out["by_d"] = sorted(cell["by_d"].values(), key=lambda r: (r["dtype"], r["label"], r["d"]))
     out["time_s"] = round(out["time_s"], 4)
+    if out["details"] is None:
+        del out["details"]
     return out

@@ -206,16 +206,17 @@ def test_scale_covariance_of_dx(impl, plan):
     dxs, dws = vjp(impl, scaled)
     bdx, bdw = vjp_bounds(case.x, case.weight, case.eps, g)
     sdx, sdw = vjp_bounds(scaled.x, scaled.weight, scaled.eps, g)
-    assert_within(impl, scaled, dxs, sdx, label="dx(c x)", context=f"c = 2**{k}")
+    assert_within(impl, scaled, dxs, sdx, label="dx", context=f"c = 2**{k}: dx(c x)")
     c = 2.0 ** k
     both = np.isfinite(dx.astype(np.float64)) & np.isfinite(dxs.astype(np.float64))
     relation = Bound(ref=dx.astype(np.float64), bound=np.where(both, bdx.bound + c * sdx.bound,
                                                                  np.inf),
                      zero_ok=np.zeros(dx.shape, bool), out_dtype=dx.dtype)
-    assert_within(impl, scaled, dxs.astype(np.float64) * c, relation, label="c * dx(c x)",
+    assert_within(impl, scaled, dxs.astype(np.float64) * c, relation, label="dx",
                   context=f"c = 2**{k}: c * dx(c x, c^2 eps) vs dx(x, eps)")
     if sdw is not None:
-        assert_within(impl, scaled, dws, sdw, label="dweight(c x)", context=f"c = 2**{k}")
+        assert_within(impl, scaled, dws, sdw, label="dweight",
+                      context=f"c = 2**{k}: dweight(c x)")
 
 
 @pytest.mark.clause("GRAD-8")

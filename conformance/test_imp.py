@@ -1,8 +1,9 @@
 """SPEC.md section IMP: the implementation itself is loadable and well-formed."""
 
-import pytest
+import pytest  # noqa: F401 - the clause marker
 
 from conformance import plugin
+from conformance.assertions import fail
 
 
 @pytest.mark.clause("IMP-1")
@@ -11,9 +12,9 @@ def test_entry_point_loads(entry, request):
     well-formed capabilities."""
     entry = plugin.load(request.config, entry)
     if entry.error:
-        pytest.fail(f"entry point {entry.id} = {entry.value} from distribution "
-                    f"{entry.distribution} failed to load: {entry.error}", pytrace=False)
+        fail(entry.id, None, f"entry point {entry.id} = {entry.value} from distribution "
+                             f"{entry.distribution} failed to load: {entry.error}")
     problems = entry.impl.capabilities.problems()
     if problems:
-        pytest.fail(f"entry point {entry.id} = {entry.value} declares malformed capabilities: "
-                    + "; ".join(problems), pytrace=False)
+        fail(entry.id, None, f"entry point {entry.id} = {entry.value} declares malformed "
+                             f"capabilities: " + "; ".join(problems))
