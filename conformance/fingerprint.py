@@ -62,6 +62,8 @@ from typing import Callable
 import ml_dtypes
 import numpy as np
 
+from conformance.supervisor import ImplementationDied
+
 F32 = np.float32
 F64 = np.float64
 
@@ -94,10 +96,19 @@ def _short(e: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+class _Died(Exception):
+    """The supervised process running the implementation crashed or hung (conformance/
+    supervisor.py raises ImplementationDied, a BaseException, so that nothing retries it): the
+    remaining probes are not run, so a crasher costs one child start and a hang one timeout."""
+
+
 def _call(impl, x: np.ndarray, weight: np.ndarray, eps: float):
-    """(output, None) or (None, reason): never raises for what the implementation does."""
+    """(output, None) or (None, reason): never raises for what the implementation does (a
+    crash or hang of its supervised process raises _Died, which ``fingerprint`` reports)."""
     try:
         out = impl.rms_norm(x, weight, eps)
+    except ImplementationDied as e:
+        raise _Died(_short(e)) from None
     except Exception as e:     # noqa: BLE001 - any failure of the implementation is a reason
         return None, f"rms_norm raised {_short(e)}"
     if not isinstance(out, np.ndarray):
@@ -495,24 +506,30 @@ def mean_eps_probe(impl) -> dict:
 # ---- the fingerprint ------------------------------------------------------------------------
 
 
-def _guarded(probe, *args) -> dict:
-    """Run a probe; an error in the analysis itself (an output no check anticipated) becomes an
-    inconclusive result rather than an exception in the caller's report."""
-    try:
-        with np.errstate(all="ignore"):
-            return probe(*args)
-    except Exception as e:     # noqa: BLE001
-        return {"result": "inconclusive", "reason": f"analysis failed: {_short(e)}"}
-
-
 def fingerprint(impl) -> dict:
     """The rounding-order fingerprint of ``impl`` (see the module docstring). Never raises for
     anything the implementation does; every undecided item carries its reason."""
     t0 = time.perf_counter()
+    died: list[str] = []
+
+    def guarded(probe, *args) -> dict:
+        """Run a probe; an error in the analysis itself (an output no check anticipated)
+        becomes an inconclusive result rather than an exception in the caller's report."""
+        if died:
+            return {"result": "inconclusive", "reason": f"not run: {died[0]}"}
+        try:
+            with np.errstate(all="ignore"):
+                return probe(*args)
+        except _Died as e:
+            died.append(f"the implementation's process died ({e})")
+            return {"result": "inconclusive", "reason": died[0]}
+        except Exception as e:     # noqa: BLE001
+            return {"result": "inconclusive", "reason": f"analysis failed: {_short(e)}"}
+
     declared = _declared_dtypes(impl)
     per_dtype = {}
     for name in ("float16", "bfloat16"):
-        per_dtype[name] = (_guarded(weight_order_probe, impl, name) if name in declared else
+        per_dtype[name] = (guarded(weight_order_probe, impl, name) if name in declared else
                            {"result": "inconclusive", "reason": f"{name} is not declared"})
     verdicts = {per_dtype[k]["result"] for k in ("float16", "bfloat16") if k in declared}
     if not verdicts:
@@ -523,8 +540,8 @@ def fingerprint(impl) -> dict:
         named = verdicts - {"inconclusive"}
         weight_order = named.pop() if len(named) == 1 else "mixed"
 
-    red = _guarded(reduction_probe, impl)
-    mean = _guarded(mean_eps_probe, impl)
+    red = guarded(reduction_probe, impl)
+    mean = guarded(mean_eps_probe, impl)
     return {
         "weight_order": weight_order,
         "reduction": red["result"],

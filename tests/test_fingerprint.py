@@ -12,8 +12,10 @@ wrong name. MLX's CPU backend and PyTorch's CPU kernel are run as real subjects 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import itertools
 import json
+import pathlib
 import sys
 
 import ml_dtypes
@@ -352,6 +354,30 @@ def test_duck_typed_adapter_without_capabilities():
 def test_cheap_for_numpy_implementations():
     fp = fingerprint(TextbookFloat32("blocked"))
     assert fp["seconds"] < 1.0, f"fingerprint took {fp['seconds']} s (budget 1 s)"
+
+
+CRASH_FIXTURES = pathlib.Path(__file__).resolve().parent / "plugin_fixtures_crash"
+
+
+@pytest.mark.parametrize("attr, words", [("segv", "SIGSEGV"), ("hang", "did not return")])
+def test_supervised_crash_or_hang_stops_the_probes(attr, words, monkeypatch):
+    """Through the supervisor (conformance/supervisor.py), a crash or hang is reported and the
+    remaining probes are not run (one crash, one timeout), never an exception."""
+    from conformance.supervisor import Supervised
+
+    monkeypatch.syspath_prepend(str(CRASH_FIXTURES))
+    adapters = importlib.import_module("fake_crashers.adapters")
+    sup = Supervised(getattr(adapters, attr), f"fake_crashers.adapters:{attr}", timeout=2)
+    sup.capabilities = Capabilities(dtypes=("float32",), nonpositive_eps=True)
+    try:
+        fp = fingerprint(sup)
+    finally:
+        sup.close()
+    _check_serialisable(fp)
+    assert fp["reduction"] == "inconclusive" and fp["mean"] == "inconclusive"
+    reason = fp["evidence"]["reduction"]["reason"]
+    assert "process died" in reason and words in reason, reason
+    assert fp["evidence"]["mean_eps"]["reason"].startswith("not run: "), fp["evidence"]
 
 
 # ---- the probe design --------------------------------------------------------------------
