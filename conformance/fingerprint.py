@@ -19,7 +19,8 @@ q = mean + eps, n = rsqrt(q), output y in the result dtype T):
    implementation's rsqrt (a few float32 ulps). Random weights then give elements whose two
    predictions differ by one unit of T while each prediction stays the same for any n within
    2**-18 of ours (elements nearer a rounding boundary are left out). The verdict is the order
-   that at least 95% of those deciding elements match; elements where both orders agree must match too.
+   that at least 95% of those deciding elements match; elements where both orders agree must
+   match too.
 
 2. ``reduction``: the order of the float32 sum of squares along a row, probed in float32 with
    d = 4096. Each row holds one large element, 4096**2 = 2**24 (ulp 2), among small ones: 1 (a
@@ -57,7 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import ml_dtypes
 import numpy as np

@@ -177,7 +177,7 @@ def test_more_orders_identified(name):
 def test_more_orders_plain_mode_never_misnamed(name):
     """Without cancellation some orders differ by less than the tolerance: the answer may be
     a list of candidates, but the true order must be among them and no other name given."""
-    total, label, family = EXTRA[name]
+    total, label, _ = EXTRA[name]
     fp = fingerprint(SumOrder(name, total, plain=True))
     _check_serialisable(fp)
     red = fp["evidence"]["reduction"]
