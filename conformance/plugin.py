@@ -7,6 +7,7 @@ ledger (what each test measured) and report (the summary table and the results f
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import os
@@ -221,6 +222,41 @@ def ship(fn, profile: str = PROFILE):
     return fn
 
 
+@contextlib.contextmanager
+def same_examples_everywhere():
+    """Within the block, Hypothesis draws no "local constants": values it otherwise harvests
+    from the non-installed Python modules imported so far (this checkout's, a user's conftest)
+    and mixes into 5% of its draws. Without this a property's examples for one implementation
+    depend on what else the process imported first (other implementations' failures, xdist's
+    scheduling) and on whether the suite is installed or a checkout; with it they depend only
+    on the property and the profile's seed. (Hypothesis has no public switch for this: the
+    private hook is patched for the block only, and its cache cleared on both sides, so other
+    Hypothesis tests in the process are unaffected.)"""
+    try:
+        from hypothesis.internal.conjecture import providers
+        hook, cache = providers._get_local_constants, providers.CONSTANTS_CACHE
+        empty = providers.Constants()
+    except (ImportError, AttributeError):        # another Hypothesis: nothing to neutralise
+        yield
+        return
+    cache.cache.clear()
+    providers._get_local_constants = lambda: empty
+    try:
+        yield
+    finally:
+        providers._get_local_constants = hook
+        cache.cache.clear()
+
+
+def run_shipped(fn, **kwargs):
+    """Run a conformance property exactly as the default run does (the shipped settings, the
+    same examples), e.g. ``run_shipped(test_acc.test_error_bound_whole_range, impl=adapter)``:
+    for self-tests that judge the suite as shipped."""
+    ship(fn)
+    with same_examples_everywhere():
+        return fn(**kwargs)
+
+
 def _clause_of(item) -> str | None:
     marker = item.get_closest_marker("clause")
     return marker.args[0] if marker else None
@@ -281,7 +317,7 @@ def pytest_runtest_call(item):
         return
     book = ledger.Ledger(record_calls=item.config.getoption("conformance_coverage"))
     item.stash[LEDGER] = book
-    with ledger.active(book):
+    with ledger.active(book), same_examples_everywhere():
         yield
 
 

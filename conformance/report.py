@@ -127,6 +127,7 @@ class Collector:
         self.cells: dict[tuple[str, str], dict] = {}
         self.impls: dict[str, dict] = {}      # id -> entry_summary
         self.coverage: dict[tuple[str, str], list] = {}
+        self.fingerprints: dict[str, dict] = {}
         self.lost: list[str] = []   # tests whose xdist worker died (no clause information)
         self.started = time.time()
         self._seen: set[tuple] = set()
@@ -144,6 +145,8 @@ class Collector:
             if self.impls.get(info["id"], {}).get("state") in (None, "not loaded") \
                     or info["state"] != "not loaded":
                 self.impls[info["id"]] = info
+        if "fingerprint" in props:
+            self.fingerprints[props["impl"]] = props["fingerprint"]
         if "status" not in props:
             return
         status, reason = props["status"]
@@ -267,6 +270,11 @@ class Collector:
                     f"{info['reason']}", red=True)
         for line in self._nothing_tested():
             terminalreporter.write_line(line, red=True)
+        if self.fingerprints:
+            from conformance.fingerprint import describe
+            terminalreporter.write_sep("-", "rounding-order fingerprints (reported, never judged)")
+            for impl_id, fp in sorted(self.fingerprints.items()):
+                terminalreporter.write_line(f"{impl_id}: {describe(fp)}")
         if self.config.getoption("conformance_coverage") and self.coverage:
             from conformance import coverage
             terminalreporter.write_sep("=", "RMSNorm conformance: coverage of the inputs")
@@ -352,7 +360,7 @@ class Collector:
         info.pop("id", None)
         if info["reason"]:
             info["reason"] = info["reason"].splitlines()[0]
-        info["fingerprint"] = info.get("fingerprint")
+        info["fingerprint"] = self.fingerprints.get(entry.id)
         return info
 
 

@@ -46,7 +46,7 @@ from impl.protocol import Capabilities, Implementation, ModuleInfo, as_implement
 MAX_RESULT_BYTES = 256 * 1024 * 1024
 CALLS = ("rms_norm", "rms_norm_sequence", "vjp", "vjp_sequence", "jvp", "hvp", "module_info",
          "functional", "functional_vjp")
-AFTER_HANG_MIN = 2.0
+AFTER_HANG_MIN = 1.0
 AFTER_HANG_FACTOR = 10.0
 
 
