@@ -109,7 +109,7 @@ GARBAGE = {
     "garbage-lock": r"rms_norm returned _thread\.lock",
     "garbage-str": r"rms_norm returned builtins\.str, expected a numpy\.ndarray",
     "garbage-unpickle": r"rms_norm returned fake_crashers\.adapters\.BadPickle",
-    "evil-unpickle-exit": r"rms_norm returned fake_crashers\\.adapters\\.ExitOnUnpickle",
+    "evil-unpickle-exit": r"rms_norm returned fake_crashers\.adapters\.ExitOnUnpickle",
 }
 
 
