@@ -93,7 +93,8 @@ def test_long_rows(impl, plan):
 @given(plan=cs.plans(dtypes=("float32", "bfloat16"), magnitudes="underflow",
                      weights=("ones", "random"), max_elements=1 << 15))
 @anchors([anchor(t, d, exp=e, eps=eps) for t in ("float32", "bfloat16")
-          for d, e, eps in ((1, -100, 1e-12), (257, -80, 1e-5), (4097, -120, 1.0))])
+          for d, e, eps in ((1, -100, 1e-12), (257, -80, 1e-5), (4097, -120, 1.0))]
+         + [anchor(t, 33, exp=-124, spread=0) for t in ("float32", "bfloat16")])   # near tiny
 def test_underflowing_squares_with_eps(impl, plan):
     """Inputs so small that their squares underflow float32 (|x| < 2**-75) normalise to
     x / sqrt(eps) * w within ACC-1's bound when eps > 0."""
