@@ -23,6 +23,7 @@ COMMANDS = (
     "plot",
     "sweep",
     "bench",
+    "check",
 )
 
 PROG = "rmsnorm-conformance"
