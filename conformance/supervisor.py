@@ -34,6 +34,7 @@ import os
 import pathlib
 import pickle
 import signal
+import socket
 import tempfile
 import time
 import traceback
@@ -149,6 +150,7 @@ def describe_loaded(impl) -> tuple:
         env = {str(k): str(v) for k, v in (impl.environment() or {}).items()}
     except Exception as e:   # noqa: BLE001
         raise LoadError(f"environment() raised {type(e).__name__}: {e}") from None
+    env.setdefault("host", socket.gethostname())     # where it ran (--tx spreads over hosts)
     return caps, (None if reason is None else str(reason)), env
 
 

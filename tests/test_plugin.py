@@ -30,6 +30,7 @@ import json
 import os
 import pathlib
 import re
+import sys
 
 import pytest
 
@@ -343,13 +344,20 @@ FULL_TABLE_CELLS = {    # rows in SPEC.md order; notes numbered as they first ap
 }
 
 
+#: how the tests are distributed: in-process, xdist's workers, and execnet gateways (--tx, the
+#: way one run is spread over several hosts: ``--tx ssh=host//python=...`` instead of popen)
+DISTRIBUTIONS = {"serial": ["-n", "0"], "xdist": ["-n", "2"],
+                 "tx": ["--dist", "load", "--tx", f"2*popen//python={sys.executable}"]}
+
+
 @pytest.mark.clause("IMP-3")
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_table_and_results_identical_with_and_without_xdist(inner, pytester, workers):
+@pytest.mark.parametrize("how", list(DISTRIBUTIONS))
+def test_table_and_results_identical_with_and_without_xdist(inner, pytester, how):
     """The table (titles, legend, shared notes) and the results document are complete and the
-    same whether xdist runs the tests or not; the results validate against the schema."""
-    path = pytester.path / f"r{workers}.json"
-    result = inner(*impl_args(*FULL_IDS), "-n", workers, "-k", "IMP-1 or DTY or ACC-1",
+    same whether the tests run in-process, in xdist workers or through execnet gateways; the
+    results validate against the schema."""
+    path = pytester.path / f"r-{how}.json"
+    result = inner(*impl_args(*FULL_IDS), *DISTRIBUTIONS[how], "-k", "IMP-1 or DTY or ACC-1",
                    "--conformance-results", str(path), "test_inner.py")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     cells, notes, raw = table(result)

@@ -5,7 +5,7 @@ then ``case = ...``) saved to a file (``--repro-file``), or a saved ``.npz`` (``
 implementation is loaded through its entry point like the run loads it (``--isolation process``
 by default). Every clause that can be judged on one case is checked (``conformance.check``).
 
-Exit status: 0 when every MUST clause passes, 1 when one fails (FAIL, CRASH, TIMEOUT, ERROR),
+The exit status: 0 when every MUST clause passes, 1 when one fails (FAIL, CRASH, TIMEOUT, ERROR),
 2 on bad input (unknown implementation, unreadable case).
 """
 
