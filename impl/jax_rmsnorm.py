@@ -65,17 +65,27 @@ def argument_errors():
 # --- the jax.numpy formula -----------------------------------------------------------------------
 
 def jnp_rms_norm(x, weight, eps):
-    """RMSNorm as users write it in jax.numpy (the Hugging Face / LLaMA pattern, MLX's rounding
-    order): the mean of squares in float32 for half inputs (``promote_types(x.dtype,
-    float32)``), ``lax.rsqrt``, the normalised row rounded back to x's type, then multiplied
-    by the weight with JAX's type promotion (float16 with float32 gives float32)."""
+    """RMSNorm as users write it in jax.numpy, in float32 with one rounding at the end (the
+    Gemma / PyTorch pattern, ``output = norm(x.float()) * weight.float(); output.type_as(...)``):
+    x converted to float32 once (``promote_types(x.dtype, float32)``: exact), the mean of squares
+    and ``lax.rsqrt`` in float32, the weight multiplied in float32, and the product rounded once
+    to the promoted type of x and weight (JAX's promotion: float16 with bfloat16 or float32 gives
+    float32).
+
+    Two other common orders fail the suite in JAX (docs/notes/frameworks.md): rounding to x's
+    type before a wider weight (Hugging Face LLaMA) loses float32 precision with mixed dtypes
+    (ACC-1), and multiplying by a half-precision weight in half precision (MLX's order, T5X /
+    MaxText) makes JAX's autodiff sum dweight over the batch in that half type (GRAD-14)."""
     import jax
     import jax.numpy as jnp
 
-    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    xf = x.astype(compute)
     ms = jnp.mean(jnp.square(xf), axis=-1, keepdims=True)
-    y = (xf * jax.lax.rsqrt(ms + eps)).astype(x.dtype)
-    return y if weight is None else y * weight
+    y = xf * jax.lax.rsqrt(ms + eps)
+    if weight is None:
+        return y.astype(x.dtype)
+    return (y * weight.astype(compute)).astype(jnp.result_type(x, weight))
 
 
 # --- Flax ----------------------------------------------------------------------------------------
@@ -249,8 +259,8 @@ class JaxNumpy(_JaxBase):
     """The jax.numpy formula (``jnp_rms_norm``), jitted."""
 
     id = "jax-numpy-cpu"
-    # mixed "promote": JAX's promotion (float16 with float32 or bfloat16 gives float32), as
-    # MLX. nonpositive_eps: a formula validates nothing. validation off: a weight of shape (1, d)
+    # mixed "promote": the output is JAX's promotion of x and weight (float16 with float32 or
+    # bfloat16 gives float32), as MLX. nonpositive_eps: a formula validates nothing. validation off: a weight of shape (1, d)
     # or (1,) broadcasts instead of being rejected (VAL-2, VAL-3).
     capabilities = Capabilities(dtypes=tuple(DTYPES), mixed="promote", weight_none=True,
                                 nonpositive_eps=True, validation=False,
@@ -292,8 +302,10 @@ class FlaxRMSNorm(_JaxBase):
         import jax
 
         layer = nnx.RMSNorm(dims, rngs=nnx.Rngs(0), **kw)
+        state = nnx.state(layer, nnx.Param)
+        flat = nnx.to_flat_state(state) if hasattr(nnx, "to_flat_state") else state.flat_state()
         params = {".".join(map(str, path)): to_numpy(jax.tree.leaves(variable)[0])
-                  for path, variable in nnx.state(layer, nnx.Param).flat_state()}
+                  for path, variable in flat}
         return ModuleInfo(eps=layer.epsilon, parameters=params)
 
     def functional(self, x, weight, eps):
