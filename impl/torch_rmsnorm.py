@@ -103,9 +103,10 @@ def argument_errors():
     a subclass); the protocol asks for ValueError. Memory errors are not argument errors."""
     import torch
 
+    out_of_memory = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # < 2.5
     try:
         yield
-    except torch.OutOfMemoryError:
+    except out_of_memory:
         raise
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"torch rejected the arguments: {e}") from e
