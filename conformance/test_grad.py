@@ -353,6 +353,7 @@ def test_dweight_exact_batch_sum(impl, plan):
     every float32 partial sum exact for up to 65536 rows (sums below 2**19), so dweight must be
     exact but for its final rounding; a batch sum in a half type (integers exact only to 2**11 or
     2**8) is far off once the column sums grow past that."""
+    plan = plan.for_caps(impl.capabilities)
     t, w_dt = plan.dtypes_for(impl.capabilities)
     rows, d = plan.rows, plan.d
     rng = np.random.default_rng([plan.seed, 3])

@@ -114,8 +114,12 @@ class Capabilities:
                      eps <= 0 rejected).
     layouts:         layouts from ``LAYOUTS`` the adapter builds as views in its framework.
     gradients:       gradient entry points provided: "vjp", "jvp", "hvp" (second order).
-    device:          where it runs, e.g. "cpu", "gpu", "cuda:0" (reports; anything but "cpu"
-                     is an accelerator: its tests share one xdist worker per device).
+    device:          where it runs, e.g. "cpu", "gpu", "cuda:0" (reports).
+    compiles_per_shape: every new input shape costs a compilation (JAX/XLA, Flax; eps must
+                     then be a traced argument, not a constant): the generated examples take the
+                     anchors' shapes (``conformance.strategies.Plan.for_caps``), so that a run
+                     compiles a few hundred programs, not thousands; their values, dtypes, eps
+                     and weights are drawn as for everyone.
     """
 
     dtypes: Sequence[str] = ("float32",)
@@ -128,6 +132,7 @@ class Capabilities:
     layouts: Sequence[str] = ()
     gradients: Sequence[str] = ()
     device: str = "cpu"
+    compiles_per_shape: bool = False
 
     def problems(self) -> list[str]:
         """What is malformed in this declaration (IMP-1), as messages; [] when well-formed."""
