@@ -274,7 +274,8 @@ class JaxNumpy(_JaxBase):
 class FlaxRMSNorm(_JaxBase):
     """``flax.nnx.RMSNorm(d, epsilon=eps)`` with its scale replaced by the given weight
     (``use_scale=False`` for weight None), applied jitted through nnx.split / nnx.merge. Flax has
-    no functional RMSNorm; ``functional`` is Flax's functional form of the same layer,
+    no functional RMSNorm (so MOD-3 and GRAD-13 do not apply: ``functional`` is not declared);
+    ``functional`` here is Flax's functional form of the same layer, for comparisons by hand:
     ``flax.linen.RMSNorm(...).apply({"params": {"scale": weight}}, x)``."""
 
     id = "flax-nnx-cpu"

@@ -16,7 +16,7 @@ class MLXModule(Implementation):
         self.device = device
         self.id = f"mlx-nn-{device}"
         self.capabilities = Capabilities(
-            dtypes=tuple(DTYPES), mixed="promote", module=True, mlx_module=True,
+            dtypes=tuple(DTYPES), mixed="promote", module=True, functional=True, mlx_module=True,
             layouts=LAYOUTS, gradients=("vjp",), device=device)
 
     def unavailable_reason(self):
