@@ -5,7 +5,8 @@ A plain call (``rms_norm``, ``vjp``, ``jvp``, ``hvp``, ``functional``...) compil
 function for that call alone, so a failure replays from its inputs. ``rms_norm_sequence`` and
 ``vjp_sequence`` compile ONE function and call it for every call of the sequence, in order, as a
 training or inference loop does: MLX retraces it when a shape changes (never with
-``shapeless=True``, where only a change of dtype or of the number of inputs retraces), and
+``shapeless=True``, where only a change of dtype, of the number of dimensions or of the number
+of inputs retraces), and
 reuses the trace otherwise. Gradients are ``mx.compile`` of ``mx.vjp`` / ``mx.jvp`` (the module:
 of ``nn.value_and_grad`` and ``mx.grad``, its weight an implicit input of the compiled function,
 ``inputs=module.state``, as in MLX's training examples).
@@ -80,9 +81,9 @@ class MLXCompiledModule(MLXModule):
         return _compile(f, self.shapeless)
 
     def _sequence(self, calls, fn_of_module):
-        if len({c[2] for c in calls}) > 1:
+        if len({repr(c[2]) for c in calls}) > 1:
             raise ValueError(f"a compiled module sequence has one eps (the module's), got "
-                             f"{sorted({c[2] for c in calls})}: give each sequence one eps")
+                             f"{sorted({repr(c[2]) for c in calls})}: give each sequence one eps")
         if not calls:
             return []
         module = make_module(_mlx.to_mx(calls[0][1]), calls[0][2])

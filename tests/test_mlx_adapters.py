@@ -42,6 +42,14 @@ def data(shape, dtype, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(DTYPES[dtype])
 
 
+def ints(shape, dtype, seed=0):
+    """Small integers: with a power-of-two axis length every sum rms_norm and its derivatives
+    take is exact in float32. With d <= 1024 the mean's factor 1/d has at most 7 significant
+    digits too: before MLX 0.32.3 compiled CPU kernels hold float constants printed with 7
+    significant digits (1/4096 becomes 0.0002441406, not 2**-12)."""
+    return np.random.default_rng(seed).integers(-8, 9, shape).astype(DTYPES[dtype])
+
+
 @pytest.fixture
 def traces(monkeypatch):
     """A list that grows by one entry (x's shape) each time MLX runs mx.fast.rms_norm's Python
@@ -127,17 +135,18 @@ def test_bfloat16_round_trip_is_bit_exact_for_every_pattern():
 
 # ---- compiled == eager ----------------------------------------------------------------------
 
-SHAPES = [(2, 8), (3, 4, 33), (16,), (2, 4099)]
+SHAPES = [(2, 8), (3, 4, 32), (16,), (2, 1024)]
 
 
 @pytest.mark.parametrize("impl_id", COMPILED)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_compiled_equals_eager(impl_id, dtype):
-    """Same op graph, same float32 arithmetic: bit-identical results on the CPU."""
+    """Same op graph, same float32 arithmetic, exact sums and constants: bit-identical results
+    on the CPU, on every release."""
     impl = CPU[impl_id]
     eager = eager_of(impl)
     for k, shape in enumerate(SHAPES):
-        x, w, g = data(shape, dtype, k), data(shape[-1:], dtype, k + 1), data(shape, dtype, k + 2)
+        x, w, g = ints(shape, dtype, k), ints(shape[-1:], dtype, k + 1), ints(shape, dtype, k + 2)
         assert impl.rms_norm(x, w, 1e-5).tobytes() == eager.rms_norm(x, w, 1e-5).tobytes()
         for a, b in zip(impl.vjp(x, w, 1e-5, g), eager.vjp(x, w, 1e-5, g)):
             assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
@@ -147,8 +156,19 @@ def test_compiled_equals_eager(impl_id, dtype):
             assert impl.jvp(x, w, 1e-5, g, w).tobytes() == eager.jvp(x, w, 1e-5, g, w).tobytes()
             assert impl.hvp(x, w, 1e-5, g, x).tobytes() == eager.hvp(x, w, 1e-5, g, x).tobytes()
     if impl.capabilities.module:
-        x, w = data((2, 8), dtype), data((8,), dtype, 1)
+        x, w = ints((2, 8), dtype), ints((8,), dtype, 1)
         assert impl.functional(x, w, 1e-5).tobytes() == eager.functional(x, w, 1e-5).tobytes()
+
+
+@pytest.mark.skipif(_mlx.mlx_version() < (0, 32, 3), reason="before MLX 0.32.3 compiled CPU "
+                    "kernels round float constants (1/d, eps) to 7 significant digits")
+@pytest.mark.parametrize("impl_id", COMPILED)
+def test_compiled_equals_eager_bit_for_bit_on_any_data(impl_id):
+    impl = CPU[impl_id]
+    x, w, g = data((64, 33), "float32"), data((33,), "float32", 1), data((64, 33), "float32", 2)
+    assert impl.rms_norm(x, w, 1e-5).tobytes() == eager_of(impl).rms_norm(x, w, 1e-5).tobytes()
+    for a, b in zip(impl.vjp(x, w, 1e-5, g), eager_of(impl).vjp(x, w, 1e-5, g)):
+        assert a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("impl_id", COMPILED)
@@ -161,14 +181,14 @@ def test_compiled_validation_raises_value_error(impl_id):
 # ---- one compiled function per sequence -----------------------------------------------------
 
 # axis lengths and row counts change; same ndim except the last call
-SEQ = [(4, 8), (4, 16), (2, 16), (7, 3), (7, 3), (4, 8), (2, 5, 33)]
+SEQ = [(4, 8), (4, 16), (2, 16), (7, 4), (7, 4), (4, 8), (2, 5, 32)]
 
 
 def _calls(dtype, with_g=False):
     out = []
     for k, s in enumerate(SEQ):
-        c = (data(s, dtype, k), data(s[-1:], dtype, 100 + k), 1e-5)
-        out.append(c + (data(s, dtype, 200 + k),) if with_g else c)
+        c = (ints(s, dtype, k), ints(s[-1:], dtype, 100 + k), 1e-5)
+        out.append(c + (ints(s, dtype, 200 + k),) if with_g else c)
     return out
 
 
@@ -208,7 +228,7 @@ def test_trace_count_detects_a_compile_per_call(traces):
 
 
 def test_fast_sequence_retraces_on_a_new_eps_or_weight_presence(traces):
-    x, w = data((3, 8), "float32"), data((8,), "float32", 1)
+    x, w = ints((3, 8), "float32"), ints((8,), "float32", 1)
     calls = [(x, w, 1e-5), (x, w, 1.0), (x, w, 1e-5), (x, None, 1e-5), (x, None, 1e-5)]
     ys = mlx_compiled.fast_shapeless_cpu.rms_norm_sequence(calls)
     assert len(traces) == 3          # (w, 1e-5), (w, 1.0), (None, 1e-5)
