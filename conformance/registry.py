@@ -16,11 +16,7 @@ import importlib.metadata as md
 from conformance.supervisor import LoadError, Supervised, describe_loaded, load_entry
 from impl.protocol import Implementation
 
-GROUP = "rmsnorm_conformance.implementations"
-#: Implementations tested only when ``--impl`` selects them (an id or a glob): those whose full
-#: run is too slow for everyone's default run (MLX's compiled CPU kernels are built by g++, about
-#: 600 builds and 5 minutes for one id on a cold cache).
-OPT_IN_GROUP = "rmsnorm_conformance.implementations.opt_in"
+from rmsnorm_conformance import GROUP, OPT_IN_GROUP   # noqa: E402 - the public names
 
 
 @dataclasses.dataclass

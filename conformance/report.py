@@ -137,7 +137,7 @@ class Collector:
         props = dict(report.user_properties)
         if "clause" not in props:
             head = str(report.longrepr)[:300] if report.failed else ""
-            if "worker" in head and "crashed" in head:
+            if "worker" in head and "crashed" in head and report.nodeid not in self.lost:
                 self.lost.append(report.nodeid)
             return
         if "entry" in props:

@@ -146,8 +146,9 @@ def describe_loaded(impl) -> tuple:
         reason = impl.unavailable_reason()
     except Exception as e:   # noqa: BLE001 - the adapter's own defect, reported by IMP-1
         raise LoadError(f"unavailable_reason() raised {type(e).__name__}: {e}") from None
-    try:
-        env = {str(k): str(v) for k, v in (impl.environment() or {}).items()}
+    try:       # where it cannot run, what it would run on may not be knowable: not asked
+        env = {} if reason is not None else {
+            str(k): str(v) for k, v in (impl.environment() or {}).items()}
     except Exception as e:   # noqa: BLE001
         raise LoadError(f"environment() raised {type(e).__name__}: {e}") from None
     env.setdefault("host", socket.gethostname())     # where it ran (--tx spreads over hosts)

@@ -16,6 +16,7 @@ through ``torch.func.jvp``, second order forward-over-reverse (``torch.func.jvp`
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 
@@ -75,9 +76,21 @@ def environment(device: str) -> dict[str, str]:
     return env
 
 
+@functools.cache
+def _one_thread() -> None:
+    """One intra-op thread: the suite runs several implementations in parallel processes, where
+    torch's thread pool only oversubscribes the cores (measured: 2-3x slower on 2 cores). Its
+    results are judged the same either way (any summation order is within the bounds)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def to_torch(a: np.ndarray, device: str):
     """NumPy -> tensor on ``device``, dtype kept (bfloat16 through its bits: exact)."""
     import torch
+
+    _one_thread()
 
     a = np.array(a, order="C", copy=True)   # writable and positive strides, as from_numpy needs
     if a.dtype == BF16:

@@ -23,13 +23,14 @@ mx = pytest.importorskip("mlx.core")
 
 from impl import _mlx, mlx_compiled, mlx_fast, mlx_nn  # noqa: E402
 from impl.protocol import DTYPES, LAYOUTS, Implementation, Layout  # noqa: E402
-from rmsnorm_conformance import GROUP  # noqa: E402
+from rmsnorm_conformance import GROUP, OPT_IN_GROUP  # noqa: E402
 
 IDS = [f"mlx-{kind}-{dev}" for kind in ("fast", "nn", "compiled-fast", "compiled-fast-shapeless",
                                         "compiled-nn", "compiled-nn-shapeless")
        for dev in ("cpu", "gpu")]
-CPU = {i: ep.load() for ep in importlib.metadata.entry_points(group=GROUP)
-       for i in [ep.name] if i in IDS and i.endswith("-cpu")}
+ENTRY_POINTS = [*importlib.metadata.entry_points(group=GROUP),
+                *importlib.metadata.entry_points(group=OPT_IN_GROUP)]
+CPU = {i: ep.load() for ep in ENTRY_POINTS for i in [ep.name] if i in IDS and i.endswith("-cpu")}
 COMPILED = [i for i in CPU if "compiled" in i]
 EAGER = {"fast": mlx_fast.cpu, "nn": mlx_nn.cpu}
 
@@ -66,7 +67,7 @@ def traces(monkeypatch):
 # ---- loading and declarations ---------------------------------------------------------------
 
 def test_every_id_is_registered_and_loads():
-    eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=GROUP)}
+    eps = {ep.name: ep for ep in ENTRY_POINTS}
     assert set(IDS) <= set(eps), f"not registered: {sorted(set(IDS) - set(eps))}"
     for i in IDS:
         impl = eps[i].load()
