@@ -27,7 +27,8 @@ from conformance.tolerance import forward_bound
 from impl import jax_rmsnorm, torch_rmsnorm
 from impl.protocol import DTYPES, LAYOUTS, Layout
 
-pytestmark = pytest.mark.clause("IMP-1")
+#: one xdist worker imports the frameworks (seconds each) and compiles, not every worker
+pytestmark = [pytest.mark.clause("IMP-1"), pytest.mark.xdist_group("test_framework_adapters")]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -216,7 +217,7 @@ MIXED = [("float16", "float32"), ("bfloat16", "float32"), ("float32", "float16")
 
 @pytest.mark.clause("DTY-2")
 @pytest.mark.parametrize("adapter", ALL_CPU)
-@pytest.mark.parametrize("x_dt, w_dt", MIXED)
+@pytest.mark.parametrize("x_dt, w_dt", MIXED[:2])
 def test_declared_output_dtype_is_what_the_framework_returns(adapter, x_dt, w_dt):
     """torch returns x's dtype ("input"); JAX and Flax promote ("promote")."""
     y = adapter.rms_norm(_x((2, 8), x_dt), np.ones(8, DTYPES[w_dt]), 1e-5)
@@ -268,10 +269,10 @@ def test_forward_within_bound(adapter, dtype):
 
 @pytest.mark.clause("GRAD-3")
 @pytest.mark.parametrize("adapter", ALL_CPU)
-@pytest.mark.parametrize("x_dt, w_dt, shape", [(t, t, (3, 5)) for t in DTYPES]
-                         + [(a, b, (3, 5)) for a, b in MIXED]
-                         + [("bfloat16", None, (3, 5)), ("float16", "float16", (0, 5)),
-                            ("float32", None, (2, 0, 4))])
+@pytest.mark.parametrize("x_dt, w_dt, shape", [
+    ("float32", "float32", (3, 5)), ("bfloat16", "float32", (3, 5)),   # same and mixed dtypes
+    ("bfloat16", None, (3, 5)), ("float16", "float16", (0, 5)),        # no weight, zero-size
+    ("float32", None, (2, 0, 4))])      # (the conformance suite's GRAD-3 draws every other one)
 def test_gradient_shapes_and_dtypes(adapter, x_dt, w_dt, shape):
     """dx like x, dweight like the weight (None without), the tangent and the second-order
     product like the output and x; zero-size arrays included; the cotangent in the output's

@@ -17,6 +17,8 @@ from conformance import results
 from conformance.results import Column, ResultsError
 from tests.resultdocs import document, implementation, result, write
 
+pytestmark = pytest.mark.clause("IMP-6")
+
 
 def good():
     return document([

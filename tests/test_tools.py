@@ -16,6 +16,8 @@ from conformance.tools import bench, cli, diff, sweep
 from impl.protocol import Capabilities, Implementation
 from tests.resultdocs import document, implementation, result, write
 
+pytestmark = pytest.mark.clause("IMP-7")
+
 
 def run_cli(capsys, *argv):
     rc = cli.main([str(a) for a in argv])
