@@ -5,7 +5,7 @@ For each VERSION: a fresh virtual environment (``PYTHON -m venv``), ``pip instal
 --no-deps``, installed with its dependencies: the environment running this command is not
 touched) and pytest-xdist, then, from an empty working directory,
 
-    python -m pytest --pyargs conformance -n auto --impl 'mlx-*-cpu' \\
+    python -m pytest --pyargs conformance -n auto --impl mlx-fast-cpu --impl mlx-nn-cpu \\
         --conformance-results DIR/mlx-VERSION.json -p no:cacheprovider
 
 A non-zero pytest exit is normal (failures are results); a release counts as failed only when it
@@ -41,7 +41,8 @@ from conformance.tools._common import ToolError, emit
 HELP = "run the suite against MLX releases in fresh venvs; write the release history page"
 
 DEFAULT_TIME_LIMIT = 1800.0
-DEFAULT_IMPL = "mlx-*-cpu"
+#: MLX's eager CPU implementations (the compiled ones are opt-in: g++ builds every kernel)
+DEFAULT_IMPL = ("mlx-fast-cpu", "mlx-nn-cpu")
 MLX_SPEC = "mlx[cpu]=={version}" if sys.platform.startswith("linux") else "mlx=={version}"
 
 
@@ -63,8 +64,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="S",
                         help=f"seconds per release, install and run (default "
                              f"{DEFAULT_TIME_LIMIT:.0f})")
-    parser.add_argument("--impl", default=DEFAULT_IMPL,
-                        help=f"the --impl glob passed to pytest (default {DEFAULT_IMPL!r})")
+    parser.add_argument("--impl", action="append", default=None, metavar="ID",
+                        help=f"an --impl id or glob passed to pytest (repeatable; default "
+                             f"{' '.join(DEFAULT_IMPL)})")
     parser.add_argument("--mlx-spec", default=MLX_SPEC,
                         help=f"pip requirement for a release, {{version}} replaced (default "
                              f"{MLX_SPEC!r})")
@@ -181,7 +183,8 @@ class VenvRunner:
                 if rc != 0:
                     return self._failed("pip install", rc)
                 rc = _run_logged([py, "-m", "pytest", "--pyargs", "conformance", "-n", "auto",
-                                  "--impl", self.impl, "--conformance-results", str(out_json),
+                                  *(a for i in self.impl for a in ("--impl", i)),
+                                  "--conformance-results", str(out_json),
                                   "-p", "no:cacheprovider", *self.pytest_args],
                                  log, deadline, env=env, cwd=cwd)
                 if rc is None:
@@ -290,7 +293,8 @@ def write_history(versions: list[str], out_dir: pathlib.Path, history: pathlib.P
 def make_runner(args, out_dir: pathlib.Path):
     """The release runner (tests replace this with a fake)."""
     runner = VenvRunner(out_dir, python=args.python, source=find_source(args.source),
-                        time_limit=args.time_limit, keep_venvs=args.keep_venvs, impl=args.impl,
+                        time_limit=args.time_limit, keep_venvs=args.keep_venvs,
+                        impl=tuple(args.impl or DEFAULT_IMPL),
                         mlx_spec=args.mlx_spec, pytest_args=args.pytest_arg)
     runner.prepare()
     return runner
