@@ -257,10 +257,12 @@ def same_examples_everywhere():
 
 def run_shipped(fn, **kwargs):
     """Run a conformance property exactly as the default run does (the shipped settings, the
-    same examples), e.g. ``run_shipped(test_acc.test_error_bound_whole_range, impl=adapter)``:
-    for self-tests that judge the suite as shipped."""
+    same examples, a ledger steering hypothesis.target as in a run), e.g.
+    ``run_shipped(test_acc.test_error_bound_whole_range, impl=adapter)``: for self-tests that
+    judge the suite as shipped. An enclosing ledger (``ledger.active``) is used if open."""
     ship(fn)
-    with same_examples_everywhere():
+    book = ledger.current() or ledger.Ledger()
+    with ledger.active(book), same_examples_everywhere():
         return fn(**kwargs)
 
 
@@ -409,8 +411,9 @@ def _entry_of(item):
 
 
 def _skip_reason(rep) -> str:
+    """The skip's one-line reason (Hypothesis appends the explicit example on further lines)."""
     reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
-    return reason.removeprefix("Skipped: ")
+    return (reason.removeprefix("Skipped: ").strip().splitlines() or ["skipped"])[0]
 
 
 def pytest_sessionfinish(session, exitstatus):

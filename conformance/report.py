@@ -150,6 +150,7 @@ class Collector:
         if "status" not in props:
             return
         status, reason = props["status"]
+        reason = (str(reason).strip().splitlines() or [None])[0] if reason else None  # one line
         key = (props["clause"], props["impl"])
         spec = clauses.load()
         cell = self.cells.setdefault(key, {

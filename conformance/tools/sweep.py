@@ -140,7 +140,7 @@ class VenvRunner:
     """The real steps: build the wheel once, then per release a venv, pip install, pytest."""
 
     def __init__(self, out_dir: pathlib.Path, *, python: str, source: pathlib.Path,
-                 time_limit: float, keep_venvs: bool, impl: str, mlx_spec: str,
+                 time_limit: float, keep_venvs: bool, impl: tuple, mlx_spec: str,
                  pytest_args: list[str]):
         self.out_dir, self.python, self.source = out_dir, python, source
         self.time_limit, self.keep_venvs = time_limit, keep_venvs
