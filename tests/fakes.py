@@ -138,6 +138,8 @@ def kebab(name: str) -> str:
 class _Named:
     #: the SPEC.md clause whose property must catch the bug
     target = ""
+    #: further clauses whose properties must catch it too (checked by the kill tests)
+    also: tuple = ()
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -348,9 +350,9 @@ class ManyRowsGridOverflow(Mutant):
 
     def scale(self, x32, n, weight, out):
         y = super().scale(x32, n, weight, out)
-        rows = y.reshape(-1, y.shape[-1]) if y.ndim else y.reshape(1, 1)
-        if rows.shape[0] > 65535:
-            rows[65535:] = 0
+        d = y.shape[-1]
+        if d and y.size // d > 65535:
+            y.reshape(-1, d)[65535:] = 0      # y is a fresh contiguous array: a view
         return y
 
 

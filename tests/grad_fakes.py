@@ -19,6 +19,7 @@ class DropProjection(Mutant):
     """n treated as a constant: dx = n g w, the term - x n^3 mean(g w x) is missing."""
 
     target = "GRAD-1"
+    also = ("GRAD-5",)        # dx is then not orthogonal to x as eps vanishes
 
     def dx(self, n, a, x32, p):
         return n * a
@@ -166,6 +167,7 @@ class JvpMissingNormTerm(Mutant):
     """The tangent ignores the change of n: ty = tx n w + x n tw (no - x n^3 mean(x tx) w)."""
 
     target = "GRAD-2"
+    also = ("GRAD-9",)        # its JVP is then not the adjoint of its (right) VJP
 
     def tangent(self, x32, n, tx32, w32, tw32, s):
         ty = tx32 * n * w32

@@ -4,12 +4,20 @@
     python -m tests.kill_matrix --results R.json # render from an earlier run's results file
     python -m tests.kill_matrix --entry-points   # regenerate the fixture distribution's entry
                                                  # points from tests/mutants.py
+    python -m tests.kill_matrix --shrink         # the default profile itself (slower)
     python -m tests.kill_matrix -- -n 2          # extra arguments for pytest after --
+    python -m tests.kill_matrix --timings        # the in-process kill tests' cost per mutant
 
 The run is ``pytest conformance --impl 'mutant-*' --impl 'numpy-textbook*' -n auto`` from the
 repository root with ``tests/mutants_dist`` on PYTHONPATH and a results file
 (``--conformance-results`` where the plugin has it, else ``--conformance-report``); the correct
-numpy-textbook variants run beside the mutants as controls. A clause *kills* a mutant when its
+numpy-textbook variants run beside the mutants as controls; ``-p tests.preload`` loads every
+suite module first, as the default run has them (tests/preload.py says why). It runs under the
+profile
+``rmsnorm-default-noshrink`` (``tests/kill_profile.py``): the default profile without shrinking,
+so the same examples up to each first failure and the same verdicts, about 3x faster (a failing
+property stops at its first failing example instead of shrinking it); ``--shrink`` runs the
+default profile itself. A clause *kills* a mutant when its
 cell is FAIL, CRASH or TIMEOUT (a MUST clause) or unmet (SHOULD/MAY) and the correct
 implementation the mutant derives from has a better status there (so ACC-5, which no textbook
 variant meets, kills nothing).
@@ -27,13 +35,15 @@ import sys
 import tempfile
 import time
 
-from tests import fakes
+from tests import fakes, kill_profile
 from tests.mutants import MUTANTS, SURVIVES_TODAY, bug, kind
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DIST = ROOT / "tests" / "mutants_dist"
 ENTRY_POINTS = DIST / "rmsnorm_mutants-0.1.dist-info" / "entry_points.txt"
 DOC = ROOT / "docs" / "MUTANTS.md"
+#: where the last run's results file and pytest output are kept (git-ignored)
+KEEP = ROOT / ".rmsnorm-conformance"
 GROUP = "rmsnorm_conformance.implementations"
 
 #: statuses worst first (as in the results document); a lower rank is worse
@@ -70,16 +80,22 @@ def _env() -> dict:
     return env
 
 
-def run_suite(results: pathlib.Path, extra: list[str]) -> tuple[int, float]:
+def run_suite(results: pathlib.Path, extra: list[str], shrink: bool) -> tuple[int, float]:
     with tempfile.TemporaryDirectory(prefix="rmsnorm-mutants-") as artifacts:
         env = _env()
         env["RMSNORM_CONFORMANCE_ARTIFACTS"] = artifacts
         cmd = [sys.executable, "-m", "pytest", "conformance", "--impl", "mutant-*",
                "--impl", "numpy-textbook*", "-n", "auto", "-q", "-p", "no:cacheprovider",
+               "-p", "tests.preload",
                _results_option(), str(results), *extra]
-        print("running:", " ".join(cmd), file=sys.stderr)
+        if not shrink:
+            cmd += ["-p", "tests.kill_profile", "--hypothesis-profile", kill_profile.NAME]
+        print("running:", " ".join(cmd), f"(output: {KEEP / 'mutants-run.log'})",
+              file=sys.stderr)
         start = time.monotonic()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        KEEP.mkdir(exist_ok=True)
+        with open(KEEP / "mutants-run.log", "w") as log:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         return proc.returncode, time.monotonic() - start
 
 
@@ -188,6 +204,24 @@ def render(cells, meta: str) -> str:
     ])
 
 
+def timings() -> int:
+    """The kill tests' work, mutant by mutant: the target clause's properties as shipped
+    (tests/shipped.py), the examples generated until the first failure, CPU seconds."""
+    from tests import shipped
+
+    os.environ.setdefault("RMSNORM_CONFORMANCE_ARTIFACTS", tempfile.mkdtemp())
+    total = 0.0
+    print(f"{'mutant':45} {'target':8} {'outcome':9} {'examples':>8} {'cpu s':>6}")
+    for mid, cls in MUTANTS.items():
+        start = time.process_time()
+        outcome = shipped.run_clause(cls.target, cls())
+        spent = time.process_time() - start
+        total += spent
+        print(f"{mid:45} {cls.target:8} {outcome.status:9} {outcome.examples:8d} {spent:6.2f}")
+    print(f"total CPU: {total:.1f} s for {len(MUTANTS)} mutants")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=pathlib.Path,
@@ -195,8 +229,14 @@ def main(argv=None) -> int:
     parser.add_argument("--entry-points", action="store_true",
                         help=f"rewrite {ENTRY_POINTS.relative_to(ROOT)} and stop")
     parser.add_argument("--out", type=pathlib.Path, default=DOC)
+    parser.add_argument("--shrink", action="store_true",
+                        help="run the default profile itself (with shrinking; slower)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    parser.add_argument("--timings", action="store_true",
+                        help="print each mutant's in-process kill run (examples, CPU seconds)")
     args = parser.parse_args(argv)
+    if args.timings:
+        return timings()
     if args.entry_points:
         ENTRY_POINTS.write_text(entry_points_text())
         print(f"wrote {ENTRY_POINTS}")
@@ -205,16 +245,19 @@ def main(argv=None) -> int:
     if args.results:
         cells, meta = load_cells(args.results), f"Rendered {when} from `{args.results.name}`."
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            results = pathlib.Path(tmp) / "results.json"
-            code, seconds = run_suite(results, args.pytest_args)
-            if not results.exists():
-                print(f"pytest exited with {code} and wrote no results", file=sys.stderr)
-                return 2
-            cells = load_cells(results)
+        results = KEEP / "mutants-results.json"
+        results.unlink(missing_ok=True)
+        code, seconds = run_suite(results, args.pytest_args, args.shrink)
+        if not results.exists():
+            print(f"pytest exited with {code} and wrote no results", file=sys.stderr)
+            return 2
+        cells = load_cells(results)
+        print(f"results: {results}", file=sys.stderr)
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip() or "unknown"
-        meta = (f"Run {when} at commit {commit}: the default profile, {seconds:.0f} s with "
+        profile = "the default profile" if args.shrink else \
+            f"`{kill_profile.NAME}` (the default profile's examples, no shrinking)"
+        meta = (f"Run {when} at commit {commit} under {profile}: {seconds:.0f} s with "
                 f"`-n auto` on {os.cpu_count()} cores.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(cells, meta))

@@ -11,6 +11,10 @@ it); ``tests/test_catches_faults.py`` checks both claims.
 
 Properties are found by their ``@pytest.mark.clause`` marker; parametrised plain tests (VAL) are
 called once per parameter set, in order.
+
+Importing this module imports every module of the suite (``tests/preload.py``): Hypothesis draws
+some values from constants found in the loaded local modules, so the examples are the default
+run's only with the default run's modules loaded.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import pytest
 from hypothesis import Phase, settings
 
 import conformance
+import tests.preload  # noqa: F401 - the default run's pool of constants (see its docstring)
 from conformance import clauses
 from conformance.assertions import Nonconformance, require
 from conformance.plugin import shipped_settings
