@@ -1,8 +1,10 @@
 """Calling an implementation and judging its output, with messages that reproduce the case.
 
-Every property calls the implementation through ``forward`` (which turns exceptions and
+Every property calls the implementation through ``call`` / ``forward`` (which turn exceptions and
 malformed results into clause failures) and judges values with ``assert_within`` (which applies
-the tolerance model's bounds and reports errors in ulps of the output dtype).
+the tolerance model's bounds and reports errors in ulps of the output dtype). A clause that is not
+met raises ``Nonconformance``; anything else a property raises is a defect of the suite or of the
+adapter's plumbing and is reported as ERROR.
 """
 
 from __future__ import annotations
@@ -13,48 +15,77 @@ import pathlib
 
 import numpy as np
 
-from conformance import cases as cases_mod
+from conformance import cases as cases_mod, ledger
 from conformance.cases import PRINT_LIMIT, Case
-from conformance.dtypes import info, result_dtype, ulp
-from conformance.tolerance import Bound
+from conformance.dtypes import info, ulp
+from conformance.tolerance import Bound, forward_bound
 
 ARTIFACTS_ENV = "RMSNORM_CONFORMANCE_ARTIFACTS"
+#: Where large failing inputs are saved; the plugin sets it from --conformance-artifacts (default
+#: ``.rmsnorm-conformance/`` under pytest's rootdir), the environment variable overrides.
+ARTIFACTS = {"dir": pathlib.Path(".rmsnorm-conformance").resolve()}
 
 
 class Nonconformance(AssertionError):
-    """A clause is not met. The message holds everything needed to reproduce it."""
+    """A clause is not met. ``summary`` is one line; the message holds everything needed to
+    reproduce it."""
+
+    def __init__(self, message: str, summary: str):
+        super().__init__(message)
+        self.summary = summary
+
+
+class AdapterError(Exception):
+    """The adapter's plumbing is broken (it declares a capability it does not implement): an
+    ERROR of the run, not a verdict on the implementation."""
+
+
+def artifacts_dir() -> pathlib.Path:
+    env = os.environ.get(ARTIFACTS_ENV)
+    return pathlib.Path(env).resolve() if env else ARTIFACTS["dir"]
 
 
 def _is_final_run() -> bool:
     try:
         from hypothesis.control import current_build_context
         return bool(current_build_context().is_final)
-    except Exception:       # not inside a Hypothesis test: always report in full
+    except Exception:       # noqa: BLE001 - not inside a Hypothesis test: always report in full
         return True
 
 
-def _repro(case: Case, impl, force: bool = False) -> str:
+def save_case(case: Case, name: str, folder: pathlib.Path | None = None) -> pathlib.Path:
+    """Save ``case`` as ``<folder>/<name>-<digest>.npz`` (the default folder: artifacts_dir())."""
+    arrays = [case.x, case.weight, *case.extras.values()]
+    digest = hashlib.sha1(b"".join(a.tobytes() for a in arrays if a is not None)
+                          + repr(case.eps).encode()).hexdigest()[:12]
+    folder = folder or artifacts_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{digest}.npz"
+    cases_mod.save(case, path)
+    return path
+
+
+def repro(case: Case, impl, force: bool = False) -> str:
     """Small cases print their bytes; large ones are saved as .npz on Hypothesis' final run (or
     at once with ``force``: a crash or hang gets no final run)."""
     arrays = [case.x, case.weight, *case.extras.values()]
     if all(a is None or a.size <= PRINT_LIMIT for a in arrays):
         return case.repro()
     if not (force or _is_final_run()):
-        return "(repro saved on Hypothesis' final run)"
-    folder = pathlib.Path(os.environ.get(ARTIFACTS_ENV, ".rmsnorm-conformance"))
-    folder.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha1(b"".join(a.tobytes() for a in arrays if a is not None)
-                          + repr(case.eps).encode()).hexdigest()[:12]
-    path = folder / f"{impl.id}-{digest}.npz"
-    cases_mod.save(case, path)
-    return f"from conformance.cases import load; case = load({str(path)!r})"
+        return "(saved on Hypothesis' final run)"
+    path = save_case(case, getattr(impl, "id", "case"))
+    return f"from conformance.cases import load\ncase = load({str(path)!r})"
 
 
-def fail(impl, case: Case | None, message: str) -> None:
-    lines = [f"implementation: {getattr(impl, 'id', impl)!s}", message]
+def fail(impl, case: Case | None, message: str, summary: str | None = None) -> None:
+    """Raise the clause's failure: ``summary`` (default: the message's first line) is the
+    one-line reason shown in the table and the results file."""
+    if ledger.current() is not None:
+        ledger.current().mark_failed()
+    lines = [message]
     if case is not None:
-        lines += [f"case: {case.describe()}", "repro:", _repro(case, impl)]
-    raise Nonconformance("\n".join(lines))
+        lines += [f"case: {case.describe()}", "repro:", repro(case, impl)]
+    raise Nonconformance("\n".join(lines), summary or message.splitlines()[0])
 
 
 def check_result(impl, case: Case, out, expect_shape, expect_dtype, what="rms_norm") -> np.ndarray:
@@ -65,29 +96,36 @@ def check_result(impl, case: Case, out, expect_shape, expect_dtype, what="rms_no
         fail(impl, case, f"{what} returned shape {out.shape}, expected {tuple(expect_shape)}")
     if expect_dtype is not None and out.dtype != expect_dtype:
         fail(impl, case, f"{what} returned dtype {out.dtype.name}, expected "
-                         f"{np.dtype(expect_dtype).name} (SPEC.md DTY clauses)")
+                         f"{np.dtype(expect_dtype).name} (DTY clauses; mixed convention "
+                         f"{impl.capabilities.mixed!r})")
     return out
 
 
-def call(impl, case: Case, fn, *args, what: str):
+def call(impl, case: Case | None, fn, *args, what: str):
     """Run ``fn(*args)``; an exception becomes a clause failure naming the implementation."""
     from conformance.supervisor import BadResult, ImplementationDied
 
+    if ledger.current() is not None:
+        ledger.current().note_call(what, case)
     try:
         return fn(*args)
     except ImplementationDied as e:   # keep the type (not shrunk), add the exact input
         lines = [f"{e.kind.upper()}: {e}"]
         if case is not None:
-            lines += [f"case: {case.describe()}", "repro:", _repro(case, impl, force=True)]
-        raise type(e)("\n".join(lines)) from None
+            lines += [f"case: {case.describe()}", "repro:", repro(case, impl, force=True)]
+        raise type(e)("\n".join(lines), summary=e.summary) from None
     except BadResult as e:
         fail(impl, case, f"{what} {e}")
+    except NotImplementedError as e:
+        raise AdapterError(f"{getattr(impl, 'id', impl)}: {what} is not implemented by the "
+                           f"adapter, though its capabilities declare it ({e})") from None
     except Exception as e:   # noqa: BLE001 - any adapter error is a finding, not a suite error
-        fail(impl, case, f"{what} raised {type(e).__name__}: {e}")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        fail(impl, case, f"{what} raised {type(e).__name__}: {first}")
 
 
 def forward(impl, case: Case, layout=None) -> np.ndarray:
-    """impl.rms_norm on the case, checked for type, shape and the DTY output dtype."""
+    """impl.rms_norm on the case, checked for type, shape and the declared output dtype."""
     out = call(impl, case, impl.rms_norm, case.x, case.weight, case.eps, layout,
                what="rms_norm")
     expect = impl.capabilities.output_dtype(case.x.dtype, None if case.weight is None
@@ -108,50 +146,114 @@ def violations(got: np.ndarray, fb: Bound) -> np.ndarray:
         top = info(fb.out_dtype).max
         ok |= np.isinf(g) & (np.sign(g) == np.sign(ref)) & (np.abs(ref) + fb.bound > top)
         ok |= (g == ref)   # also covers ref = +-inf exactly matched
+        if fb.nonfinite_ok is not None:
+            ok |= fb.nonfinite_ok & ~np.isfinite(g)
     return ~ok
 
 
+def _num(v) -> str:
+    return repr(float(v))
+
+
 def describe_errors(case: Case, got: np.ndarray, fb: Bound, bad: np.ndarray,
-                    label="output") -> str:
+                    label="output") -> tuple[str, str]:
+    """(the worst violation in a few lines, a one-line summary)."""
     g = got.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         unit = ulp(fb.ref, fb.out_dtype)
         err_ulps = np.abs(g - fb.ref) / unit
         bound_ulps = fb.bound / unit
         excess = np.where(bad, np.nan_to_num(err_ulps / bound_ulps, nan=np.inf), -1.0)
     idx = np.unravel_index(int(np.argmax(excess)), excess.shape) if excess.size else ()
-    x_at = f"x = {case.x.astype(np.float64)[idx]!r}, " if got.shape == case.x.shape else ""
-    return (f"{int(bad.sum())} of {bad.size} {label} elements exceed the bound; worst at index "
-            f"{tuple(int(i) for i in idx)}:\n"
-            f"  {x_at}expected (float64 reference) = {fb.ref[idx]!r}, got = {g[idx]!r}\n"
-            f"  error = {err_ulps[idx]:.4g} ulp of {fb.out_dtype.name}, bound = "
-            f"{bound_ulps[idx]:.4g} ulp (= {fb.bound[idx]:.6g} absolute)")
+    where = tuple(int(i) for i in idx)
+    x_at = f"x = {_num(case.x.astype(np.float64)[idx])}, " if got.shape == case.x.shape else ""
+    err, bnd = float(err_ulps[idx]), float(bound_ulps[idx])
+    summary = (f"{int(bad.sum())} of {bad.size} {label} elements beyond the bound, worst "
+               f"{err:.4g} ulp > {bnd:.4g} ulp of {fb.out_dtype.name} "
+               f"({dtype_shape(case)}, eps {case.eps:g})")
+    text = (f"{int(bad.sum())} of {bad.size} {label} elements exceed the bound; worst at "
+            f"index {where}:\n"
+            f"  {x_at}expected (float64 reference) {_num(fb.ref[idx])}, got {_num(g[idx])}\n"
+            f"  error {err:.4g} ulp of {fb.out_dtype.name}, bound {bnd:.4g} ulp "
+            f"(= {float(fb.bound[idx]):.6g} absolute)")
+    return text, summary
+
+
+def dtype_shape(case: Case) -> str:
+    w = "" if case.weight is None or case.weight.dtype == case.x.dtype \
+        else f"+{case.weight.dtype.name}"
+    return f"{case.x.dtype.name}{w}{list(case.x.shape)}"
+
+
+def _record(case: Case, got: np.ndarray, fb: Bound, label: str) -> None:
+    """The judged errors in ulps, for the ledger (worst error per dtype, hypothesis.target)."""
+    book = ledger.current()
+    if book is None or got.size == 0:
+        return
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        err = np.abs(got.astype(np.float64) - fb.ref)
+        judged = np.isfinite(err) & np.isfinite(fb.bound) & (fb.bound > 0)
+        if not judged.any():
+            return
+        ratio = np.where(judged, err / fb.bound, -1.0)
+    i = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+    unit = ulp(fb.ref[i], fb.out_dtype)
+    book.note_error(case, label, np.array([err[i] / unit]), np.array([fb.bound[i] / unit]))
 
 
 def assert_within(impl, case: Case, got: np.ndarray, fb: Bound, label="output",
                   context="") -> None:
     bad = violations(got, fb)
     if bad.any():
-        fail(impl, case, (context + "\n" if context else "") +
-             describe_errors(case, got, fb, bad, label))
+        text, summary = describe_errors(case, got, fb, bad, label)
+        fail(impl, case, (context + "\n" if context else "") + text,
+             (context + ": " if context else "") + summary)
+    _record(case, got, fb, label)
 
 
-def require(impl, capability: str, value=True) -> None:
-    """Skip (with a reason naming the capability) unless the implementation declares it."""
-    declared = getattr(impl.capabilities, capability)
-    ok = value in declared if isinstance(declared, (tuple, list)) else bool(declared) == value
-    if not ok:
-        import pytest
-        pytest.skip(f"{impl.id} does not declare capability {capability}"
-                    + ("" if value is True else f"={value!r}"))
+def missing_capability(caps, **need) -> str | None:
+    """Why ``caps`` lacks what a clause needs, or None. ``need`` maps capability names to a
+    value: True (declared truthy), a name (in the declared sequence, or equal), or a tuple of
+    names (at least one declared)."""
+    for name, want in need.items():
+        declared = getattr(caps, name)
+        if isinstance(declared, (tuple, list)):
+            options = want if isinstance(want, tuple) else (want,)
+            ok = want is True and bool(declared) or any(o in declared for o in options)
+        elif want is True:
+            ok = bool(declared)
+        else:
+            ok = declared == want
+        if not ok:
+            shown = "" if want is True else f"={want!r}"
+            return f"does not declare capability {name}{shown}"
+    return None
 
 
 def check_accuracy(impl, case: Case, layout=None, exact_sum: bool = False,
                    context: str = "") -> np.ndarray:
     """Forward on the case and the ACC bound on every element; returns the output."""
-    from conformance.tolerance import forward_bound
-
     got = forward(impl, case, layout)
     fb = forward_bound(case.x, case.weight, case.eps, got.dtype, exact_sum=exact_sum)
     assert_within(impl, case, got, fb, context=context)
     return got
+
+
+def bits_differ(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays differ in shape, dtype or any bit (+0.0 and -0.0 differ)."""
+    return a.shape != b.shape or a.dtype != b.dtype or a.tobytes() != b.tobytes()
+
+
+def first_difference(a: np.ndarray, b: np.ndarray) -> str:
+    """Where two arrays of one shape first differ bitwise, with both values."""
+    differ = a.view(f"u{a.itemsize}") != b.view(f"u{b.itemsize}")
+    i = tuple(int(k) for k in np.argwhere(differ)[0]) if differ.any() else ()
+    return f"first difference at {i}: {_num(a[i])} vs {_num(b[i])}"
+
+
+def assert_bitwise(impl, case: Case, got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """``got`` and ``want`` must be identical bit for bit."""
+    if bits_differ(got, want):
+        detail = first_difference(got, want) if got.shape == want.shape else \
+            f"shapes {got.shape} vs {want.shape}"
+        fail(impl, case, f"{what}: {detail}", f"{what} ({dtype_shape(case)}, eps {case.eps:g})")

@@ -88,3 +88,13 @@ def scaled_pair(case: Case, k: int) -> tuple[Case, Case]:
     scaled = Case(base.x * np.asarray(2.0 ** k, base.x.dtype), base.weight, base.eps * 4.0 ** k,
                   base.recipe + f"; x *= 2**{k}, eps *= 4**{k}", dict(base.extras))
     return base, scaled
+
+
+def sequence_case(plans, built) -> Case:
+    """The sequence as one Case to report: the first call's arrays, and a recipe that replays
+    every call (``Plan.build`` is exact)."""
+    first = built[0]
+    recipe = ("replay: from conformance.strategies import Plan; calls = [(c.x, c.weight, c.eps) "
+              "for c in (p.build(impl.capabilities) for p in [" + ", ".join(map(repr, plans))
+              + "])]")
+    return Case(first.x, first.weight, first.eps, recipe, dict(first.extras))

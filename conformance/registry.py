@@ -1,4 +1,11 @@
-"""Finding implementations: the entry-point group, load errors kept as findings."""
+"""Finding implementations (the entry-point group) and loading them on first use.
+
+``discover`` lists the entry points without importing anything, so that selecting, collecting
+and parametrizing cost nothing and an xdist controller (which runs no test) never imports a
+framework. ``Entry.load`` imports one when a test first needs it: in a supervised child process
+(``--isolation process``: a crash or hang while importing is an IMP-1 finding, not the end of the
+run) or in-process (``--isolation none``).
+"""
 
 from __future__ import annotations
 
@@ -6,40 +13,77 @@ import copy
 import dataclasses
 import importlib.metadata as md
 
-from impl.protocol import Implementation, as_implementation
+from conformance.supervisor import LoadError, Supervised, describe_loaded, load_entry
+from impl.protocol import Implementation
 
 GROUP = "rmsnorm_conformance.implementations"
 
 
 @dataclasses.dataclass
 class Entry:
-    """One entry point: loaded into ``impl``, or broken with ``error``."""
+    """One entry point; after ``load``: ``impl`` (usable) or ``error`` (broken), and
+    ``unavailable`` (why it can't run here) with its ``environment``."""
 
     id: str
     value: str
-    distribution: str
+    distribution: str                 # "name version", for messages
+    dist_name: str | None = None
+    dist_version: str | None = None
     impl: Implementation | None = None
     error: str | None = None
-    unavailable: str | None = None   # why it can't run here (every clause skipped), or None
+    unavailable: str | None = None
+    environment: dict = dataclasses.field(default_factory=dict)
+    loaded: bool = False
+
+    @property
+    def state(self) -> str:
+        if not self.loaded:
+            return "not loaded"
+        return "broken" if self.error else ("unavailable" if self.unavailable else "ok")
+
+    def load(self, isolation: str = "process", timeout: float = 30.0) -> "Entry":
+        """Import the adapter (once): sets impl, or error; then unavailable and environment."""
+        if self.loaded:
+            return self
+        self.loaded = True
+        if self.error:                # e.g. a duplicate id: never imported
+            return self
+        try:
+            if isolation == "process":
+                impl = Supervised(self.id, self.value, timeout)
+                caps, self.unavailable, self.environment = impl.load()
+                impl.capabilities = caps
+            else:
+                impl = copy.copy(load_entry(self.value))      # the id is per entry
+                impl.id = self.id
+                caps, self.unavailable, self.environment = describe_loaded(impl)
+            self.impl = impl
+        except LoadError as e:
+            self.error = str(e)
+        except Exception as e:   # noqa: BLE001 - reported per implementation, run goes on
+            self.error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        return self
+
+    def close(self) -> None:
+        if isinstance(self.impl, Supervised):
+            self.impl.close()
 
 
 def discover(group: str = GROUP) -> list[Entry]:
-    """Every entry point in the group, sorted by id (identical on every xdist worker)."""
+    """Every entry point in the group, sorted by id (identical on every xdist worker); nothing is
+    imported."""
     entries: list[Entry] = []
     seen: dict[str, str] = {}
     for ep in sorted(md.entry_points(group=group), key=lambda e: (e.name, e.value)):
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "unknown"
-        entry = Entry(id=ep.name, value=ep.value, distribution=dist)
+        name = ep.dist.name if ep.dist is not None else None
+        version = ep.dist.version if ep.dist is not None else None
+        dist = f"{name} {version}" if name else "unknown"
+        entry = Entry(id=ep.name, value=ep.value, distribution=dist, dist_name=name,
+                      dist_version=version)
         if ep.name in seen:
-            entry.id = f"{ep.name}@{ep.dist.name if ep.dist else 'unknown'}"
+            entry.id = f"{ep.name}@{name or 'unknown'}"
             entry.error = f"duplicate implementation id {ep.name!r} (also in {seen[ep.name]})"
         else:
             seen[ep.name] = dist
-            try:
-                entry.impl = copy.copy(as_implementation(ep.load()))   # the id is per entry
-                entry.impl.id = ep.name
-                entry.unavailable = entry.impl.unavailable_reason()
-            except Exception as e:   # noqa: BLE001 - reported per implementation, run goes on
-                entry.impl, entry.error = None, f"{type(e).__name__}: {e}"
         entries.append(entry)
     return entries

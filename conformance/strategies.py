@@ -1,280 +1,465 @@
-"""Hypothesis strategies for RMSNorm cases: dtypes, shapes, eps, magnitudes, weights.
+"""Hypothesis strategies for RMSNorm cases: plans (what to draw), and the arrays built from them.
 
-Small arrays are drawn element by element (exact values, fine shrinking); large ones in bulk from
-a NumPy seed and a magnitude profile that Hypothesis draws, so generation stays fast and a failing
-case still shrinks (towards smaller axes, fewer rows, simpler profiles, seed 0).
-All public strategies validate their arguments first and say what to pass instead.
+A property draws a ``Plan``: plain values only (dtypes, axis length, leading shape, the binary
+exponent of the rows' largest elements, eps, the weight's kind, a seed and, for small arrays, the
+mantissas themselves drawn element by element). ``Plan.build(caps)`` turns it into the arrays of a
+``Case`` for the implementation under test. Plans are independent of any implementation, so
+explicit anchors (``@example(plan=...)``, see ``anchors``) can name the regimes every run must
+reach, and a failing case prints both the exact arrays and the plan that made them.
+
+Every plan a property draws is *informative* unless the property says otherwise: no empty arrays,
+no all-zero x or weight, no constant rows, rows neither overflowing the float32 accumulator nor
+dominated by eps (``magnitudes="informative"``). Degenerate inputs have their own clauses and
+their own plans (``magnitudes=`` "overflow", "underflow", "subnormal", ...).
+
+All public strategies validate their arguments when built and say what to pass instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
-from hypothesis import strategies as st
+from hypothesis import assume, example, strategies as st
 from hypothesis.errors import InvalidArgument
 from hypothesis.extra import numpy as hnp
 
 from conformance.cases import Case
-from conformance.dtypes import INFO, info, result_dtype
+from conformance.dtypes import INFO, info
 from impl.protocol import DTYPES
 
-#: Axis lengths every run should meet: tiny, around powers of two (kernel block edges), odd.
-NOTABLE_D = (1, 2, 3, 7, 8, 31, 32, 33, 127, 128, 129, 255, 256, 257, 1023, 1024, 1025, 4095,
-             4096, 4099, 8192, 16385, 32768, 65535, 65536)
+#: Axis lengths where kernels switch code paths (MLX's GPU kernels: simd width 32, block sizes
+#: 256..1024, the looped kernel above 4096; row tiling) and their neighbours. Every run reaches
+#: each for every dtype, forward and backward (anchors below).
+D_TARGETS = (1, 7, 33, 256, 257, 1024, 4096, 4097, 8193, 16385, 65535, 65536)
+#: Notable axis lengths the random draws favour besides any length.
+NOTABLE_D = (1, 2, 3, 7, 8, 31, 32, 33, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1023, 1024,
+             1025, 2047, 2048, 2049, 4095, 4096, 4097, 8192, 8193, 16384, 16385, 32768, 65535,
+             65536)
 #: eps values in common use (MLX and PyTorch 1e-5, Keras/Flax 1e-6, LLaMA 1e-6/1e-5, T5 1e-6).
 COMMON_EPS = (1e-5, 1e-6, 1e-8, 1e-12, 1e-3, 1e-1, 1.0)
 MAX_D = 65536
-MAX_ELEMENTS = 1 << 17   # keeps one example under a few milliseconds
-ELEMENTWISE_LIMIT = 48   # arrays up to this size are drawn element by element
-PROFILES = ("normal", "wide", "constant", "zero", "spike", "row_scales")
+F32_EMAX = 128                # float32 overflows at 2**128
+MAX_ELEMENTS = 1 << 17        # one example stays within a few milliseconds of NumPy
+ELEMENTWISE_LIMIT = 48        # arrays up to this size may be drawn element by element
 ALL_DTYPES = tuple(DTYPES)
 MIXED_PAIRS = (("float16", "float32"), ("bfloat16", "float32"), ("float32", "float16"),
                ("float32", "bfloat16"), ("float16", "bfloat16"), ("bfloat16", "float16"))
+WEIGHTS = ("ones", "random", "ints", "none", "zeros")
+KINDS = ("normal", "spike", "exact")
+MAGNITUDES = ("informative", "any", "overflow", "half_overflow", "underflow", "subnormal",
+              "eps_comparable")
 
 
-def _check_dtypes(dtypes):
-    bad = [d for d in dtypes if d not in DTYPES]
-    if not dtypes or bad:
-        raise InvalidArgument(f"dtypes must be a non-empty subset of {sorted(DTYPES)}, got "
-                              f"{list(dtypes)!r}; pass e.g. dtypes=('float32', 'bfloat16')")
+def _check_subset(what: str, values, allowed) -> tuple:
+    values = tuple(values)
+    bad = [v for v in values if v not in allowed]
+    if not values or bad:
+        raise InvalidArgument(f"{what} must be a non-empty subset of {tuple(allowed)}, got "
+                              f"{values!r}; pass e.g. {what}={tuple(allowed)[:2]!r}")
+    return values
 
 
-def axis_lengths(min_d: int = 1, max_d: int = MAX_D) -> st.SearchStrategy[int]:
-    """Lengths of the normalised axis: small ones, notable ones, and any up to max_d."""
-    if not (isinstance(min_d, int) and isinstance(max_d, int) and 0 <= min_d <= max_d):
-        raise InvalidArgument(f"need integers 0 <= min_d <= max_d, got min_d={min_d!r}, "
-                              f"max_d={max_d!r}")
-    notable = [d for d in NOTABLE_D if min_d <= d <= max_d]
-    parts = [st.integers(min_d, min(max_d, max(min_d, 16))), st.integers(min_d, max_d)]
-    if notable:
-        parts.insert(1, st.sampled_from(notable))
-    return st.one_of(parts)
+def _check_range(what: str, lo, hi, floor: int, ceiling: int) -> None:
+    if not (isinstance(lo, int) and isinstance(hi, int) and floor <= lo <= hi <= ceiling):
+        raise InvalidArgument(f"need integers {floor} <= min_{what} <= max_{what} <= {ceiling}, "
+                              f"got min_{what}={lo!r}, max_{what}={hi!r}")
 
 
-def leading_shapes(d: int, max_dims: int = 3, allow_empty: bool = True,
-                   max_elements: int = MAX_ELEMENTS) -> st.SearchStrategy[tuple]:
-    """Leading dimensions (0 to max_dims of them) such that the array stays under max_elements;
-    zero-size dimensions when allow_empty."""
-    if not 0 <= max_dims <= 3:
-        raise InvalidArgument(f"max_dims must be 0..3, got {max_dims!r}")
-    rows_cap = max(1, max_elements // max(d, 1))
-    lo = 0 if allow_empty else 1
-
-    @st.composite
-    def shape(draw):
-        ndims = draw(st.integers(0, max_dims))
-        dims, budget = [], rows_cap
-        for _ in range(ndims):
-            # many rows and few: mostly small dims, sometimes as many as the budget allows
-            n = draw(st.one_of(st.integers(lo, min(4, budget)), st.integers(lo, budget)))
-            dims.append(n)
-            budget = max(1, budget // max(n, 1))
-        return tuple(dims)
-
-    return shape()
+# ---- the plan ------------------------------------------------------------------------------
 
 
-def eps_values(allow_zero: bool = False) -> st.SearchStrategy[float]:
-    """eps spread log-uniformly over 1e-12..1, plus the common defaults (and 0 if allowed)."""
-    spread = st.floats(-12.0, 0.0).map(lambda e: float(10.0 ** e))
-    parts = [st.sampled_from(COMMON_EPS), spread]
-    if allow_zero:
-        parts.append(st.just(0.0))
-    return st.one_of(parts)
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A recipe for one case, independent of the implementation (see the module docstring).
 
-
-def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
-    """float64 -> dtype, clipped to the finite range (rounding near max must not give inf)."""
-    fi = INFO[dtype]
-    return np.clip(values, -fi.max, fi.max).astype(DTYPES[dtype])
-
-
-def exponent_range(dtype: str) -> tuple[int, int]:
-    """Binary exponents spanning the dtype's finite range, subnormals included."""
-    fi = INFO[dtype]
-    return fi.emin - fi.p + 1, int(math.floor(math.log2(fi.max)))
-
-
-def bulk_array(dtype: str, shape: tuple, seed: int, profile: str, lo: int, hi: int) -> np.ndarray:
-    """Deterministic bulk input: the repro of a large case is this call with the same arguments.
-
-    profile:  normal     N(0, 1) * 2**lo
-              wide       random signs, magnitudes 2**U(lo, hi) (log-uniform)
-              constant   every element 2**lo (sign per row)
-              zero       all zeros
-              spike      values 2**lo * N(0,1) with one element of 2**hi per row
-              row_scales each row N(0,1) * 2**k with k drawn in [lo, hi] per row
+    x is ``rows x d`` (reshaped to ``lead + (d,)``) with values ``m * 2**(exp - o)``: m from a
+    normal distribution (or the drawn ``mantissas``), o uniform in 0..spread per element plus
+    0..row_spread per row. ``kind`` "exact" makes x = k * 2**exp with integers k whose squares sum
+    below 2**24 per row (every float32 partial sum exact, in any order: ACC-3, MET-2, MET-5);
+    "spike" puts one element 2**spike_exp above the others in each row.
     """
-    rng = np.random.default_rng(seed)
-    n = int(np.prod(shape, dtype=np.int64))
-    d = shape[-1] if shape else 1
-    rows = n // d if d else 0
-    if profile == "normal":
-        v = rng.standard_normal(n) * 2.0 ** lo
-    elif profile == "wide":
-        v = rng.choice([-1.0, 1.0], n) * np.exp2(rng.uniform(lo, hi, n))
-    elif profile == "constant":
-        v = np.repeat(rng.choice([-1.0, 1.0], rows), d) * 2.0 ** lo
-    elif profile == "zero":
-        v = np.zeros(n)
-    elif profile == "spike":
-        v = (rng.standard_normal((rows, d)) * 2.0 ** lo)
-        if d:
-            v[np.arange(rows), rng.integers(0, d, rows)] = 2.0 ** hi
-        v = v.ravel()
-    elif profile == "row_scales":
-        v = (rng.standard_normal((rows, d)) * np.exp2(rng.integers(lo, hi + 1, (rows, 1)))).ravel()
-    else:
-        raise InvalidArgument(f"unknown profile {profile!r}; use one of {PROFILES}")
-    with np.errstate(over="ignore"):
-        return _cast(v, dtype).reshape(shape)
+
+    x_dtype: str
+    d: int
+    lead: tuple = ()
+    exp: int = 0
+    eps: float = 1e-5
+    weight: str = "random"
+    w_dtype: str | None = None      # None: x's dtype
+    kind: str = "normal"
+    spread: int = 0
+    row_spread: int = 0
+    spike_exp: int = 0
+    seed: int = 0
+    mantissas: tuple | None = None  # small arrays: the drawn values in [-2, 2], row-major
+    anchor: bool = False            # an explicit anchor: skipped, not mapped, where inapplicable
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.lead) + (self.d,)
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.lead)
+
+    def dtypes_for(self, caps) -> tuple[str, str | None]:
+        """(x dtype, weight dtype or None) for an implementation with capabilities ``caps``: a
+        dtype it does not declare is replaced by one it does (anchors are skipped instead),
+        mixed pairs collapse to x's dtype without ``mixed``, weight None to ones without
+        ``weight_none``."""
+        x_dt, w_dt = self.x_dtype, self.w_dtype or self.x_dtype
+        declared = tuple(caps.dtypes)
+        if x_dt not in declared or (w_dt not in declared and caps.mixed is not None):
+            assume(not self.anchor)
+            x_dt = x_dt if x_dt in declared else declared[self.seed % len(declared)]
+            w_dt = w_dt if w_dt in declared else x_dt
+        if caps.mixed is None and w_dt != x_dt:
+            assume(not self.anchor)
+            w_dt = x_dt
+        if self.weight == "none" and not caps.weight_none:
+            assume(not self.anchor)
+            return x_dt, w_dt
+        return x_dt, (None if self.weight == "none" else w_dt)
+
+    def build(self, caps) -> Case:
+        x_dt, w_dt = self.dtypes_for(caps)
+        x = self.x_values(x_dt)
+        w = None if w_dt is None else weight_values(
+            "ones" if self.weight == "none" else self.weight, self.d, w_dt, self.seed + 1)
+        return Case(x=x, weight=w, eps=self.eps, recipe=repr(self))
+
+    def x_values(self, dtype: str) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        rows, d = self.rows, self.d
+        if self.kind == "exact":
+            return exact_sum_rows(rng, (rows, d), self.exp, dtype).reshape(self.shape)
+        if self.mantissas is not None:
+            m = np.asarray(self.mantissas, np.float64).reshape(rows, d)
+        else:
+            m = rng.standard_normal((rows, d))
+        o = rng.integers(0, self.spread + 1, (rows, d)) + rng.integers(0, self.row_spread + 1,
+                                                                       (rows, 1))
+        v = np.ldexp(m, self.exp - o)
+        if self.kind == "spike" and d > 1:
+            v[np.arange(rows), rng.integers(0, d, rows)] = np.ldexp(
+                rng.choice([-1.0, 1.0], rows), self.spike_exp)
+        return cast(v, dtype).reshape(self.shape)
 
 
-@st.composite
-def _exponents(draw, dtype: str, full_range: bool):
-    """(lo, hi) for bulk_array: anywhere in the dtype's range, shrinking towards 2**0."""
-    emin, emax = exponent_range(dtype) if full_range else (-20, 20)
-    lo = draw(st.integers(emin, emax - 1) | st.integers(-4, 4))
-    hi = draw(st.integers(lo, emax) | st.integers(lo, lo + 8))
-    return max(lo, emin), min(hi, emax)
+def cast(values: np.ndarray, dtype: str) -> np.ndarray:
+    """float64 -> dtype, clipped to the finite range (rounding near max must not give inf)."""
+    top = INFO[dtype].max
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.clip(values, -top, top).astype(DTYPES[dtype])
 
 
-def _elementwise(dtype: str, shape: tuple, full_range: bool) -> st.SearchStrategy[np.ndarray]:
-    fi = INFO[dtype]
-    top = fi.max if full_range else min(fi.max, 2.0 ** 20)
-    width = 16 if dtype == "float16" else 32
-    elems = st.floats(-top, top, width=width, allow_nan=False, allow_infinity=False,
-                      allow_subnormal=full_range)
-    store = np.float16 if dtype == "float16" else np.float32
-    return hnp.arrays(store, shape, elements=elems).map(lambda a: _cast(a.astype(np.float64),
-                                                                         dtype))
+def exact_sum_rows(rng, shape: tuple, exp: int, dtype: str) -> np.ndarray:
+    """x = k * 2**exp, integers k (|k| < 2**p of the dtype), sum of k^2 per row below 2**24, no
+    row all zero: every float32 partial sum of squares is exact in any order."""
+    d = shape[-1]
+    kmax = exact_kmax(d, dtype)
+    k = rng.integers(-kmax, kmax + 1, shape)
+    if d:
+        k[..., 0] = np.where(np.all(k == 0, axis=-1), 1, k[..., 0])
+    return np.ldexp(k.astype(np.float64), exp).astype(DTYPES[dtype])
 
 
-def inputs(dtype: str, shape: tuple, full_range: bool = True, profiles=PROFILES):
-    """x of the given dtype and shape: element by element when small, else in bulk.
-    Returns a strategy of (array, recipe-string)."""
-    n = int(np.prod(shape, dtype=np.int64))
-    if n <= ELEMENTWISE_LIMIT:
-        return _elementwise(dtype, shape, full_range).map(lambda a: (a, "drawn element-wise"))
-
-    @st.composite
-    def bulk(draw):
-        profile = draw(st.sampled_from(profiles))
-        lo, hi = draw(_exponents(dtype, full_range))
-        seed = draw(st.integers(0, 2 ** 32 - 1))
-        recipe = (f"x = conformance.strategies.bulk_array({dtype!r}, {shape!r}, seed={seed}, "
-                  f"profile={profile!r}, lo={lo}, hi={hi})")
-        return bulk_array(dtype, shape, seed, profile, lo, hi), recipe
-
-    return bulk()
-
-
-WEIGHT_KINDS = ("ones", "random", "zeros", "none")
-
-
-@st.composite
-def weights(draw, d: int, dtype: str, kinds=WEIGHT_KINDS):
-    """Weights: ones, random of both signs (magnitudes 2**-4..2**2), zeros, or None."""
-    kind = draw(st.sampled_from(kinds))
-    if kind == "none":
-        return None
+def weight_values(kind: str, d: int, dtype: str, seed: int) -> np.ndarray:
+    """ones; random of both signs with magnitudes 2**U(-4, 2); small integers 1..4 of both signs
+    (exact products, for tight checks); zeros."""
     if kind == "ones":
         return np.ones(d, DTYPES[dtype])
     if kind == "zeros":
         return np.zeros(d, DTYPES[dtype])
-    seed = draw(st.integers(0, 2 ** 32 - 1))
     rng = np.random.default_rng(seed)
-    return _cast(rng.choice([-1.0, 1.0], d) * np.exp2(rng.uniform(-4, 2, d)), dtype)
+    signs = rng.choice([-1.0, 1.0], d)
+    if kind == "ints":
+        return (signs * rng.integers(1, 5, d)).astype(DTYPES[dtype])
+    if kind == "random":
+        return cast(signs * np.exp2(rng.uniform(-4, 2, d)), dtype)
+    raise InvalidArgument(f"unknown weight kind {kind!r}; use one of {WEIGHTS}")
 
 
-@st.composite
-def dtype_pairs(draw, dtypes=ALL_DTYPES, mixed: bool = True):
-    """(x dtype, weight dtype): mostly equal, sometimes mixed (output promoted, DTY-2)."""
-    _check_dtypes(dtypes)
-    x = draw(st.sampled_from(dtypes))
-    if mixed:
-        others = [w for (a, w) in MIXED_PAIRS if a == x and w in dtypes]
-        if others and draw(st.integers(0, 3)) == 0:
-            return x, draw(st.sampled_from(others))
-    return x, x
+# ---- magnitudes ----------------------------------------------------------------------------
 
 
-@st.composite
-def cases(draw, caps=None, *, dtypes=ALL_DTYPES, min_d: int = 1, max_d: int = MAX_D,
-          max_dims: int = 3, allow_empty: bool = True, full_range: bool = True,
-          profiles=PROFILES, weight_kinds=WEIGHT_KINDS, eps=None, max_elements=MAX_ELEMENTS):
-    """Whole cases for an implementation with capabilities ``caps`` (dtypes, mixed, weight None
-    and eps <= 0 are restricted to what it declares)."""
-    _check_dtypes(dtypes)
-    if caps is not None:
-        dtypes = tuple(d for d in dtypes if d in caps.dtypes)
-        if not dtypes:
-            import pytest
-            pytest.skip("the implementation declares none of the dtypes this property needs")
-        if not caps.weight_none:
-            weight_kinds = tuple(k for k in weight_kinds if k != "none")
-    if not weight_kinds:
-        raise InvalidArgument("weight_kinds is empty; pass some of " + repr(WEIGHT_KINDS))
-    x_dt, w_dt = draw(dtype_pairs(dtypes, mixed=caps is None or caps.mixed))
-    d = draw(axis_lengths(min_d, max_d))
-    lead = draw(leading_shapes(d, max_dims, allow_empty, max_elements))
-    x, recipe = draw(inputs(x_dt, lead + (d,), full_range, profiles))
-    w = draw(weights(d, w_dt, weight_kinds))
-    e = draw(eps if eps is not None else eps_values(False))
-    return Case(x=x, weight=w, eps=e, recipe=recipe)
+def informative_exponents(dtype: str, d: int, eps: float, spread: int = 0) -> tuple[int, int]:
+    """The range of ``exp`` over which rows of ``d`` elements of ``dtype`` (values up to about
+    4 * 2**exp, exponents spread 0..spread below) are informative: mean square at least eps/16
+    (not dominated by eps), the float32 sum of squares at least 2**10 below overflow, elements
+    normal in the dtype."""
+    fi = INFO[dtype]
+    lo = math.ceil((math.log2(eps) - 4 + math.log2(spread + 1)) / 2) if eps > 0 else -40
+    lo = max(lo, fi.emin + spread + 3)
+    hi = min(int(math.floor(math.log2(fi.max))) - 2,
+             int(math.floor((F32_EMAX - 10 - math.log2(max(d, 1))) / 2)) - 2)
+    return lo, max(lo, hi)
 
 
-def expected_dtype(case: Case) -> np.dtype:
-    return result_dtype(case.x.dtype, None if case.weight is None else case.weight.dtype)
+def exact_kmax(d: int, dtype: str) -> int:
+    """Largest |k| of an exact-sum row: sum of k^2 below 2**24, k exact in the dtype."""
+    return max(1, min(math.isqrt((2 ** 24 - 1) // max(d, 1)), 2 ** info(dtype).p - 1))
 
 
-@st.composite
-def exact_sum_cases(draw, caps=None, dtypes=ALL_DTYPES, max_d: int = MAX_D):
-    """ACC-3 inputs: x = k * 2**e with integers k whose squares sum below 2**24, so every float32
-    partial sum of squares is exact in any order."""
-    _check_dtypes(dtypes)
-    if caps is not None:
-        dtypes = tuple(t for t in dtypes if t in caps.dtypes) or dtypes[:0]
-        _check_dtypes(dtypes)
-    x_dt, w_dt = draw(dtype_pairs(dtypes, mixed=caps is None or caps.mixed))
-    d = draw(axis_lengths(1, max_d))
-    lead = draw(leading_shapes(d, 2, False, 1 << 16))
-    kmax = max(1, math.isqrt((2 ** 24 - 1) // d))
-    kmax = min(kmax, 2 ** info(x_dt).p - 1)
-    e_lo, e_hi = {"float16": (-14, 4)}.get(x_dt, (-60, 50))
-    e = draw(st.integers(e_lo, e_hi) | st.integers(-2, 2))
-    seed = draw(st.integers(0, 2 ** 32 - 1))
-    k = np.random.default_rng(seed).integers(-kmax, kmax + 1, lead + (d,))
-    x = (k * 2.0 ** e).astype(DTYPES[x_dt])
-    kinds = ("ones", "random") + (("none",) if caps is None or caps.weight_none else ())
-    w = draw(weights(d, w_dt, kinds))
-    return Case(x=x, weight=w, eps=draw(eps_values(False)),
-                recipe=f"k = default_rng({seed}).integers({-kmax}, {kmax + 1}, "
-                       f"{lead + (d,)}); x = k * 2.0**{e}")
+def exact_exponents(dtype: str, d: int, eps: float) -> tuple[int, int]:
+    """The range of ``exp`` for exact-sum rows k * 2**exp that are informative: mean square
+    (about kmax^2/3 * 4**exp) at least eps/16, squares of 2**exp normal in float32, values
+    normal and finite in the dtype."""
+    fi = INFO[dtype]
+    km = exact_kmax(d, dtype)
+    lo = math.ceil((math.log2(eps) - 4 - math.log2(max(km * km / 3, 1))) / 2) if eps > 0 else -63
+    lo = max(lo, -63, fi.emin)
+    hi = min(47, int(math.floor(math.log2(fi.max) - 1 - math.log2(km))))
+    return lo, max(lo, hi)
 
 
-def _normal_like(seed: int, shape, dtype: str) -> np.ndarray:
-    return _cast(np.random.default_rng(seed).standard_normal(shape), dtype)
+def _exponent(draw, dtype: str, d: int, eps: float, spread: int, magnitudes: str,
+              kind: str = "normal") -> int:
+    fi = INFO[dtype]
+    top = int(math.floor(math.log2(fi.max)))
+    if magnitudes == "informative":
+        lo, hi = (exact_exponents(dtype, d, eps) if kind == "exact"
+                  else informative_exponents(dtype, d, eps, spread))
+        mid = min(max(0, lo), hi)
+        # the ends of the range and the middle, and anywhere
+        return draw(st.one_of(st.integers(lo, hi), st.integers(lo, min(lo + 4, hi)),
+                              st.integers(max(lo, hi - 4), hi), st.integers(mid, min(mid + 4, hi))))
+    if magnitudes == "eps_comparable":  # mean square within a factor 8 of eps (FWD-3)
+        return int(round((math.log2(eps) + draw(st.floats(-3.0, 3.0))) / 2))
+    if magnitudes == "any":
+        return draw(st.integers(fi.emin - fi.p + 1, top - 2))
+    if magnitudes == "overflow":        # the float32 sum of squares overflows (ACC-4, ACC-5)
+        need = int(math.ceil((F32_EMAX + 1 - math.log2(max(d, 1))) / 2)) + 1
+        return draw(st.integers(min(need, top - 2), top - 2))
+    if magnitudes == "half_overflow":   # float16 squares overflow float16 (ACC-2)
+        return draw(st.integers(9, top - 2))
+    if magnitudes == "underflow":       # float32 squares underflow (ACC-7): |x| < 2**-75
+        return draw(st.integers(fi.emin + spread + 1, -78))
+    if magnitudes == "subnormal":       # x subnormal in its dtype (SPV-6)
+        return draw(st.integers(fi.emin - fi.p + 3, fi.emin - 2))
+    raise InvalidArgument(f"unknown magnitudes {magnitudes!r}; use one of {MAGNITUDES}")
 
 
-@st.composite
-def grad_cases(draw, caps=None, *, with_weight=None, **kw):
-    """A forward case plus, in ``extras``, a cotangent g (output dtype), tangents tx (x's dtype)
-    and tw (weight's dtype), and a second-order direction v (x's dtype), each N(0, 1) from a
-    drawn seed."""
-    if with_weight is True:
-        kw["weight_kinds"] = ("ones", "random")
-    elif with_weight is False:
-        kw["weight_kinds"] = ("none",)
-    case = draw(cases(caps, **kw))
-    seed = draw(st.integers(0, 2 ** 32 - 1))
-    out = expected_dtype(case).name
+# ---- public strategies ---------------------------------------------------------------------
+
+
+def axis_lengths(min_d: int = 1, max_d: int = MAX_D) -> st.SearchStrategy[int]:
+    """Lengths of the normalised axis: small ones, notable ones, and any up to max_d."""
+    _check_range("d", min_d, max_d, 0, MAX_D)
+    notable = [d for d in NOTABLE_D if min_d <= d <= max_d]
+    parts = [st.integers(min_d, min(max_d, max(min_d, 64))), st.integers(min_d, max_d)]
+    if notable:
+        parts.insert(0, st.sampled_from(notable))
+    return st.one_of(parts)
+
+
+def eps_values(min_eps: float = 1e-12, max_eps: float = 1.0) -> st.SearchStrategy[float]:
+    """eps log-uniform by decade over min_eps..max_eps (every decade equally likely), and the
+    common defaults."""
+    if not (0 < min_eps <= max_eps):
+        raise InvalidArgument(f"need 0 < min_eps <= max_eps, got {min_eps!r}, {max_eps!r}")
+    lo, hi = math.floor(math.log10(min_eps)), math.floor(math.log10(max_eps))
+    spread = st.builds(lambda e, m: float(min(max(m * 10.0 ** e, min_eps), max_eps)),
+                       st.integers(lo, hi), st.floats(1.0, 9.99))
+    common = [e for e in COMMON_EPS if min_eps <= e <= max_eps]
+    return st.one_of(st.sampled_from(common), spread) if common else spread
+
+
+def leading_shapes(d: int, max_dims: int = 3, min_rows: int = 1,
+                   max_elements: int = MAX_ELEMENTS) -> st.SearchStrategy[tuple]:
+    """Leading dimensions (0 to max_dims of them) holding at least ``min_rows`` rows (0: zero-size
+    dimensions allowed) and at most max_elements elements in all; many rows and few."""
+    if not (isinstance(max_dims, int) and 0 <= max_dims <= 3):
+        raise InvalidArgument(f"max_dims must be an integer 0..3, got {max_dims!r}")
+    if not (isinstance(min_rows, int) and min_rows >= 0):
+        raise InvalidArgument(f"min_rows must be a non-negative integer, got {min_rows!r}")
+    cap = max(1, max_elements // max(d, 1))
+    if min_rows > cap or (min_rows > 1 and max_dims == 0):
+        raise InvalidArgument(f"min_rows={min_rows} does not fit max_elements={max_elements} "
+                              f"with d={d} and max_dims={max_dims}; lower min_rows")
+
+    @st.composite
+    def shape(draw):
+        ndims = draw(st.integers(1 if min_rows > 1 else 0, max_dims))
+        rows = draw(st.one_of(st.integers(min_rows, min(cap, max(min_rows, 6))),
+                              st.integers(min_rows, cap))) if ndims else 1
+        dims, left = [], rows
+        for i in range(ndims - 1):        # factor rows into ndims dimensions (any order)
+            f = draw(st.sampled_from([k for k in (1, 2, 3, 4, 5, 7) if left % k == 0]))
+            dims.append(f)
+            left //= f
+        dims.append(left)
+        if min_rows == 0 and ndims and draw(st.integers(0, 4)) == 0:
+            dims[draw(st.integers(0, ndims - 1))] = 0          # a zero-size dimension
+        return tuple(draw(st.permutations(dims))) if ndims > 1 else tuple(dims)
+
+    return shape()
+
+
+def dtype_pairs(dtypes=ALL_DTYPES, mixed=True) -> st.SearchStrategy[tuple]:
+    """(x dtype, weight dtype): mostly equal, a quarter of the time a mixed pair (always with
+    ``mixed="only"``, never with False)."""
+    dtypes = _check_subset("dtypes", dtypes, ALL_DTYPES)
+    if mixed not in (True, False, "only"):
+        raise InvalidArgument(f"mixed must be True, False or 'only', got {mixed!r}")
+    same = st.sampled_from(dtypes).map(lambda t: (t, t))
+    pairs = [p for p in MIXED_PAIRS if p[0] in dtypes and p[1] in dtypes]
+    if mixed == "only":
+        if not pairs:
+            raise InvalidArgument(f"mixed='only' needs two of {ALL_DTYPES} in dtypes, got "
+                                  f"{dtypes!r}")
+        return st.sampled_from(pairs)
+    if not (mixed and pairs):
+        return same
+    return st.one_of(same, same, same, st.sampled_from(pairs))
+
+
+def plans(*, dtypes=ALL_DTYPES, mixed: bool = True, min_d: int = 1, max_d: int = MAX_D,
+          max_dims: int = 3, min_rows: int = 1, max_elements: int = MAX_ELEMENTS,
+          weights=("ones", "random", "none"), kinds=("normal", "spike"),
+          magnitudes: str = "informative", spread: int = 6, row_spread: int = 0,
+          eps=None, elementwise: bool = True, max_exp: int | None = None
+          ) -> st.SearchStrategy[Plan]:
+    """Plans for cases: every argument restricts what is drawn, and is validated here.
+
+    magnitudes:  "informative" (default; see ``informative_exponents``), "any" (the dtype's whole
+                 finite range), or a degenerate regime of its own clause: "overflow",
+                 "half_overflow", "underflow", "subnormal".
+    spread:      exponents within a row spread 0..spread below the row's largest.
+    row_spread:  rows' scales spread 0..row_spread binades apart (FWD-2).
+    eps:         a strategy of eps values (default ``eps_values()``).
+    elementwise: small arrays may be drawn element by element (Hypothesis shrinks them).
+    max_exp:     the rows' largest elements stay below about 2**max_exp (gradients: n^3 stays
+                 in float32's range).
+    """
+    dtypes = _check_subset("dtypes", dtypes, ALL_DTYPES)
+    weights = _check_subset("weights", weights, WEIGHTS)
+    kinds = _check_subset("kinds", kinds, KINDS)
+    _check_range("d", min_d, max_d, 1, MAX_D)
+    if magnitudes not in MAGNITUDES:
+        raise InvalidArgument(f"unknown magnitudes {magnitudes!r}; use one of {MAGNITUDES}")
+    if not (isinstance(spread, int) and 0 <= spread <= 40 and isinstance(row_spread, int)
+            and 0 <= row_spread <= 60):
+        raise InvalidArgument(f"need integers 0 <= spread <= 40 and 0 <= row_spread <= 60, got "
+                              f"{spread!r}, {row_spread!r}")
+    if min_rows * min_d > max_elements:
+        raise InvalidArgument(f"min_rows * min_d = {min_rows * min_d} exceeds max_elements="
+                              f"{max_elements}")
+    eps_st = eps if eps is not None else eps_values()
+
+    @st.composite
+    def plan(draw):
+        x_dt, w_dt = draw(dtype_pairs(dtypes, mixed))
+        d = draw(axis_lengths(min_d, max_d))
+        lead = draw(leading_shapes(d, max_dims, min_rows, max_elements))
+        e = draw(eps_st)
+        kind = draw(st.sampled_from(kinds))
+        s = 0 if kind == "exact" else draw(st.integers(0, spread))
+        rs = draw(st.integers(0, row_spread)) if row_spread else 0
+        if rs and magnitudes == "informative":        # the smallest row stays informative too
+            lo, hi = informative_exponents(x_dt, d, e, s)
+            rs = min(rs, hi - lo)
+            exp = draw(st.integers(lo + rs, hi))
+        else:
+            exp = _exponent(draw, x_dt, d, e, s, magnitudes, kind)
+        if max_exp is not None:
+            exp = min(exp, max_exp)
+        rows = math.prod(lead)
+        mant = None
+        if elementwise and kind == "normal" and 0 < rows * d <= ELEMENTWISE_LIMIT \
+                and draw(st.booleans()):
+            mags = hnp.arrays(np.float64, (rows * d,), fill=st.nothing(), unique=True,
+                              elements=st.floats(0.25, 2.0, exclude_max=True))
+            signs = hnp.arrays(np.float64, (rows * d,), fill=st.nothing(),
+                               elements=st.sampled_from([-1.0, 1.0]))
+            mant = tuple(float(v) for v in draw(mags) * draw(signs))
+        spike = exp + draw(st.integers(1, 12)) if kind == "spike" else 0
+        if kind == "spike" and magnitudes == "informative":
+            spike = min(spike, informative_exponents(x_dt, d, e)[1])
+        return Plan(x_dtype=x_dt, w_dtype=w_dt if w_dt != x_dt else None, d=d, lead=lead,
+                    exp=exp, eps=e, weight=draw(st.sampled_from(weights)), kind=kind,
+                    spread=s, row_spread=rs,
+                    spike_exp=spike, seed=draw(st.integers(0, 2 ** 32 - 1)), mantissas=mant)
+
+    return plan()
+
+
+def sequences(max_len: int = 5, max_d: int = 8193, grad: bool = False):
+    """Sequences of 2..max_len plans of one x dtype and weight kind whose shapes change from call
+    to call (axis length and row count, including a single row), ending with a repeat of the
+    first shape: how a training or inference loop calls one compiled function."""
+    @st.composite
+    def seq(draw):
+        t = draw(st.sampled_from(ALL_DTYPES))
+        weight = draw(st.sampled_from(("ones", "random") if grad else ("ones", "random", "none")))
+        base = plans(dtypes=(t,), mixed=False, max_d=max_d, max_dims=2,
+                        weights=(weight,), elementwise=False, max_elements=1 << 15)
+        items = draw(st.lists(base, min_size=2, max_size=max_len - 1,
+                              unique_by=lambda p: p.shape))
+        first = items[0]
+        return tuple(items) + (Plan(**{**vars(first), "seed": first.seed + 1}),)
+    return seq()
+
+
+
+# ---- anchors: explicit examples over dtype x regime ------------------------------------------
+
+
+def gradient_case(plan: Plan, caps, exact: bool = False) -> Case:
+    """The plan's case with, in ``extras``, a cotangent g (the output's dtype), tangents tx (x's)
+    and tw (the weight's) and a second-order direction v (x's): N(0, 1), each from its own stream
+    of the plan's seed; with ``exact``, g holds small integers -2..2 (exact dot products with
+    exact-sum x and integer weights: GRAD-15)."""
+    case = plan.build(caps)
+    out = caps.output_dtype(case.x.dtype, None if case.weight is None else case.weight.dtype)
     shape = case.x.shape
-    case.extras = {"g": _normal_like(seed, shape, out),
-                   "tx": _normal_like(seed + 1, shape, case.x.dtype.name),
-                   "v": _normal_like(seed + 2, shape, case.x.dtype.name)}
-    if case.weight is not None:
-        case.extras["tw"] = _normal_like(seed + 3, case.weight.shape, case.weight.dtype.name)
-    case.recipe += f"; g, tx, v, tw = N(0,1) from default_rng({seed} + 0, 1, 2, 3)"
+    draw = lambda k, size, dt: cast(np.random.default_rng([plan.seed, k]).standard_normal(size),
+                                    np.dtype(dt).name)
+    if exact:
+        g = np.random.default_rng([plan.seed, 11]).integers(-2, 3, shape).astype(out)
+        case.extras = {"g": g}
+    else:
+        case.extras = {"g": draw(11, shape, out), "tx": draw(12, shape, case.x.dtype),
+                       "v": draw(13, shape, case.x.dtype)}
+        if case.weight is not None:
+            case.extras["tw"] = draw(14, case.weight.shape, case.weight.dtype)
+    case.recipe += "; g, tx, v, tw: standard_normal from default_rng([seed, 11..14])" \
+        if not exact else "; g: default_rng([seed, 11]).integers(-2, 3)"
     return case
+
+
+def rows_for(d: int, max_elements: int = MAX_ELEMENTS, want: int = 3) -> tuple:
+    """A leading shape with ``want`` rows (fewer where max_elements does not allow)."""
+    return (max(1, min(want, max_elements // d)),)
+
+
+def anchor(x_dtype: str, d: int, *, lead=None, eps: float = 1e-5, weight: str = "random",
+           kind: str = "normal", exp: int | None = None, w_dtype=None, spread: int = 4,
+           seed: int | None = None, **kw) -> Plan:
+    """One explicit plan (an anchor); by default informative: ordinary magnitudes, 3 rows."""
+    lead = rows_for(d) if lead is None else tuple(lead)
+    if exp is None:
+        lo, hi = (exact_exponents(x_dtype, d, eps) if kind == "exact"
+                  else informative_exponents(x_dtype, d, eps, spread))
+        exp = min(max(lo, 0), hi)
+    return Plan(x_dtype=x_dtype, d=d, lead=lead, exp=exp, eps=eps, weight=weight,
+                w_dtype=w_dtype, kind=kind, spread=0 if kind == "exact" else spread,
+                seed=seed if seed is not None else (d * 7919 + len(x_dtype)) % 2 ** 32,
+                anchor=True, **kw)
+
+
+def regime_anchors(dtypes=ALL_DTYPES, d_values=D_TARGETS, **kw) -> list[Plan]:
+    """An anchor for every dtype x axis length (the kernel regimes and their edges)."""
+    return [anchor(t, d, **kw) for t in dtypes for d in d_values]
+
+
+def anchors(plan_list):
+    """Decorator: each plan of ``plan_list`` as an explicit Hypothesis example of a property
+    whose drawn argument is ``plan`` (run before the generated examples, every run)."""
+    def decorate(fn):
+        for p in reversed(plan_list):
+            fn = example(plan=p)(fn)
+        return fn
+    return decorate

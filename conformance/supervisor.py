@@ -1,12 +1,21 @@
-"""Running implementation calls in a supervised child process (SPEC.md, IMP-4 and IMP-5).
+"""Loading and calling an implementation in a supervised child process (SPEC.md, IMP-1, IMP-4,
+IMP-5).
 
 An adapter may kill the interpreter (segmentation fault, SIGFPE, abort, ``os._exit``), hang, or
-return something absurd. With isolation on (the default) every adapter call runs in a child
-process started from a forkserver (NumPy preloaded; the adapter's framework is imported after the
-fork: forking after a threaded native library has initialised is unsafe in general). A start
-costs the framework's import (about half a second for MLX, once per implementation and pytest
-process, again only after a crash or hang); a call about half a millisecond of pickling. The parent waits at most
-``timeout`` seconds, and a hung child writes its stacks to a file that the report includes.
+return something absurd, while being imported or while called. With isolation on (the default)
+the entry point is loaded in a child process started from a forkserver (NumPy preloaded; the
+adapter's framework is imported after the fork: forking after a threaded native library has
+initialised is unsafe in general), which reports the adapter's capabilities, why it is
+unavailable (if it is) and its environment, and then serves the adapter's calls. A start costs
+the framework's import (once per implementation and pytest process, again only after a crash or
+hang); a call about half a millisecond of pickling.
+
+The parent waits at most the call's limit. A hung child writes its stacks to a file that the
+report includes. The limit is ``--call-timeout``, or a clause's own (``time_limit``), and after an
+implementation's first time-out each later call of it is limited to
+``max(AFTER_HANG_MIN, AFTER_HANG_FACTOR x its slowest completed call)`` (at most the call
+timeout), so that an implementation that hangs on every call of one kind costs seconds per
+affected test, not the full timeout each time.
 
 A crash or a time-out raises ``ImplementationCrashed`` or ``ImplementationTimedOut``. Both derive
 from BaseException on purpose: Hypothesis does not catch them, so it neither shrinks (which would
@@ -18,29 +27,38 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import io
 import multiprocessing as mp
 import os
 import pathlib
 import pickle
 import signal
+import socket
 import tempfile
 import time
 import traceback
 
 import numpy as np
 
-from impl.protocol import Implementation, ModuleInfo, as_implementation
+from impl.protocol import Capabilities, Implementation, ModuleInfo, as_implementation
 
 #: A result larger than this is not sent back: it is described instead (IMP-5).
 MAX_RESULT_BYTES = 256 * 1024 * 1024
-CALLS = ("rms_norm", "vjp", "jvp", "hvp", "module_info", "functional", "functional_vjp")
+CALLS = ("rms_norm", "rms_norm_sequence", "vjp", "vjp_sequence", "jvp", "hvp", "module_info",
+         "functional", "functional_vjp")
+AFTER_HANG_MIN = 1.0
+AFTER_HANG_FACTOR = 10.0
 
 
 class ImplementationDied(BaseException):
     """The implementation's process crashed or hung. BaseException: not shrunk by Hypothesis."""
 
     kind = "died"
+
+    def __init__(self, message: str, summary: str | None = None):
+        super().__init__(message)
+        self.summary = summary or message.splitlines()[0]
 
 
 class ImplementationCrashed(ImplementationDied):
@@ -55,15 +73,19 @@ class BadResult(Exception):
     """The adapter returned something that is not plain data (IMP-5): a clause failure."""
 
 
+class LoadError(Exception):
+    """The entry point could not be loaded (IMP-1): the message says why, in one line."""
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Rebuilds only plain data: nothing from the child may run code in the suite's process."""
 
     ALLOWED = ("numpy", "ml_dtypes")
+    CLASSES = (("impl.protocol", "ModuleInfo"), ("impl.protocol", "Capabilities"),
+               ("builtins", "complex"), ("builtins", "slice"), ("collections", "OrderedDict"))
 
     def find_class(self, module, name):
-        if module.split(".")[0] in self.ALLOWED or (module, name) in (
-                ("impl.protocol", "ModuleInfo"), ("builtins", "complex"), ("builtins", "slice"),
-                ("collections", "OrderedDict")):
+        if module.split(".")[0] in self.ALLOWED or (module, name) in self.CLASSES:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
 
@@ -101,25 +123,62 @@ def _plain_problem(value, budget: list) -> str | None:
     return None
 
 
-def _child(conn, spec: str, timeout: float, stack_file: str):
+def load_entry(spec: str):
+    """Import ``module:attr`` and return the adapter (an instance, or a factory's result)."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    obj = importlib.import_module(module)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return as_implementation(obj)
+
+
+def describe_loaded(impl) -> tuple:
+    """(capabilities as a plain Capabilities, unavailable reason, environment) of a loaded
+    adapter; raises LoadError with the reason when the adapter's own answers are malformed."""
+    caps = impl.capabilities
+    if not isinstance(caps, Capabilities):
+        raise LoadError(f"capabilities is {type(caps).__name__}, not "
+                        f"rmsnorm_conformance.Capabilities")
+    caps = Capabilities(**{f.name: getattr(caps, f.name) for f in dataclasses.fields(caps)})
+    try:
+        reason = impl.unavailable_reason()
+    except Exception as e:   # noqa: BLE001 - the adapter's own defect, reported by IMP-1
+        raise LoadError(f"unavailable_reason() raised {type(e).__name__}: {e}") from None
+    try:
+        env = {str(k): str(v) for k, v in (impl.environment() or {}).items()}
+    except Exception as e:   # noqa: BLE001
+        raise LoadError(f"environment() raised {type(e).__name__}: {e}") from None
+    env.setdefault("host", socket.gethostname())     # where it ran (--tx spreads over hosts)
+    return caps, (None if reason is None else str(reason)), env
+
+
+def _child(conn, spec: str, stack_file: str):
     import faulthandler
 
     # the child must not react to the terminal's Ctrl-C (the parent handles it)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    module, _, attr = spec.partition(":")
-    import importlib
-    obj = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    impl = as_implementation(obj)
+    try:
+        impl = load_entry(spec)
+        reply = ("loaded", *describe_loaded(impl))
+    except Exception as e:   # noqa: BLE001 - sent back: an IMP-1 finding
+        impl = None
+        first = (str(e).strip().splitlines() or [""])[0]
+        reply = ("error", f"{type(e).__name__}: {first}" if not isinstance(e, LoadError)
+                 else first)
+    conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+    if impl is None:
+        return
     while True:
         try:
-            name, args = conn.recv()
+            name, args, timeout = conn.recv()
         except EOFError:
             return
         # a call about to time out first dumps every thread's stack (read by the parent)
         dump = open(stack_file, "w")
-        faulthandler.dump_traceback_later(max(timeout * 0.9, timeout - 2), exit=False, file=dump)
+        faulthandler.dump_traceback_later(max(timeout - 1.0, timeout * 0.8), exit=False,
+                                          file=dump)
         try:
             value = getattr(impl, name)(*args)
             problem = _plain_problem(value, [MAX_RESULT_BYTES])
@@ -164,20 +223,23 @@ def _signal_name(code: int) -> str:
 
 
 class Supervised(Implementation):
-    """A proxy for an adapter whose calls run in a supervised child process."""
+    """A proxy for an adapter that lives in a supervised child process: ``load`` starts it and
+    learns its capabilities; every call runs there."""
 
-    def __init__(self, inner: Implementation, spec: str, timeout: float):
-        self.inner = inner
-        self.id = inner.id
-        self.capabilities = inner.capabilities
+    def __init__(self, impl_id: str, spec: str, timeout: float):
+        self.id = impl_id
         self.spec = spec
         self.timeout = timeout
+        self.capabilities = Capabilities()
+        self.limit_reason = "--call-timeout"
+        self.hung = False
+        self.slowest = 0.0
+        self._limit: tuple[float, str] | None = None
         self._proc = None
         self._conn = None
+        self._stack_file = None
 
-    def unavailable_reason(self):
-        return self.inner.unavailable_reason()
-
+    # ---- the child process ----------------------------------------------------------------
     def _start(self):
         ctx = mp.get_context("forkserver")
         # Preload only what is fork-safe: the adapter's framework is imported after the fork.
@@ -186,14 +248,30 @@ class Supervised(Implementation):
         fd, self._stack_file = tempfile.mkstemp(prefix=f"rmsnorm-{self.id}-", suffix=".stack")
         os.close(fd)
         self._proc = ctx.Process(target=_child, daemon=True,
-                                 args=(child, self.spec, self.timeout, self._stack_file),
+                                 args=(child, self.spec, self._stack_file),
                                  name=f"rmsnorm-impl-{self.id}")
         self._proc.start()
         child.close()
         self._conn = parent
+        return self._receive("loading", self.timeout, "--call-timeout", started=time.monotonic())
+
+    def load(self):
+        """Start the child, which imports the entry point: (capabilities, unavailable reason,
+        environment); LoadError (IMP-1) when the import fails, crashes or hangs."""
+        try:
+            reply = self._start()
+        except ImplementationDied as e:
+            raise LoadError(str(e).splitlines()[0]) from None
+        if reply[0] == "error":
+            self.close()
+            raise LoadError(reply[1])
+        _, self.capabilities, reason, env = reply
+        if reason is not None:
+            self.close()               # nothing will be called
+        return self.capabilities, reason, env
 
     def close(self):
-        if getattr(self, "_stack_file", None):
+        if self._stack_file:
             pathlib.Path(self._stack_file).unlink(missing_ok=True)
             self._stack_file = None
         if self._proc is not None and self._proc.pid is not None:
@@ -202,38 +280,68 @@ class Supervised(Implementation):
             self._proc.join(5)
         self._proc = self._conn = None
 
-    def _call(self, name, *args):
-        if self._proc is None or not self._proc.is_alive():
-            self.close()
-            self._start()
+    def _current_limit(self) -> tuple[float, str]:
+        limit, why = self._limit or (self.timeout, "--call-timeout")
+        if self.hung:
+            short = min(limit, max(AFTER_HANG_MIN, AFTER_HANG_FACTOR * self.slowest))
+            if short < limit:
+                return short, (f"the shortened limit after an earlier time-out of "
+                               f"{self.id} ({AFTER_HANG_FACTOR:g} x its slowest completed call, "
+                               f"at least {AFTER_HANG_MIN:g} s)")
+        return limit, why
+
+    def _receive(self, name: str, limit: float, why: str, started: float):
         try:
-            self._conn.send((name, args))
-            ready = self._conn.poll(self.timeout)
+            ready = self._conn.poll(limit)
             data = self._conn.recv_bytes() if ready else None
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
             ready, data = True, None
-        reply = None
         if data is not None:
             try:
-                reply = _SafeUnpickler(io.BytesIO(data)).load()
+                return _SafeUnpickler(io.BytesIO(data)).load()
             except Exception as e:   # noqa: BLE001 - whatever the bytes were, a clause failure
                 raise BadResult(f"returned an object that is not plain data "
                                 f"({type(e).__name__}: {e})") from None
-        if reply is None:
-            if not ready:
-                time.sleep(min(2.0, self.timeout * 0.1))   # let the stack dump land
-                stack = pathlib.Path(self._stack_file).read_text(errors="replace").strip()
-                self.close()
-                raise ImplementationTimedOut(
-                    f"{self.id}: {name} did not return within {self.timeout:g} s "
-                    f"(--call-timeout); the process was killed. Its stacks:\n{stack}")
-            self._proc.join(5)
-            code = self._proc.exitcode
+        if not ready:
+            stack = self._read_stack()
             self.close()
-            how = (_signal_name(code) if code is not None
-                   else "its pipe closed while it was still alive (killed)")
-            raise ImplementationCrashed(f"{self.id}: the process running {name} died with "
-                                        f"{how}")
+            self.hung = True
+            raise ImplementationTimedOut(
+                f"{self.id}: {name} did not return within {limit:g} s ({why}); the process "
+                f"was killed. Its stacks:\n{stack or '(none written)'}",
+                summary=f"{name} did not return within {limit:g} s ({why})")
+        self._proc.join(5)
+        code = self._proc.exitcode
+        self.close()
+        how = (_signal_name(code) if code is not None
+               else "its pipe closed while it was still alive (killed)")
+        raise ImplementationCrashed(f"{self.id}: the process running {name} died with {how}",
+                                    summary=f"the process running {name} died with {how}")
+
+    def _read_stack(self) -> str:
+        """The hung child's stacks (faulthandler writes them shortly before the limit)."""
+        path = pathlib.Path(self._stack_file)
+        for _ in range(20):
+            text = path.read_text(errors="replace").strip() if path.exists() else ""
+            if text:
+                return text
+            time.sleep(0.05)
+        return ""
+
+    def _call(self, name, *args):
+        if self._proc is None or not self._proc.is_alive():
+            self.close()
+            reply = self._start()
+            if reply[0] == "error":
+                raise LoadError(reply[1])
+        limit, why = self._current_limit()
+        started = time.monotonic()
+        try:
+            self._conn.send((name, args, limit))
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass                       # the child died: _receive reports how
+        reply = self._receive(name, limit, why, started)
+        self.slowest = max(self.slowest, time.monotonic() - started)
         status = reply[0]
         if status == "ok":
             return reply[1]
@@ -243,17 +351,19 @@ class Supervised(Implementation):
 
 
 @contextlib.contextmanager
-def time_limit(impl, seconds: float):
+def time_limit(impl, seconds: float, why: str):
     """Within the block, calls of a supervised implementation time out after at most ``seconds``
-    (for calls that have no work to do, e.g. zero-size inputs)."""
+    (for calls that have no work to do, e.g. zero-size inputs); ``why`` names the limit in the
+    report."""
     if not isinstance(impl, Supervised):
         yield
         return
-    saved, impl.timeout = impl.timeout, min(impl.timeout, seconds)
+    saved = impl._limit
+    impl._limit = (min(impl.timeout, seconds), why)
     try:
         yield
     finally:
-        impl.timeout = saved
+        impl._limit = saved
 
 
 def _forward(name):

@@ -1,4 +1,5 @@
-"""SPEC.md section GRAD: gradients (VJP, JVP, second order) and the gradient identities."""
+"""SPEC.md section GRAD: gradients (VJP, JVP, second order), the gradient identities, and
+gradients of calls in sequence."""
 
 import numpy as np
 import pytest
@@ -6,39 +7,50 @@ from hypothesis import given, strategies as st
 
 import reference
 from conformance import strategies as cs
-from conformance.assertions import assert_within, call, check_result, fail, forward, require
-from conformance.cases import Case, scaled_pair
+from conformance.assertions import assert_bitwise, assert_within, call, check_result, fail, \
+    forward
+from conformance.cases import Case, scaled_pair, sequence_case
 from conformance.dtypes import info
-from conformance.tolerance import Bound, forward_bound, hvp_bound, jvp_bound, vjp_bounds
+from conformance.strategies import anchor, anchors, gradient_case, regime_anchors, sequences
+from conformance.tolerance import Bound, Q_MAX, forward_bound, hvp_bound, jvp_bound, vjp_bounds
 from impl.protocol import DTYPES
 
-F64_SLACK = 2.0 ** -50   # float64 evaluation of the identities' own sums (d <= 4096 terms)
+F64_SLACK = 2.0 ** -50   # float64 evaluation of the identities' own sums (d <= 65536 terms)
+#: exp <= 38 keeps mean(x^2) + eps <= 2**80 (Q_MAX): n^3 within float32's range
+GRAD = dict(max_exp=38, max_d=4096, max_elements=1 << 15)
+GRAD_ANCHORS = regime_anchors()
+SMALL_ANCHORS = regime_anchors(d_values=(1, 33, 257, 4097))
+VJP = pytest.mark.requires(gradients="vjp")
 
 
-def _grad_case(data, impl, **kw):
-    kw.setdefault("max_d", 4096)
-    kw.setdefault("full_range", False)
-    return data.draw(cs.grad_cases(impl.capabilities, **kw), label="case")
+def _case(plan, impl, **kw):
+    return gradient_case(plan, impl.capabilities, **kw)
 
 
 def vjp(impl, case):
     """impl.vjp on the case, checked: dx like x, dweight like weight (None without weight)."""
     out = call(impl, case, impl.vjp, case.x, case.weight, case.eps, case.extras["g"],
                what="vjp")
+    return check_vjp_result(impl, case, out, "vjp")
+
+
+def check_vjp_result(impl, case, out, what):
     if not (isinstance(out, tuple) and len(out) == 2):
-        fail(impl, case, f"vjp returned {type(out).__name__}, expected a (dx, dweight) tuple")
+        fail(impl, case, f"{what} returned {type(out).__name__}, expected a (dx, dweight) tuple")
     dx, dw = out
-    check_result(impl, case, dx, case.x.shape, case.x.dtype, what="vjp dx")
+    check_result(impl, case, dx, case.x.shape, case.x.dtype, what=f"{what} dx")
     if case.weight is None:
         if dw is not None:
-            fail(impl, case, "vjp returned a dweight for weight=None")
+            fail(impl, case, f"{what} returned a dweight for weight=None")
     else:
-        check_result(impl, case, dw, case.weight.shape, case.weight.dtype, what="vjp dweight")
+        check_result(impl, case, dw, case.weight.shape, case.weight.dtype,
+                     what=f"{what} dweight")
     return dx, dw
 
 
 def jvp(impl, case):
-    out_dtype = cs.expected_dtype(case)
+    out_dtype = impl.capabilities.output_dtype(case.x.dtype, None if case.weight is None
+                                               else case.weight.dtype)
     ty = call(impl, case, impl.jvp, case.x, case.weight, case.eps, case.extras["tx"],
               case.extras.get("tw"), what="jvp")
     return check_result(impl, case, ty, case.x.shape, out_dtype, what="jvp")
@@ -48,10 +60,9 @@ def _row_dot(a, b):
     return np.sum(a.astype(np.float64) * b.astype(np.float64), axis=-1)
 
 
-def _check_vjp(impl, case, beyond_range=False, context=""):
-    require(impl, "gradients", "vjp")
+def _check_vjp(impl, case, beyond_range=False, exact=False, context=""):
     dx, dw = vjp(impl, case)
-    bdx, bdw = vjp_bounds(case.x, case.weight, case.eps, case.extras["g"], beyond_range)
+    bdx, bdw = vjp_bounds(case.x, case.weight, case.eps, case.extras["g"], beyond_range, exact)
     assert_within(impl, case, dx, bdx, label="dx", context=context)
     if bdw is not None:
         assert_within(impl, case, dw, bdw, label="dweight", context=context)
@@ -59,31 +70,35 @@ def _check_vjp(impl, case, beyond_range=False, context=""):
 
 
 @pytest.mark.clause("GRAD-1")
-@given(data=st.data())
-def test_vjp_against_reference(impl, data):
+@VJP
+@given(plan=cs.plans(**GRAD))
+@anchors(GRAD_ANCHORS + [anchor(x, d, w_dtype=w) for x, w in cs.MIXED_PAIRS for d in (7, 4097)])
+def test_vjp_against_reference(impl, plan):
     """dx and dweight (dx alone for weight None) within the gradient bound of the float64 VJP,
-    judged against the size of the terms being subtracted."""
-    _check_vjp(impl, _grad_case(data, impl))
+    judged against the size of the terms being subtracted; every kernel regime of d anchored."""
+    _check_vjp(impl, _case(plan, impl))
 
 
 @pytest.mark.clause("GRAD-2")
-@given(data=st.data())
-def test_jvp_against_reference(impl, data):
+@pytest.mark.requires(gradients="jvp")
+@given(plan=cs.plans(**GRAD))
+@anchors(GRAD_ANCHORS)
+def test_jvp_against_reference(impl, plan):
     """The tangent of the output for tangents (tx, tweight) within the JVP bound."""
-    require(impl, "gradients", "jvp")
-    case = _grad_case(data, impl)
+    case = _case(plan, impl)
     ty = jvp(impl, case)
     assert_within(impl, case, ty, jvp_bound(case.x, case.weight, case.eps, case.extras["tx"],
                                             case.extras.get("tw"), ty.dtype), label="tangent")
 
 
 @pytest.mark.clause("GRAD-3")
-@given(data=st.data())
-def test_gradient_shapes_and_dtypes(impl, data):
+@VJP
+@given(plan=cs.plans(max_d=64, min_rows=0, max_elements=4096))
+@anchors([anchor("float32", 8, lead=lead) for lead in [(0,), (2, 0, 3), ()]])
+def test_gradient_shapes_and_dtypes(impl, plan):
     """dx has x's shape and dtype, dweight the weight's (None without weight), the tangent the
     output's; zero-size arrays included."""
-    require(impl, "gradients", "vjp")
-    case = data.draw(cs.grad_cases(impl.capabilities, max_d=64, full_range=False), label="case")
+    case = _case(plan, impl)
     vjp(impl, case)
     if "jvp" in impl.capabilities.gradients:
         jvp(impl, case)
@@ -109,30 +124,33 @@ def _identity_bound(case, dx, bdx):
 
 
 @pytest.mark.clause("GRAD-4")
-@given(data=st.data())
+@VJP
+@given(plan=cs.plans(**GRAD))
+@anchors(SMALL_ANCHORS)
 @np.errstate(invalid="ignore", over="ignore", divide="ignore")
-def test_identity_x_dot_dx(impl, data):
+def test_identity_x_dot_dx(impl, plan):
     """Per row, <x, dx> = eps n^3 <g w, x> on the implementation's own dx, within the sum of
     |x_i| times dx's bound."""
-    require(impl, "gradients", "vjp")
-    case = _grad_case(data, impl, allow_empty=False)
+    case = _case(plan, impl)
     got, want, allowed = _identity_terms(impl, case)
     bad = ~(np.abs(got - want) <= allowed) & np.isfinite(allowed)
     if bad.any():
-        i = tuple(np.argwhere(bad)[0])
-        fail(impl, case, f"row {i}: <x, dx> = {got[i]!r}, eps n^3 <g w, x> = {want[i]!r}, "
-                         f"allowed difference {allowed[i]:.4g}")
+        i = tuple(int(k) for k in np.argwhere(bad)[0])
+        fail(impl, case, f"row {i}: <x, dx> = {float(got[i])!r}, eps n^3 <g w, x> = "
+                         f"{float(want[i])!r}, allowed difference {float(allowed[i]):.4g}")
 
 
 @pytest.mark.clause("GRAD-5")
-@given(data=st.data())
+@VJP
+@given(plan=cs.plans(eps=st.just(1e-12), **GRAD))
+@anchors(SMALL_ANCHORS)
 @np.errstate(invalid="ignore", over="ignore", divide="ignore")
-def test_dx_orthogonal_to_x_as_eps_vanishes(impl, data):
-    """With eps = 0 (or 1e-12 where eps <= 0 is not accepted, on rows with mean(x^2) >= 2**-20),
-    dx is orthogonal to x: |<x, dx>| within the identity's bound."""
-    require(impl, "gradients", "vjp")
+def test_dx_orthogonal_to_x_as_eps_vanishes(impl, plan):
+    """With eps = 0 (eps = 1e-12 where eps <= 0 is not accepted), rows with mean(x^2) >= 2**-20
+    have dx orthogonal to x: |<x, dx>| within the identity's bound."""
     eps = 0.0 if impl.capabilities.nonpositive_eps else 1e-12
-    case = _grad_case(data, impl, allow_empty=False, eps=st.just(eps))
+    case = _case(plan, impl)
+    case.eps = eps
     ms = reference.mean_square(case.x)[..., 0]
     keep = ms >= 2.0 ** -20
     dot, eps_term, allowed = _identity_terms(impl, case)
@@ -140,20 +158,21 @@ def test_dx_orthogonal_to_x_as_eps_vanishes(impl, data):
     got = np.abs(dot)
     bad = keep & ~(got <= allowed) & np.isfinite(allowed)
     if bad.any():
-        i = tuple(np.argwhere(bad)[0])
-        fail(impl, case, f"row {i}: |<x, dx>| = {got[i]!r} with eps = {eps}, allowed "
-                         f"{allowed[i]:.4g}")
+        i = tuple(int(k) for k in np.argwhere(bad)[0])
+        fail(impl, case, f"row {i}: |<x, dx>| = {float(got[i])!r} with eps = {eps}, allowed "
+                         f"{float(allowed[i]):.4g}")
 
 
 @pytest.mark.clause("GRAD-6")
-@given(data=st.data())
-def test_dweight_is_g_times_unit_output(impl, data):
+@VJP
+@given(plan=cs.plans(weights=("ones", "random"), **GRAD))
+@anchors(SMALL_ANCHORS)
+def test_dweight_is_g_times_unit_output(impl, plan):
     """dweight = sum over leading axes of g * rms_norm(x, ones, eps), with the implementation's
     own forward; allowed: dweight's bound plus sum |g| times the forward bound."""
-    require(impl, "gradients", "vjp")
-    case = _grad_case(data, impl, with_weight=True)
+    case = _case(plan, impl)
     _, dw = vjp(impl, case)
-    ones = Case(case.x, np.ones(case.d, case.weight.dtype), case.eps)
+    ones = Case(case.x, np.ones(case.d, case.weight.dtype), case.eps, case.recipe)
     y1 = forward(impl, ones)
     g = case.extras["g"].astype(np.float64)
     s = np.sum((g * y1.astype(np.float64)).reshape(-1, case.d), axis=0)
@@ -164,47 +183,50 @@ def test_dweight_is_g_times_unit_output(impl, data):
     bad = ~(np.abs(dw.astype(np.float64) - s) <= allowed)
     if bad.any():
         j = int(np.argwhere(bad)[0][0])
-        fail(impl, case, f"dweight[{j}] = {dw[j]!r}, sum g * f(x, ones) = {s[j]!r}, "
-                         f"allowed {allowed[j]:.4g}")
+        fail(impl, case, f"dweight[{j}] = {float(dw[j])!r}, sum g * f(x, ones) = {float(s[j])!r}"
+                         f", allowed {float(allowed[j]):.4g}")
 
 
-def _scaled(data, impl):
-    k = data.draw(st.integers(-4, 4), label="log2(c)")
-    return (*scaled_pair(_grad_case(data, impl), k), k)
+def _scaled(plan, impl):
+    k = (plan.seed % 9) - 4                      # c = 2**k, |k| <= 4, from the plan
+    return (*scaled_pair(_case(plan, impl), k), k)
 
 
 @pytest.mark.clause("GRAD-7")
-@given(data=st.data())
-def test_scale_covariance_of_dx(impl, data):
+@VJP
+@given(plan=cs.plans(**GRAD))
+@anchors(SMALL_ANCHORS)
+def test_scale_covariance_of_dx(impl, plan):
     """For c = 2**k: dx(c x, c^2 eps) = dx(x, eps) / c and dweight is unchanged. The scaled
     gradients are within their bounds at the scaled point (where the reference is exactly dx / c),
     and c * dx(c x) is within the sum of both points' bounds of the implementation's own dx(x)."""
-    require(impl, "gradients", "vjp")
-    case, scaled, k = _scaled(data, impl)
+    case, scaled, k = _scaled(plan, impl)
     g = case.extras["g"]
     dx, dw = vjp(impl, case)
     dxs, dws = vjp(impl, scaled)
     bdx, bdw = vjp_bounds(case.x, case.weight, case.eps, g)
     sdx, sdw = vjp_bounds(scaled.x, scaled.weight, scaled.eps, g)
-    assert_within(impl, scaled, dxs, sdx, label="dx(c x)", context=f"c = 2**{k}")
+    assert_within(impl, scaled, dxs, sdx, label="dx", context=f"c = 2**{k}: dx(c x)")
     c = 2.0 ** k
     both = np.isfinite(dx.astype(np.float64)) & np.isfinite(dxs.astype(np.float64))
     relation = Bound(ref=dx.astype(np.float64), bound=np.where(both, bdx.bound + c * sdx.bound,
                                                                  np.inf),
                      zero_ok=np.zeros(dx.shape, bool), out_dtype=dx.dtype)
-    assert_within(impl, scaled, dxs.astype(np.float64) * c, relation, label="c * dx(c x)",
+    assert_within(impl, scaled, dxs.astype(np.float64) * c, relation, label="dx",
                   context=f"c = 2**{k}: c * dx(c x, c^2 eps) vs dx(x, eps)")
     if sdw is not None:
-        assert_within(impl, scaled, dws, sdw, label="dweight(c x)", context=f"c = 2**{k}")
+        assert_within(impl, scaled, dws, sdw, label="dweight",
+                      context=f"c = 2**{k}: dweight(c x)")
 
 
 @pytest.mark.clause("GRAD-8")
-@given(data=st.data())
-def test_scale_covariance_of_dx_bitwise(impl, data):
+@VJP
+@given(plan=cs.plans(**GRAD))
+@anchors(SMALL_ANCHORS)
+def test_scale_covariance_of_dx_bitwise(impl, plan):
     """SHOULD: dx(c x, c^2 eps) * c == dx(x, eps) bit for bit for c = 2**k (MLX measured so),
     where both are normal numbers of dx's type (subnormal results lose bits when scaled)."""
-    require(impl, "gradients", "vjp")
-    case, scaled, k = _scaled(data, impl)
+    case, scaled, k = _scaled(plan, impl)
     dx, _ = vjp(impl, case)
     dxs, _ = vjp(impl, scaled)
     a, b = dx.astype(np.float64), dxs.astype(np.float64) * 2.0 ** k
@@ -214,18 +236,20 @@ def test_scale_covariance_of_dx_bitwise(impl, data):
     differ = (a != b) & normal(a) & normal(b)
     back = b.astype(dx.dtype)
     if differ.any():
-        i = tuple(np.argwhere(differ)[0])
-        fail(impl, case, f"c = 2**{k}: c * dx(c x) = {back[i]!r} vs dx(x) = {dx[i]!r} at {i}")
+        i = tuple(int(j) for j in np.argwhere(differ)[0])
+        fail(impl, case, f"c = 2**{k}: c * dx(c x) = {float(back[i])!r} vs dx(x) = "
+                         f"{float(dx[i])!r} at {i}")
 
 
 @pytest.mark.clause("GRAD-9")
-@given(data=st.data())
-def test_adjoint_consistency(impl, data):
+@VJP
+@pytest.mark.requires(gradients="jvp")
+@given(plan=cs.plans(**GRAD))
+@anchors(SMALL_ANCHORS)
+def test_adjoint_consistency(impl, plan):
     """<tx, dx> + <tw, dweight> == <J (tx, tw), g> between the implementation's own VJP and JVP,
     within the sum of the magnitudes times each side's bounds."""
-    require(impl, "gradients", "vjp")
-    require(impl, "gradients", "jvp")
-    case = _grad_case(data, impl)
+    case = _case(plan, impl)
     e = case.extras
     dx, dw = vjp(impl, case)
     ty = jvp(impl, case)
@@ -235,9 +259,9 @@ def test_adjoint_consistency(impl, data):
     assert_within(impl, case, ty, bty, label="tangent")
     if bdw is not None:
         assert_within(impl, case, dw, bdw, label="dweight")
-    if not all(np.all(np.isfinite(a)) for a in (dx, ty, dw) if a is not None):
-        return   # results beyond the output type's range (allowed above): nothing to compare
-    f = lambda a: a.astype(np.float64)
+    if not all(np.all(np.isfinite(a.astype(np.float64))) for a in (dx, ty, dw) if a is not None):
+        return   # an intermediate beyond its type's range (allowed above): nothing to compare
+    f = lambda a: a.astype(np.float64)   # noqa: E731
     lhs = np.sum(f(e["tx"]) * f(dx))
     rhs = np.sum(f(ty) * f(e["g"]))
     allowed = np.sum(np.abs(f(e["tx"])) * bdx.bound) + np.sum(np.abs(f(e["g"])) * bty.bound)
@@ -248,60 +272,53 @@ def test_adjoint_consistency(impl, data):
         mags += np.sum(np.abs(f(e["tw"]) * f(dw)))
     allowed += F64_SLACK * mags
     if not abs(lhs - rhs) <= allowed:
-        fail(impl, case, f"<t, J^T g> = {lhs!r} but <J t, g> = {rhs!r}; allowed difference "
-                         f"{allowed:.4g}")
+        fail(impl, case, f"<t, J^T g> = {float(lhs)!r} but <J t, g> = {float(rhs)!r}; allowed "
+                         f"difference {float(allowed):.4g}")
 
 
-def _extreme_case(data, impl):
-    """Whole-range magnitudes within float32's range for n^3 (mean(x^2) + eps <= 2**80), half
-    types with squares above their range, long rows, and many rows for dweight's reduction."""
-    kind = data.draw(st.sampled_from(["whole", "long", "many_rows"]), label="kind")
-    if kind == "whole":
-        return _grad_case(data, impl, full_range=True, max_d=1024)
-    if kind == "long":
-        return _grad_case(data, impl, full_range=True, min_d=4096, max_d=65536, max_dims=1,
-                          allow_empty=False)
-    return _grad_case(data, impl, full_range=True, max_d=8, with_weight=True,
-                      allow_empty=False, max_elements=1 << 16)
+EXTREME_ANCHORS = (
+    [anchor(t, d, exp=e, spread=2) for t in ("float32", "bfloat16") for d, e in
+     ((1, 38), (257, 36), (33, -50))]                                # near the n^3 limit, tiny
+    + [anchor("float16", d, exp=e, spread=2) for d, e in ((1, 14), (257, 13), (33, -10))]
+    + [anchor(t, d, lead=(2,)) for t in cs.ALL_DTYPES for d in (8193, 65536)]      # long
+    + [anchor(t, d, lead=(65536 // d,), weight="random") for t in cs.ALL_DTYPES
+       for d in (1, 8)])                                             # many rows
 
 
 @pytest.mark.clause("GRAD-10")
-@given(data=st.data())
-def test_vjp_extreme_magnitudes_and_half_precision(impl, data):
-    """The VJP bound holds over each dtype's whole range (rows with mean(x^2) + eps <= 2**80),
-    for half types, long rows and many rows (dweight's reduction over the batch in float32)."""
-    _check_vjp(impl, _extreme_case(data, impl))
+@VJP
+@given(plan=cs.plans(max_exp=38, max_elements=1 << 16))
+@anchors(EXTREME_ANCHORS)
+def test_vjp_extreme_magnitudes_and_half_precision(impl, plan):
+    """The VJP bound over each dtype's range (rows with mean(x^2) + eps <= 2**80), for half
+    types (float16 squares beyond float16's range), long rows (up to 65536) and many rows
+    (dweight reduced over up to 65536 rows in float32)."""
+    _check_vjp(impl, _case(plan, impl))
 
 
 @pytest.mark.clause("GRAD-11")
-@given(data=st.data())
-def test_vjp_beyond_cubed_range(impl, data):
+@VJP
+@pytest.mark.requires(dtypes=("float32", "bfloat16"))
+@given(plan=cs.plans(dtypes=("float32", "bfloat16"), magnitudes="any", max_d=1024,
+                     max_elements=1 << 14, spread=0, weights=("random", "none")))
+@anchors([anchor(t, d, exp=e, spread=0) for t in ("float32", "bfloat16")
+          for d, e in ((1, 45), (257, 55))])
+def test_vjp_beyond_cubed_range(impl, plan):
     """SHOULD: rows with mean(x^2) + eps above 2**80, where n^3 underflows float32 if formed
     explicitly, still get dx within the VJP bound (e.g. computing (x n) (n^2 p))."""
-    require(impl, "gradients", "vjp")
-    dts = [t for t in ("float32", "bfloat16") if t in impl.capabilities.dtypes]
-    if not dts:
-        pytest.skip(f"{impl.id} declares no dtype reaching 2**40")
-    t = data.draw(st.sampled_from(dts), label="dtype")
-    d = data.draw(cs.axis_lengths(1, 1024), label="d")
-    lo = data.draw(st.integers(41, 60), label="log2 |x|")
-    seed = data.draw(st.integers(0, 2 ** 32 - 1), label="seed")
-    x = cs.bulk_array(t, (2, d), seed, "normal", lo, lo)
-    base = Case(x, None, 1e-5, f"bulk_array({t!r}, {(2, d)}, {seed}, 'normal', {lo}, {lo})")
-    if impl.capabilities.weight_none is False:
-        base.weight = cs._normal_like(seed + 4, (d,), t)
-    out = cs.expected_dtype(base).name
-    base.extras = {"g": cs._normal_like(seed + 5, x.shape, out)}
-    _check_vjp(impl, base, beyond_range=True)
+    lo = 41 + plan.seed % 20                    # |x| from 2**41 to 2**60
+    plan = cs.Plan(**{**vars(plan), "exp": lo, "spread": 0, "kind": "normal"})
+    _check_vjp(impl, _case(plan, impl), beyond_range=True)
 
 
 @pytest.mark.clause("GRAD-12")
-@given(data=st.data())
-def test_second_order(impl, data):
+@pytest.mark.requires(gradients="hvp")
+@given(plan=cs.plans(**{**GRAD, "max_d": 1024, "max_exp": 22}))
+@anchors(SMALL_ANCHORS)
+def test_second_order(impl, plan):
     """Forward-over-reverse: the derivative along v of dx (g fixed) within the second-order
     bound of the analytic float64 Hessian-vector product."""
-    require(impl, "gradients", "hvp")
-    case = _grad_case(data, impl, max_d=1024)
+    case = _case(plan, impl)
     e = case.extras
     hv = call(impl, case, impl.hvp, case.x, case.weight, case.eps, e["g"], e["v"], what="hvp")
     check_result(impl, case, hv, case.x.shape, case.x.dtype, what="hvp")
@@ -310,46 +327,42 @@ def test_second_order(impl, data):
 
 
 @pytest.mark.clause("GRAD-13")
-@given(data=st.data())
-def test_module_gradients_equal_functional(impl, data):
+@pytest.mark.requires(module=True, gradients="vjp")
+@given(plan=cs.plans(weights=("ones", "random"), **{**GRAD, "max_d": 1024}))
+@anchors(SMALL_ANCHORS)
+def test_module_gradients_equal_functional(impl, plan):
     """The module's gradients (nn.value_and_grad for the weight, mx.grad for x) are bit-identical
     to the functional op's VJP with the same weight."""
-    require(impl, "module")
-    require(impl, "gradients", "vjp")
-    case = _grad_case(data, impl, with_weight=True, max_d=1024)
+    case = _case(plan, impl)
     dx, dw = vjp(impl, case)
     fdx, fdw = call(impl, case, impl.functional_vjp, case.x, case.weight, case.eps,
                     case.extras["g"], what="functional_vjp")
     for name, a, b in (("dx", dx, fdx), ("dweight", dw, fdw)):
         check_result(impl, case, b, a.shape, a.dtype, what=f"functional {name}")
-        if a.tobytes() != b.tobytes():
-            i = tuple(np.argwhere(a.astype(np.float64) != b.astype(np.float64))[0])
-            fail(impl, case, f"module {name} differs from functional at {i}: {a[i]!r} vs "
-                             f"{b[i]!r}")
+        assert_bitwise(impl, case, a, b, f"module {name} differs from functional")
 
 
 @pytest.mark.clause("GRAD-14")
-@given(data=st.data())
-def test_dweight_exact_batch_sum(impl, data):
+@VJP
+@given(plan=cs.plans(max_d=8, max_elements=1 << 16, min_rows=1))
+@anchors([anchor(t, d, lead=(65536 // d,)) for t in cs.ALL_DTYPES for d in (1, 8)]
+         + [anchor(t, 3, lead=(rows,)) for t in cs.ALL_DTYPES for rows in (7, 4099)])
+def test_dweight_exact_batch_sum(impl, plan):
     """Tight bound for dweight's reduction over the batch: x = +-1 (one sign per column, so x n is
     exactly +-1 once the implementation's own forward says so) and integer cotangents 0..8 make
     every float32 partial sum exact for up to 65536 rows (sums below 2**19), so dweight must be
     exact but for its final rounding; a batch sum in a half type (integers exact only to 2**11 or
     2**8) is far off once the column sums grow past that."""
-    require(impl, "gradients", "vjp")
-    dts = list(impl.capabilities.dtypes)
-    t = data.draw(st.sampled_from(dts), label="dtype")
-    d = data.draw(st.integers(1, 8), label="d")
-    rows = data.draw(st.sampled_from([1, 7, 300, 1000, 4099, 65536 // d])
-                     | st.integers(1, 65536 // d), label="rows")
-    seed = data.draw(st.integers(0, 2 ** 32 - 1), label="seed")
-    rng = np.random.default_rng(seed)
+    t, w_dt = plan.dtypes_for(impl.capabilities)
+    rows, d = plan.rows, plan.d
+    rng = np.random.default_rng([plan.seed, 3])
     x = np.broadcast_to(rng.choice([-1.0, 1.0], d), (rows, d)).astype(DTYPES[t])
-    w = np.ones(d, DTYPES[t])
-    case = Case(x, w, 1e-12, f"x = rows of default_rng({seed}).choice([-1, 1], {d}); g = "
-                             f"integers(0, 9, {(rows, d)}) from the same generator",
-                {"g": rng.integers(0, 9, (rows, d)).astype(DTYPES[t])})
-    unit = forward(impl, Case(x, w, case.eps))
+    w = np.ones(d, DTYPES[w_dt or t])
+    out = impl.capabilities.output_dtype(x.dtype, w.dtype)
+    case = Case(x, w, 1e-12, repr(plan) + "; x = rows of default_rng([seed, 3]).choice([-1, 1],"
+                " d); g = integers(0, 9) from the same generator",
+                {"g": rng.integers(0, 9, (rows, d)).astype(out)})
+    unit = forward(impl, Case(x, w, case.eps, case.recipe))
     if not np.all(np.abs(unit.astype(np.float64)) == 1):
         pytest.skip(f"{impl.id}: rms_norm(+-1) is not exactly +-1 here (an approximate rsqrt), "
                     "so the batch sum is not exact; GRAD-1 and GRAD-10 judge it")
@@ -360,3 +373,43 @@ def test_dweight_exact_batch_sum(impl, data):
                   zero_ok=np.zeros(want.shape, bool), out_dtype=dw.dtype)
     assert_within(impl, case, dw, tight, label="dweight",
                   context="the float32 batch sum of g * (x n) = g * (+-1) is exact")
+
+
+@pytest.mark.clause("GRAD-15")
+@VJP
+@given(plan=cs.plans(kinds=("exact",), weights=("ints", "ones", "none")))
+@anchors(regime_anchors(kind="exact", weight="ints")
+         + [anchor(x, d, kind="exact", weight="ints", w_dtype="float32")
+            for x in ("float16", "bfloat16") for d in (257, 65536)])
+def test_vjp_tight_where_dot_products_are_exact(impl, plan):
+    """x = k * 2**e with an exact float32 sum of squares, integer weights and cotangents -2..2:
+    the dot product <g w, x> is exact too, so dx must be within a bound without any
+    summation term, at every axis length: a backward that treats n as a constant, divides by
+    d - 1, or accumulates the dot product in half precision fails at every d."""
+    _check_vjp(impl, _case(plan, impl, exact=True), exact=True)
+
+
+@pytest.mark.clause("GRAD-16")
+@VJP
+@given(plan=sequences(max_d=4097, grad=True))
+@anchors([tuple(anchor(t, d, lead=lead, seed=i) for i, (d, lead) in
+                enumerate([(7, (3,)), (4097, (1,)), (256, (2, 2)), (7, (3,))]))
+          for t in cs.ALL_DTYPES])
+def test_vjp_calls_in_sequence(impl, plan):
+    """VJP calls made one after another on one function (a compiled gradient reused across
+    shapes): each result within the VJP bound, whatever the calls before it."""
+    built = [_case(p, impl) for p in plan]
+    head = sequence_case(plan, built)
+    outs = call(impl, head, impl.vjp_sequence,
+                [(c.x, c.weight, c.eps, c.extras["g"]) for c in built], what="vjp_sequence")
+    if not isinstance(outs, (list, tuple)) or len(outs) != len(built):
+        fail(impl, head, f"vjp_sequence returned {type(outs).__name__}, expected a list of "
+                         f"{len(built)} (dx, dweight) pairs")
+    for i, (case, out) in enumerate(zip(built, outs)):
+        dx, dw = check_vjp_result(impl, case, tuple(out) if isinstance(out, list) else out,
+                                  f"call {i} of the sequence")
+        bdx, bdw = vjp_bounds(case.x, case.weight, case.eps, case.extras["g"])
+        context = f"call {i} of {len(built)} in the sequence (shapes {[c.x.shape for c in built]})"
+        assert_within(impl, head, dx, bdx, label="dx", context=context)
+        if bdw is not None:
+            assert_within(impl, head, dw, bdw, label="dweight", context=context)

@@ -1,22 +1,24 @@
 """SPEC.md section IMP: the implementation itself is loadable and well-formed."""
 
-import pytest
+import pytest  # noqa: F401 - the clause marker
 
+from conformance import plugin
+from conformance.fingerprint import fingerprint
 from conformance.assertions import fail
-from impl.protocol import Capabilities
 
 
 @pytest.mark.clause("IMP-1")
-def test_entry_point_loads(entry):
-    """The entry point imports and yields an adapter with well-formed capabilities."""
+def test_entry_point_loads(entry, request):
+    """The entry point imports (in a supervised process by default) and yields an adapter with
+    well-formed capabilities. Once loaded, an available implementation's rounding-order
+    fingerprint is taken and reported with the results (never judged)."""
+    entry = plugin.load(request.config, entry)
     if entry.error:
-        pytest.fail(f"entry point {entry.id} = {entry.value} from distribution "
-                    f"{entry.distribution} failed to load: {entry.error}", pytrace=False)
-    caps = entry.impl.capabilities
-    problems = []
-    if not isinstance(caps, Capabilities):
-        problems.append(f"capabilities is {type(caps).__name__}, not impl.protocol.Capabilities")
-    else:
-        problems += caps.problems()
+        fail(entry.id, None, f"entry point {entry.id} = {entry.value} from distribution "
+                             f"{entry.distribution} failed to load: {entry.error}")
+    problems = entry.impl.capabilities.problems()
     if problems:
-        fail(entry.impl, None, "; ".join(problems))
+        fail(entry.id, None, f"entry point {entry.id} = {entry.value} declares malformed "
+                             f"capabilities: " + "; ".join(problems))
+    if not entry.unavailable:
+        request.node.user_properties.append(("fingerprint", fingerprint(entry.impl)))

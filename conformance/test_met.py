@@ -1,172 +1,168 @@
-"""SPEC.md section MET: metamorphic properties (relations between outputs of related inputs)."""
+"""SPEC.md section MET: metamorphic properties. Each compares the implementation with itself on
+related inputs (not with the reference, which ACC already uses): sign, scale, weight,
+permutation and memory layout."""
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
 
 from conformance import strategies as cs
-from conformance.assertions import assert_within, check_accuracy, fail, forward, require
+from conformance.assertions import assert_bitwise, assert_within, forward
 from conformance.cases import Case, scaled_pair
-from conformance.tolerance import Bound, forward_bound
+from conformance.strategies import anchor, anchors, regime_anchors
+from conformance.tolerance import Bound, self_bound
 from impl.protocol import Layout
 
-
-def _moderate(data, impl, **kw):
-    """Cases whose values stay in the normal float range under the transformations below."""
-    kw.setdefault("max_d", 4096)
-    return data.draw(cs.cases(impl.capabilities, full_range=False, **kw), label="case")
+EXACT = dict(kinds=("exact",), weights=("ones", "random", "none"))
+EXACT_ANCHORS = regime_anchors(d_values=(1, 33, 257, 4097, 65536), kind="exact")
 
 
-def _bits_differ(a, b):
-    return a.shape != b.shape or a.tobytes() != b.tobytes()
-
-
-def _first_diff(a, b):
-    """The first element whose bits differ (so +0.0 vs -0.0 counts)."""
-    differ = a.view(f"u{a.itemsize}") != b.view(f"u{b.itemsize}")
-    i = tuple(int(k) for k in np.argwhere(differ)[0]) if differ.any() else ()
-    return f"first difference at {i}: {a[i]!r} vs {b[i]!r}"
+def _self_within(impl, case, got, want, context):
+    """``got`` within the self-comparison bound of the implementation's own ``want``."""
+    fb = Bound(ref=want.astype(np.float64),
+               bound=self_bound(want.astype(np.float64), case.weight, want.dtype),
+               zero_ok=np.zeros(want.shape, bool), out_dtype=want.dtype)
+    assert_within(impl, case, got, fb, context=context)
 
 
 @pytest.mark.clause("MET-1")
-@given(data=st.data())
-def test_sign_symmetry(impl, data):
+@given(plan=cs.plans(weights=("ones", "random")))
+@anchors(regime_anchors(d_values=(1, 33, 257, 4097, 65536)))
+def test_sign_symmetry(impl, plan):
     """f(-x, w) == -f(x, w) and f(x, -w) == -f(x, w), bit for bit (every step of the
     computation is sign-symmetric under round-to-nearest)."""
-    case = _moderate(data, impl, weight_kinds=("ones", "random"))
+    case = plan.build(impl.capabilities)
     y = forward(impl, case)
     neg_x = forward(impl, Case(-case.x, case.weight, case.eps, case.recipe + "; x negated"))
-    if _bits_differ(neg_x, -y):
-        fail(impl, case, "f(-x) != -f(x): " + _first_diff(neg_x, -y))
+    assert_bitwise(impl, case, neg_x, -y, "f(-x) != -f(x)")
     neg_w = forward(impl, Case(case.x, -case.weight, case.eps, case.recipe + "; w negated"))
-    if _bits_differ(neg_w, -y):
-        fail(impl, case, "f(x, -w) != -f(x, w): " + _first_diff(neg_w, -y))
+    assert_bitwise(impl, case, neg_w, -y, "f(x, -w) != -f(x, w)")
 
 
-def _scaled(data, impl):
-    k = data.draw(st.integers(-4, 4), label="log2(c)")
-    return (*scaled_pair(_moderate(data, impl), k), k)
+def _scaled(plan, impl):
+    k = (plan.seed % 9) - 4                      # c = 2**k, |k| <= 4, from the plan
+    return (*scaled_pair(plan.build(impl.capabilities), k), k)
 
 
 @pytest.mark.clause("MET-2")
-@given(data=st.data())
-def test_scale_covariance(impl, data):
-    """f(c x, c^2 eps) and f(x, eps) agree for c = 2**k: both are within ACC-1's bound of the same
-    reference value."""
-    case, scaled, k = _scaled(data, impl)
-    y = check_accuracy(impl, case)
-    ys = forward(impl, scaled)
-    fb = forward_bound(case.x, case.weight, case.eps, y.dtype)
-    assert_within(impl, scaled, ys, fb, context=f"f(2**{k} x, 4**{k} eps) vs f(x, eps)'s bound")
+@given(plan=cs.plans(**EXACT))
+@anchors(EXACT_ANCHORS)
+def test_scale_covariance(impl, plan):
+    """f(c x, w, c^2 eps) equals f(x, w, eps) for c = 2**k within the self-comparison bound, on
+    inputs whose float32 sum of squares is exact (so the two q agree exactly)."""
+    case, scaled, k = _scaled(plan, impl)
+    y, ys = forward(impl, case), forward(impl, scaled)
+    _self_within(impl, scaled, ys, y, f"f(2**{k} x, 4**{k} eps) vs f(x, eps)")
 
 
 @pytest.mark.clause("MET-3")
-@given(data=st.data())
-def test_scale_covariance_bitwise(impl, data):
-    """SHOULD: for c = 2**k, f(c x, c^2 eps) == f(x, eps) bit for bit."""
-    case, scaled, k = _scaled(data, impl)
-    y, ys = forward(impl, case), forward(impl, scaled)
-    if _bits_differ(y, ys):
-        fail(impl, case, f"f(2**{k} x, 4**{k} eps) != f(x, eps): " + _first_diff(ys, y))
+@given(plan=cs.plans())
+@anchors(regime_anchors(d_values=(7, 257, 4097)))
+def test_scale_covariance_bitwise(impl, plan):
+    """SHOULD: for c = 2**k, f(c x, c^2 eps) == f(x, eps) bit for bit, on any input."""
+    case, scaled, k = _scaled(plan, impl)
+    assert_bitwise(impl, case, forward(impl, scaled), forward(impl, case),
+                   f"f(2**{k} x, 4**{k} eps) != f(x, eps)")
 
 
 @pytest.mark.clause("MET-4")
-@given(data=st.data())
-def test_linear_in_weight(impl, data):
-    """f(x, w) equals f(x, ones) * w: both within the bound of the reference x*n*w, where
-    f(x, ones) * w carries one more rounding (to the output type) than ACC-1 allows for."""
-    case = _moderate(data, impl, weight_kinds=("random",))
+@given(plan=cs.plans(kinds=("exact",), weights=("random", "ints")))
+@anchors(regime_anchors(d_values=(1, 33, 257, 4097, 65536), kind="exact"))
+def test_linear_in_weight(impl, plan):
+    """f(x, w) equals f(x, ones) * w rounded to the output type, within the self-comparison
+    bound: the weight only scales each normalised element."""
+    case = plan.build(impl.capabilities)
     y = forward(impl, case)
-    unit = forward(impl, Case(case.x, np.ones(case.d, case.weight.dtype), case.eps))
-    fb = forward_bound(case.x, case.weight, case.eps, y.dtype)
-    assert_within(impl, case, y, fb, context="f(x, w) vs reference")
+    unit = forward(impl, Case(case.x, np.ones(case.d, case.weight.dtype), case.eps,
+                              case.recipe + "; weight ones"))
     product = (unit.astype(np.float64) * case.weight.astype(np.float64)).astype(y.dtype)
-    # the unit-weight output is within its own bound; scaling by |w| and one rounding into the
-    # output type (relative u of the output dtype) keeps it within fb.bound (which counts two
-    # roundings into the output type where the product has done one).
-    assert_within(impl, case, product, fb, context="f(x, ones) * w vs reference")
+    _self_within(impl, case, y, product, "f(x, w) vs f(x, ones) * w")
 
 
 @pytest.mark.clause("MET-5")
-@given(data=st.data())
-def test_permutation_equivariance(impl, data):
-    """f(x[..., p], w[p]) == f(x, w)[..., p] within ACC-1's bound (the reduction order may
-    change, the mathematical result does not)."""
-    case = _moderate(data, impl, allow_empty=False)
-    seed = data.draw(st.integers(0, 2 ** 32 - 1), label="permutation seed")
-    p = np.random.default_rng(seed).permutation(case.d)
+@given(plan=cs.plans(**EXACT))
+@anchors(EXACT_ANCHORS)
+def test_permutation_equivariance(impl, plan):
+    """f(x[..., p], w[p]) == f(x, w)[..., p] bit for bit where the float32 sum of squares is
+    exact (every order gives the same q, so each element's computation is the same)."""
+    case = plan.build(impl.capabilities)
+    p = np.random.default_rng([plan.seed, 5]).permutation(case.d)
     perm = Case(case.x[..., p], None if case.weight is None else case.weight[p], case.eps,
-                case.recipe + f"; permuted by default_rng({seed}).permutation({case.d})")
-    check_accuracy(impl, perm)
-    y = forward(impl, case)[..., p]
-    yp = forward(impl, perm)
-    fb = forward_bound(perm.x, perm.weight, perm.eps, y.dtype)
-    fb2 = Bound(ref=y.astype(np.float64), bound=2 * fb.bound, zero_ok=fb.zero_ok,
-                       out_dtype=fb.out_dtype)
-    assert_within(impl, perm, yp, fb2, context="f(x[p], w[p]) vs f(x, w)[p] (twice the bound)")
+                case.recipe + f"; permuted by default_rng([{plan.seed}, 5]).permutation"
+                              f"({case.d})")
+    assert_bitwise(impl, perm, forward(impl, perm), forward(impl, case)[..., p],
+                   "f(x[p], w[p]) != f(x, w)[p]")
 
 
-@pytest.mark.clause("MET-6")
-@given(data=st.data())
-def test_unit_weight_output_rms(impl, data):
-    """With unit weight the output's RMS is sqrt(m / (m + eps)), m = mean(x^2): the float64 RMS
-    of the output differs from it by at most the RMS of the per-element bounds."""
-    case = _moderate(data, impl, weight_kinds=("ones",), allow_empty=False)
-    out = forward(impl, case)
-    fb = forward_bound(case.x, case.weight, case.eps, out.dtype)
-    y = out.astype(np.float64)
-    m = np.mean(case.x.astype(np.float64) ** 2, axis=-1)
-    want = np.sqrt(m / (m + case.eps))
-    got = np.sqrt(np.mean(y * y, axis=-1))
-    # |rms(y') - rms(y)| <= rms(y' - y) <= rms(bound) (triangle inequality for the RMS norm);
-    # the float64 evaluation of both sides adds a relative d * 2**-52, far below the slack.
-    allowed = np.sqrt(np.mean(fb.bound ** 2, axis=-1)) * (1 + 1e-9) + 4 * 2.0 ** -52 * want
-    bad = ~(np.abs(got - want) <= allowed)
-    if bad.any():
-        i = tuple(np.argwhere(bad)[0])
-        fail(impl, case, f"row {i}: output RMS {got[i]!r}, expected {want[i]!r}, allowed "
-                         f"deviation {allowed[i]:.3g}")
-
-
-def _layout(data, case):
-    kind = data.draw(st.sampled_from(["transposed", "strided", "broadcast"]), label="layout")
-    x = case.x
+def layout_for(kind: str, case: Case, seed: int) -> tuple[Case, Layout]:
+    """The case (with x lifted to 2-D for "transposed") and a Layout whose views hold its
+    values; skipped or padded elements hold NaN, which must never be read."""
+    x, w = case.x, case.weight
+    nan = np.asarray(np.nan, x.dtype)
     if kind == "transposed":
-        if x.ndim < 2:
-            x = x[None]
-        return kind, Case(x, case.weight, case.eps, case.recipe), \
+        x = x if x.ndim >= 2 else x[None]
+        return Case(x, w, case.eps, case.recipe), \
             Layout(kind, np.ascontiguousarray(np.swapaxes(x, -1, -2)), x.shape)
     if kind == "strided":
-        src = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
+        src = np.full(x.shape[:-1] + (2 * x.shape[-1],), nan)
         src[..., ::2] = x
-        src[..., 1::2] = np.asarray(np.nan, x.dtype)   # must never be read
-        return kind, case, Layout(kind, src, x.shape)
-    row = x.reshape(-1, x.shape[-1])[:1]
-    shape = (3,) + x.shape
-    full = np.broadcast_to(row.reshape((1,) * (len(shape) - 1) + row.shape[-1:]), shape)
-    return kind, Case(np.ascontiguousarray(full), case.weight, case.eps, case.recipe + "; row "
-                      "0 broadcast"), Layout(kind, row.reshape((1,) * (len(shape) - 1) +
-                                                               row.shape[-1:]), shape)
+        return case, Layout(kind, src, x.shape)
+    if kind == "broadcast":
+        row = x.reshape(-1, x.shape[-1])[:1]
+        shape = (3,) + x.shape
+        src = row.reshape((1,) * (len(shape) - 1) + row.shape[-1:])
+        return Case(np.ascontiguousarray(np.broadcast_to(src, shape)), w, case.eps,
+                    case.recipe + "; row 0 broadcast"), Layout(kind, src, shape)
+    if kind == "offset":
+        k = 1 + seed % 7
+        src = np.concatenate([np.full(k, nan), x.ravel()])
+        return case, Layout(kind, src, x.shape, offset=k)
+    if kind == "padded":
+        pad = 1 + seed % 5
+        src = np.full(x.shape[:-1] + (x.shape[-1] + pad,), nan)
+        src[..., :x.shape[-1]] = x
+        return case, Layout(kind, src, x.shape)
+    if kind == "reversed":
+        return case, Layout(kind, np.ascontiguousarray(x[..., ::-1]), x.shape)
+    if kind == "weight_strided":
+        w = np.ones(case.d, x.dtype) if w is None else w
+        src = np.full(2 * case.d, np.asarray(np.nan, w.dtype))
+        src[::2] = w
+        return Case(x, w, case.eps, case.recipe), Layout(kind, None, x.shape,
+                                                          weight_source=src)
+    raise ValueError(f"unknown layout {kind!r}")
+
+
+def _layout_case(plan, impl):
+    kinds = tuple(impl.capabilities.layouts)
+    kind = kinds[plan.seed % len(kinds)]
+    case, layout = layout_for(kind, plan.build(impl.capabilities), plan.seed)
+    return kind, case, layout
+
+
+LAYOUT_ANCHORS = [anchor(t, d, kind="exact", seed=s) for t in cs.ALL_DTYPES
+                  for d in (1, 33, 4097) for s in range(7)]
 
 
 @pytest.mark.clause("MET-7")
-@given(data=st.data())
-def test_layout_independence(impl, data):
-    """Transposed, strided and broadcast views built in the framework give results within
-    ACC-1's bound."""
-    case = _moderate(data, impl, allow_empty=False)
-    kind, case, layout = _layout(data, case)
-    require(impl, "layouts", kind)
-    check_accuracy(impl, case, layout=layout, context=f"{kind} view")
+@pytest.mark.requires(layouts=True)
+@given(plan=cs.plans(kinds=("exact",), max_elements=1 << 15, weights=("ones", "random")))
+@anchors(LAYOUT_ANCHORS)
+def test_layout_independence(impl, plan):
+    """Views built in the framework (each declared layout: transposed, strided, broadcast,
+    offset, padded rows, negative strides, a strided weight) give the contiguous result within
+    the self-comparison bound, on exact-sum inputs."""
+    kind, case, layout = _layout_case(plan, impl)
+    _self_within(impl, case, forward(impl, case, layout), forward(impl, case),
+                 f"{kind} view vs contiguous")
 
 
 @pytest.mark.clause("MET-8")
-@given(data=st.data())
-def test_layout_bitwise(impl, data):
-    """SHOULD: a view gives bit-identical results to a contiguous copy of it."""
-    case = _moderate(data, impl, allow_empty=False)
-    kind, case, layout = _layout(data, case)
-    require(impl, "layouts", kind)
-    a, b = forward(impl, case), forward(impl, case, layout)
-    if _bits_differ(a, b):
-        fail(impl, case, f"{kind} view differs from contiguous: " + _first_diff(b, a))
+@pytest.mark.requires(layouts=True)
+@given(plan=cs.plans(max_elements=1 << 15, weights=("ones", "random")))
+@anchors([anchor(t, d, seed=s) for t in cs.ALL_DTYPES for d in (33, 4097) for s in range(7)])
+def test_layout_bitwise(impl, plan):
+    """SHOULD: a view gives bit-identical results to a contiguous copy of it, on any input."""
+    kind, case, layout = _layout_case(plan, impl)
+    assert_bitwise(impl, case, forward(impl, case, layout), forward(impl, case),
+                   f"{kind} view differs from contiguous")

@@ -46,6 +46,13 @@ class ReturnsList(Good):
         return _rms_norm(x, weight, eps).tolist()
 
 
+class NotImplementedKernel(Good):
+    """Its plumbing is incomplete: rms_norm is declared but not implemented."""
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        raise NotImplementedError("rms_norm is not wired up yet")
+
+
 class Unavailable(Good):
     def unavailable_reason(self):
         return "no fake accelerator here"
@@ -57,3 +64,4 @@ wrong_shape = WrongShape()
 wrong_dtype = WrongDtype()
 returns_list = ReturnsList
 unavailable = Unavailable()
+not_implemented = NotImplementedKernel()

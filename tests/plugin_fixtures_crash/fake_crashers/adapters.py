@@ -5,6 +5,7 @@
     crash-exit      call os._exit(3), on every call
     crash-abort     call os.abort() (SIGABRT), only for long rows (d > LONG_D)
     crash-hang      sleep for an hour, only for long rows (d > LONG_D)
+    hang-always     sleep for an hour, on every call
     garbage-str     return a string
     garbage-lambda  return a lambda (cannot be pickled)
     garbage-lock    return a threading.Lock (cannot be pickled)
@@ -115,6 +116,14 @@ class Hang(Good):
         return NotImplemented
 
 
+class HangAlways(Good):
+    """Hangs on every call: after its first time-out the others get a shortened limit."""
+
+    def misbehave(self, x):
+        _log(self, x)
+        time.sleep(3600)
+
+
 class ReturnsStr(Good):
     def misbehave(self, x):
         return "not an array"
@@ -171,6 +180,7 @@ fpe = Fpe()
 exit3 = Exit3()
 abort = Abort()
 hang = Hang()
+hang_always = HangAlways()
 returns_str = ReturnsStr()
 returns_lambda = ReturnsLambda()
 returns_lock = ReturnsLock()

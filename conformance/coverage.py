@@ -1,0 +1,196 @@
+"""What the properties really send to an implementation (``--conformance-coverage``): per
+property the examples, how many are informative, and across the run the regions reached.
+
+An example is *informative* when at least one of its calls has a non-empty x and weight that
+are not all zero and a row that is finite, not constant, neither overflowing the float32
+accumulator nor dominated by eps (mean square below eps/1024) nor unjudgeable (eps = 0 with
+squares underflowing float32) — unless the clause is about that very condition (``ABOUT``).
+Clauses that judge no values (shapes, dtypes, validation, loading) are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from conformance import clauses
+from conformance.dtypes import INFO, F32
+from conformance.ledger import dtype_key
+
+#: Clauses that judge no values (shapes, dtypes, argument validation, module defaults).
+NOT_NUMERICAL = {"FWD-1", "FWD-5", "DTY-1", "DTY-2", "DTY-3", "MOD-1", "MOD-2", "MOD-4",
+                 "MOD-5", "VAL-1", "VAL-2", "VAL-3", "VAL-4", "IMP-1", "GRAD-3"}
+#: Degenerate conditions that are the point of a clause (not held against it).
+ABOUT = {"ACC-4": {"overflow"}, "ACC-5": {"overflow"}, "ACC-7": {"eps_dominated"},
+         "SPV-1": {"zero_rows"}, "SPV-2": {"zero_x", "unjudgeable"},
+         "SPV-6": {"eps_dominated"}, "SPV-9": {"zero_weight"}, "GRAD-14": {"constant"},
+         "VAL-5": {"unjudgeable"}}
+#: Axis lengths every run must reach per dtype and direction (kernel regimes and their edges).
+D_REGIONS = ("1", "2..31", "32..255", "256", "257", "1024", "4096", "4097", "8193", "16385",
+             "65535", "65536")
+MAGNITUDES = ("subnormal", "tiny", "ordinary", "near sqrt(max)", "near max")
+DTYPE_KEYS = ("float32", "float16", "bfloat16", "float16+float32", "bfloat16+float32",
+              "float32+float16", "float32+bfloat16", "float16+bfloat16", "bfloat16+float16")
+BACKWARD = {"vjp", "jvp", "hvp", "vjp_sequence", "functional_vjp"}
+
+
+def d_region(d: int) -> str | None:
+    if d == 1:
+        return "1"
+    if 2 <= d <= 31:
+        return "2..31"
+    if 32 <= d <= 255:
+        return "32..255"
+    return str(d) if str(d) in D_REGIONS else None
+
+
+def magnitude_classes(rows_max: np.ndarray, dtype: str) -> set[str]:
+    fi = INFO[dtype]
+    top, root = fi.max, math.sqrt(fi.max)
+    m = rows_max[(rows_max > 0) & np.isfinite(rows_max)]
+    found = set()
+    if np.any(m < fi.tiny):
+        found.add("subnormal")
+    if np.any((m >= fi.tiny) & (m < 16 * fi.tiny)):
+        found.add("tiny")
+    if np.any((m >= 2.0 ** -8) & (m <= 2.0 ** 8)):
+        found.add("ordinary")
+    if np.any((m >= root / 16) & (m <= root * 16)):
+        found.add("near sqrt(max)")
+    if np.any(m >= top / 16):
+        found.add("near max")
+    return found
+
+
+def features(method: str, case) -> dict:
+    """One call's region and why it is (not) informative."""
+    x = case.x.astype(np.float64)
+    d = x.shape[-1] if x.ndim else 0
+    rows = x.reshape(-1, d) if d and x.size else np.zeros((0, max(d, 1)))
+    degenerate: set[str] = set()
+    informative_row = False
+    if x.size == 0:
+        degenerate.add("empty")
+    else:
+        with np.errstate(all="ignore"):
+            finite = np.all(np.isfinite(rows), axis=1)
+            ms = np.mean(rows * rows, axis=1)
+            zero = np.all(rows == 0, axis=1)
+            const = (np.all(rows == rows[:, :1], axis=1) & (d > 1)) if d else zero
+            overflow = ms * d * (1 + 1e-3) >= F32.max
+            eps_dom = (ms < case.eps / 1024) & ~zero
+            unjudgeable = (case.eps <= 0) & (ms < 2 * F32.tiny)
+        good = finite & ~zero & ~const & ~overflow & ~eps_dom & ~unjudgeable
+        informative_row = bool(good.any())
+        for name, mask in (("zero_rows", zero), ("constant", const), ("overflow", overflow),
+                           ("eps_dominated", eps_dom), ("unjudgeable", unjudgeable)):
+            if mask.any():
+                degenerate.add(name)
+        if zero.all():
+            degenerate.add("zero_x")
+    if case.weight is not None and case.weight.size and not np.any(case.weight != 0):
+        degenerate.add("zero_weight")
+    with np.errstate(all="ignore"):
+        rows_max = np.max(np.abs(rows), axis=1) if rows.size else np.zeros(0)
+    return {"method": method, "direction": "backward" if method in BACKWARD else "forward",
+            "dtype": dtype_key(case), "x_dtype": case.x.dtype.name, "d": int(d),
+            "lead": max(x.ndim - 1, 0), "rows": int(rows.shape[0]),
+            "eps_decade": (int(math.floor(math.log10(case.eps))) if case.eps > 0 else None),
+            "magnitudes": sorted(magnitude_classes(rows_max, case.x.dtype.name)),
+            "informative_row": informative_row, "degenerate": sorted(degenerate),
+            "weight_zero": "zero_weight" in degenerate}
+
+
+def informative(calls: list[dict], clause: str) -> bool:
+    """An example is informative if one of its calls is (SPEC.md's definition, module doc)."""
+    allowed = ABOUT.get(clause, set())
+    for f in calls:
+        bad = set(f["degenerate"])
+        if "empty" in bad or ("zero_weight" in bad and "zero_weight" not in allowed):
+            continue
+        if "zero_x" in bad and "zero_x" not in allowed and "zero_rows" not in allowed:
+            continue
+        if f["informative_row"] or (bad & allowed):
+            return True
+    return False
+
+
+def summarise(book) -> dict:
+    """A test's recorded calls as plain data: per example, the features of each call."""
+    return {"examples": [[features(m, c) for m, c in calls] for calls in book.calls]}
+
+
+def property_stats(clause: str, summaries: list[dict]) -> dict:
+    examples = [e for s in summaries for e in s["examples"]]
+    useful = sum(informative(e, clause) for e in examples)
+    ds = [f["d"] for e in examples for f in e]
+    return {"examples": len(examples), "informative": useful,
+            "numerical": clause not in NOT_NUMERICAL,
+            "max_d": max(ds) if ds else 0,
+            "max_informative_d": max([f["d"] for e in examples if informative(e, clause)
+                                      for f in e] or [0])}
+
+
+def regions(all_summaries: dict) -> dict:
+    """Across the run: which dtype pairs, leading dims, eps decades, magnitude classes and axis
+    length regions (per dtype and direction) were reached, and the largest row count."""
+    found = defaultdict(set)
+    for (clause, _impl), summaries in all_summaries.items():
+        for s in summaries:
+            for example in s["examples"]:
+                for f in example:
+                    found["dtypes"].add(f["dtype"])
+                    found["lead dims"].add(f["lead"])
+                    if f["eps_decade"] is not None and -12 <= f["eps_decade"] <= 0:
+                        found["eps decades"].add(f["eps_decade"])
+                    for m in f["magnitudes"]:
+                        found["magnitudes"].add(f"{f['x_dtype']} {m}")
+                    r = d_region(f["d"])
+                    if r:
+                        found["axis lengths"].add(f"{f['x_dtype']} {f['direction']} d={r}")
+                    if f["rows"] > 65535:
+                        found["rows > 65535"].add(f"{f['x_dtype']} {f['direction']}")
+    return found
+
+
+def required_regions(dtypes=("float32", "float16", "bfloat16")) -> dict:
+    """What every default run must reach (the coverage self-test holds it)."""
+    return {
+        "dtypes": set(DTYPE_KEYS),
+        "lead dims": {0, 1, 2, 3},
+        "eps decades": set(range(-12, 1)),
+        "magnitudes": {f"{t} {m}" for t in dtypes for m in MAGNITUDES},
+        "axis lengths": {f"{t} {direction} d={r}" for t in dtypes
+                         for direction in ("forward", "backward") for r in D_REGIONS},
+        "rows > 65535": {"float32 forward"},
+    }
+
+
+def missing(all_summaries: dict) -> dict:
+    got = regions(all_summaries)
+    return {k: sorted(v - got.get(k, set()), key=str) for k, v in required_regions().items()
+            if v - got.get(k, set())}
+
+
+def table(all_summaries: dict) -> list[str]:
+    """The coverage report: per property and implementation, then the regions reached."""
+    spec = clauses.load()
+    order = {c: n for n, c in enumerate(spec)}
+    lines = [f"{'clause':<8} {'implementation':<28} {'examples':>8} {'informative':>12} "
+             f"{'largest d':>9} {'largest informative d':>21}"]
+    for (clause, impl) in sorted(all_summaries, key=lambda k: (order.get(k[0], 999), k[1])):
+        st = property_stats(clause, all_summaries[(clause, impl)])
+        share = (f"{st['informative']} ({100 * st['informative'] // max(st['examples'], 1)}%)"
+                 if st["numerical"] else "n/a")
+        lines.append(f"{clause:<8} {impl:<28} {st['examples']:>8} {share:>12} "
+                     f"{st['max_d']:>9} {st['max_informative_d']:>21}")
+    got = regions(all_summaries)
+    lines.append("")
+    for name, values in required_regions().items():
+        have = got.get(name, set())
+        lack = sorted(values - have, key=str)
+        lines.append(f"{name}: {len(values & have)}/{len(values)} required reached"
+                     + (f"; missing: {', '.join(map(str, lack))}" if lack else ""))
+    return lines

@@ -1,0 +1,125 @@
+"""What one test item measured, example by example: filled by ``conformance.assertions`` while a
+property runs, read by the plugin for the report, the results file and coverage.
+
+The plugin opens a ``Ledger`` around each test item (``active``) and wraps every property so that
+each Hypothesis example begins and ends one (``begin_example`` / ``end_example``). Outside a
+test item (``rmsnorm-conformance check``) there is no ledger and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import numpy as np
+
+_CURRENT: list["Ledger"] = []
+
+
+def current() -> "Ledger | None":
+    return _CURRENT[-1] if _CURRENT else None
+
+
+@contextlib.contextmanager
+def active(ledger: "Ledger"):
+    _CURRENT.append(ledger)
+    try:
+        yield ledger
+    finally:
+        _CURRENT.remove(ledger)
+
+
+def dtype_key(case) -> str:
+    """x's dtype, and "+weight dtype" when the weight's differs: "float16+float32"."""
+    x = case.x.dtype.name
+    if case.weight is not None and case.weight.dtype.name != x:
+        return f"{x}+{case.weight.dtype.name}"
+    return x
+
+
+@dataclasses.dataclass
+class Worst:
+    ratio: float
+    error_ulps: float
+    bound_ulps: float
+    label: str
+    key: str
+    case: object       # the Case (arrays): turned into a repro only when reported
+
+    def summary(self) -> dict:
+        return {"ratio": self.ratio, "error_ulps": self.error_ulps,
+                "bound_ulps": self.bound_ulps, "label": self.label, "dtype": self.key}
+
+
+@dataclasses.dataclass
+class DtypeEntry:
+    examples: int = 0
+    failed: bool = False
+    worst: Worst | None = None
+
+
+class Ledger:
+    """Examples, per-dtype counts and the worst error/bound ratio of one test item."""
+
+    def __init__(self, record_calls: bool = False):
+        self.examples = 0
+        self.by_dtype: dict[str, DtypeEntry] = {}
+        self.worst: Worst | None = None
+        self.record_calls = record_calls
+        self.calls: list[list] = []          # per example: (method, case) (coverage only)
+        self.by_d: dict[tuple, list] = {}     # (dtype, label, d) -> [ratio, err, bound, count]
+        self._key: str | None = None
+        self._example_ratio = 0.0
+        self._last_case = None
+
+    # ---- driven by the plugin's wrapper of each property ---------------------------------
+    def begin_example(self) -> None:
+        self.examples += 1
+        self._key = None
+        self._example_ratio = 0.0
+        if self.record_calls:
+            self.calls.append([])
+
+    def end_example(self) -> float:
+        """The example's largest error/bound ratio (for ``hypothesis.target``)."""
+        return self._example_ratio
+
+    def mark_failed(self) -> None:
+        """The current example failed its clause: its dtype's status is FAIL."""
+        if self._last_case is not None:
+            self.by_dtype.setdefault(dtype_key(self._last_case), DtypeEntry()).failed = True
+
+    # ---- driven by the assertions ------------------------------------------------------------
+    def note_call(self, method: str, case) -> None:
+        """An implementation call on ``case`` (its first call in an example sets the example's
+        dtype)."""
+        self._last_case = case
+        if self._key is None and case is not None and self.examples:
+            self._key = dtype_key(case)
+            self.by_dtype.setdefault(self._key, DtypeEntry()).examples += 1
+        if self.record_calls and self.calls and case is not None:
+            self.calls[-1].append((method, case))
+
+    def note_error(self, case, label: str, err_ulps: np.ndarray, bound_ulps: np.ndarray) -> None:
+        """Errors and bounds (in ulps of the judged dtype) of one judged array."""
+        if err_ulps.size == 0:
+            return
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(np.isfinite(bound_ulps) & (bound_ulps > 0),
+                             err_ulps / bound_ulps, 0.0)
+        ratio = np.nan_to_num(ratio, nan=0.0, posinf=0.0)
+        i = int(np.argmax(ratio))
+        r = float(ratio.flat[i])
+        self._example_ratio = max(self._example_ratio, r)
+        key = dtype_key(case)
+        w = Worst(r, float(err_ulps.flat[i]), float(bound_ulps.flat[i]), label, key, case)
+        rec = self.by_d.setdefault((key, label, int(case.x.shape[-1]) if case.x.ndim else 0),
+                                   [-1.0, 0.0, 0.0, 0])
+        rec[3] += 1
+        if r > rec[0]:
+            rec[:3] = [r, w.error_ulps, w.bound_ulps]
+        entry = self.by_dtype.setdefault(key, DtypeEntry())
+        if entry.worst is None or r > entry.worst.ratio:
+            entry.worst = w
+        if self.worst is None or r > self.worst.ratio:
+            self.worst = w

@@ -1,0 +1,414 @@
+"""The results document (``pytest --conformance-results PATH``): its schema, validation, loading,
+atomic writing, and what the tools built on it share (columns, status ranking, clause order).
+
+The document's format is fixed by the JSON Schema shipped beside this module
+(``conformance/schema/results-v1.schema.json``, draft 2020-12); ``schema()`` returns it. Every
+problem with a document is reported as one :class:`ResultsError` line that says what is wrong and
+where (a JSON path such as ``$.results[3].status``), never a traceback.
+
+A *column* is one implementation as run on one host and device: ``Column(impl, host, device)``,
+with the device from the implementation's ``environment``. Results files from several hosts (a CI
+matrix, a GPU fleet) merge into one table whose columns stay apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.resources
+import json
+import os
+import re
+import tempfile
+from typing import Any, Iterable, Mapping
+
+SCHEMA_ID = "rmsnorm-conformance/results"
+SCHEMA_VERSION = 1
+SCHEMA_FILE = "results-v1.schema.json"
+
+#: Statuses from worst to best: the status of a cell that several tests check is the worst one.
+STATUSES = ("CRASH", "TIMEOUT", "ERROR", "FAIL", "unmet", "pass", "skip")
+#: Higher is worse: CRASH > TIMEOUT > ERROR > FAIL > unmet > pass > skip.
+RANK = {s: len(STATUSES) - 1 - k for k, s in enumerate(STATUSES)}
+#: Statuses of a clause that was checked (everything but skip).
+CHECKED = frozenset(STATUSES) - {"skip"}
+LEVELS = ("MUST", "SHOULD", "MAY")
+STATES = ("ok", "unavailable", "broken")
+#: SPEC.md's section order; clauses of other sections sort after these.
+SECTIONS = ("TOL", "REF", "FWD", "DTY", "ACC", "MOD", "VAL", "SPV", "MET", "IMP", "GRAD")
+#: The pseudo-implementation of results that check the suite itself.
+SUITE_IMPL = "(suite)"
+
+_CLAUSE = re.compile(r"^([A-Z]+)-(\d+)$")
+
+
+class ResultsError(Exception):
+    """A results document is missing, unreadable, foreign or malformed: one line saying what and
+    where."""
+
+
+# --------------------------------------------------------------------------------------------
+# schema and validation
+
+@functools.lru_cache(maxsize=None)
+def _schema_text() -> str:
+    here = importlib.resources.files("conformance").joinpath("schema")
+    return here.joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+
+
+def schema() -> dict:
+    """The shipped JSON Schema of version ``SCHEMA_VERSION`` (a fresh copy)."""
+    return json.loads(_schema_text())
+
+
+@functools.lru_cache(maxsize=None)
+def _validator():
+    import jsonschema
+
+    s = json.loads(_schema_text())
+    jsonschema.Draft202012Validator.check_schema(s)
+    return jsonschema.Draft202012Validator(s)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+               int: "an integer", float: "a number", type(None): "null"}
+
+
+def _describe(error) -> str:
+    """One short line for a jsonschema ValidationError (its own messages repeat whole objects)."""
+    v, inst = error.validator, error.instance
+    if "propertyNames" in error.schema_path and v != "propertyNames":
+        return f"key {_short(inst)} is not allowed here ({_describe_plain(error)})"
+    return _describe_plain(error)
+
+
+def _describe_plain(error) -> str:
+    v, inst = error.validator, error.instance
+    got = _JSON_TYPES.get(type(inst), type(inst).__name__)
+    if v == "type":
+        want = error.validator_value
+        want = " or ".join(want) if isinstance(want, list) else want
+        return f"expected {want}, got {got}"
+    if v == "enum":
+        return f"{_short(inst)} is not one of {', '.join(map(str, error.validator_value))}"
+    if v == "const":
+        return f"expected {_short(error.validator_value)}, got {_short(inst)}"
+    if v == "pattern":
+        return f"{_short(inst)} does not match {error.validator_value}"
+    if v in ("required", "additionalProperties", "minimum", "exclusiveMinimum", "minLength",
+             "maxLength", "maximum"):
+        return error.message.replace("\n", " ")
+    if v == "propertyNames":
+        return f"key {_short(inst)} is not allowed here"
+    return error.message.replace("\n", " ")[:200]
+
+
+def _semantic_problem(doc: Mapping) -> str | None:
+    """What the schema cannot say: results name known implementations, once per clause."""
+    impls = doc["implementations"]
+    seen: dict[tuple[str, str], int] = {}
+    for k, r in enumerate(doc["results"]):
+        if r["impl"] not in impls and r["impl"] != SUITE_IMPL:
+            return (f"$.results[{k}].impl: {r['impl']!r} is not a key of $.implementations "
+                    f"(nor {SUITE_IMPL})")
+        key = (r["clause"], r["impl"])
+        if key in seen:
+            return (f"$.results[{k}]: a second result for clause {key[0]} and implementation "
+                    f"{key[1]} (first at $.results[{seen[key]}])")
+        seen[key] = k
+    return None
+
+
+def validate(doc: Any) -> None:
+    """Raise ResultsError (one line: JSON path and what is wrong) unless ``doc`` is a valid
+    results document of this version."""
+    import jsonschema
+
+    if not isinstance(doc, dict):
+        raise ResultsError(f"$: expected an object, got {_JSON_TYPES.get(type(doc), 'a value')}")
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
+    if error is not None:
+        raise ResultsError(f"{error.json_path}: {_describe(error)}")
+    problem = _semantic_problem(doc)
+    if problem:
+        raise ResultsError(problem)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+def _foreign(doc: dict) -> str | None:
+    """What a JSON object that is not ours looks like, for the error message."""
+    if "schema" in doc:
+        return f"its schema is {_short(doc['schema'])}, not {SCHEMA_ID!r}"
+    if {"tests", "summary"} <= doc.keys() and ("exitcode" in doc or "collectors" in doc):
+        return "it looks like a pytest-json-report file"
+    if {"results", "implementations"} <= doc.keys() and "python" in doc:
+        return "it looks like an old --conformance-report file (no schema field)"
+    keys = ", ".join(sorted(doc)[:5]) or "none"
+    return f"it has no 'schema' field (keys: {keys})"
+
+
+def check(doc: Any, where: str = "document") -> dict:
+    """``doc`` if it is a results document this reader supports; ResultsError otherwise, naming
+    ``where`` (a path)."""
+    if not isinstance(doc, dict):
+        raise ResultsError(f"{where}: expected a JSON object (a rmsnorm-conformance results "
+                           f"document), got {_JSON_TYPES.get(type(doc), 'a value')}")
+    if doc.get("schema") != SCHEMA_ID:
+        raise ResultsError(f"{where} is not a rmsnorm-conformance results document: "
+                           f"{_foreign(doc)}; write one with pytest --conformance-results PATH")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        hint = ("upgrade rmsnorm-conformance to read it"
+                if isinstance(version, int) and not isinstance(version, bool)
+                and version > SCHEMA_VERSION else "rewrite it with this suite")
+        raise ResultsError(f"{where}: schema_version {_short(version)} is not supported by this "
+                           f"reader (version {SCHEMA_VERSION}); {hint}")
+    try:
+        validate(doc)
+    except ResultsError as e:
+        raise ResultsError(f"{where}: {e}") from None
+    return doc
+
+
+def load(path: str | os.PathLike) -> dict:
+    """Read and check one results file; every problem is one ResultsError line."""
+    p = os.fspath(path)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ResultsError(f"{p}: no such results file") from None
+    except IsADirectoryError:
+        raise ResultsError(f"{p} is a directory, not a results file") from None
+    except OSError as e:
+        raise ResultsError(f"{p}: cannot read ({e.strerror or e})") from None
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ResultsError(f"{p} is not JSON: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        what = "empty file" if not raw.strip() else f"{e.msg} at line {e.lineno} column {e.colno}"
+        raise ResultsError(f"{p} is not JSON: {what}") from None
+    except RecursionError:
+        raise ResultsError(f"{p} is not a results document: nested too deeply") from None
+    return check(doc, p)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+@contextlib.contextmanager
+def _replacing(path: str | os.PathLike, mode: str):
+    """A file object whose content replaces ``path`` atomically when the block ends normally:
+    a temporary file in the same directory, flushed and fsynced, then ``os.replace``. If the
+    block raises (or the process dies), ``path`` keeps its old content; the temporary file is
+    removed on an exception. The new file gets the permissions of the one it replaces, or the
+    umask's."""
+    p = os.path.abspath(os.fspath(path))
+    directory, name = os.path.split(p)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        _copy_mode(p, tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: ``path`` is always either its old content or the
+    new one, never a truncated mix."""
+    with _replacing(path, "wb") as f:
+        f.write(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_atomic(path: str | os.PathLike, doc: dict) -> None:
+    """Validate ``doc`` (ResultsError if invalid, and nothing is written), then write it as JSON
+    atomically: an interrupted write leaves ``path`` as it was."""
+    validate(doc)
+    with _replacing(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+
+
+def _copy_mode(target: str, tmp: str) -> None:
+    try:
+        mode = os.stat(target).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:          # e.g. platforms without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# what the tools share
+
+def worst_status(statuses: Iterable[str]) -> str | None:
+    """The worst of ``statuses`` by RANK, None for none."""
+    return max(statuses, key=RANK.__getitem__, default=None)
+
+
+def clause_sort_key(clause: str) -> tuple:
+    """SPEC.md order: by section (SECTIONS; unknown sections last, alphabetically), then
+    number."""
+    m = _CLAUSE.match(clause)
+    if not m:
+        return (len(SECTIONS) + 1, clause, 0)
+    section, number = m.group(1), int(m.group(2))
+    if section in SECTIONS:
+        return (SECTIONS.index(section), "", number)
+    return (len(SECTIONS), section, number)
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Column:
+    """One implementation as run on one host and device."""
+
+    impl: str
+    host: str
+    device: str | None = None
+
+    def label(self, full: bool = True) -> str:
+        """``mlx-fast-gpu @ h100-1 (cuda)`` (full) or ``mlx-fast-gpu``."""
+        if not full:
+            return self.impl
+        return f"{self.impl} @ {self.host}" + (f" ({self.device})" if self.device else "")
+
+
+def column(doc: Mapping, impl: str) -> Column:
+    """The column of implementation ``impl`` in ``doc``."""
+    info = doc["implementations"].get(impl) or {}
+    device = (info.get("environment") or {}).get("device")
+    return Column(impl, doc["host"]["name"], device or None)
+
+
+def full_labels(columns: Iterable[Column]) -> bool:
+    """Whether labels need host and device: several hosts, or one implementation id on several
+    devices."""
+    cols = set(columns)
+    hosts = {c.host for c in cols}
+    ids = [c.impl for c in cols]
+    return len(hosts) > 1 or len(ids) != len(set(ids))
+
+
+def labels(columns: Iterable[Column]) -> dict[Column, str]:
+    cols = sorted(set(columns))
+    full = full_labels(cols)
+    return {c: c.label(full) for c in cols}
+
+
+@dataclasses.dataclass
+class ColumnInfo:
+    """Where a column comes from: its implementation record and the document around it."""
+
+    column: Column
+    implementation: dict | None     # None for SUITE_IMPL
+    doc: dict
+    path: str
+
+
+@dataclasses.dataclass
+class Merged:
+    """Several results documents as one table: clause x column."""
+
+    columns: dict[Column, ColumnInfo]
+    cells: dict[tuple[str, Column], dict]          # (clause, column) -> result
+    clauses: dict[str, tuple[str, str]]            # clause -> (level, title)
+    sources: list[tuple[str, dict]]                # (path, document), in the order given
+
+    def clause_ids(self) -> list[str]:
+        return sorted(self.clauses, key=clause_sort_key)
+
+    def column_list(self) -> list[Column]:
+        return sorted(self.columns)
+
+    def labels(self) -> dict[Column, str]:
+        return labels(self.columns)
+
+
+def _column_records(doc: dict, impl: str) -> tuple[Any, list]:
+    return (doc["implementations"].get(impl),
+            sorted((r for r in doc["results"] if r["impl"] == impl), key=lambda r: r["clause"]))
+
+
+def merge(sources: Iterable[tuple[str, dict]]) -> Merged:
+    """Merge checked documents ``(path, doc)``. The same column in two documents is a
+    ResultsError unless its implementation record and results are identical there (e.g. the same
+    file given twice)."""
+    merged = Merged({}, {}, {}, [])
+    for path, doc in sources:
+        merged.sources.append((path, doc))
+        impl_ids = set(doc["implementations"]) | {r["impl"] for r in doc["results"]}
+        for impl in sorted(impl_ids):
+            col = column(doc, impl)
+            if col in merged.columns:
+                prior = merged.columns[col]
+                if _column_records(prior.doc, impl) != _column_records(doc, impl):
+                    raise ResultsError(
+                        f"{col.label()} is in both {prior.path} and {path} with different "
+                        f"results; give each run of one host once (several runs of one host "
+                        f"and device can't share a table)")
+                continue
+            merged.columns[col] = ColumnInfo(col, doc["implementations"].get(impl), doc, path)
+        for r in doc["results"]:
+            col = column(doc, r["impl"])
+            merged.cells.setdefault((r["clause"], col), r)
+            merged.clauses.setdefault(r["clause"], (r["level"], r["title"]))
+    return merged
+
+
+def load_merged(paths: Iterable[str | os.PathLike]) -> Merged:
+    """Load several results files and merge them (ResultsError on any problem)."""
+    return merge((os.fspath(p), load(p)) for p in paths)
+
+
+def error_ulps(result: Mapping) -> float | None:
+    """The worst error in ulps of a result (or of one of its ``dtypes`` entries), or None."""
+    worst = result.get("worst")
+    return None if worst is None else worst["error_ulps"]
+
+
+def format_ulps(value: float | None) -> str:
+    """``2.1``, ``12``, ``1.2e+03``, ``inf``; '' for None."""
+    if value is None:
+        return ""
+    if value != value:
+        return "nan"
+    if value in (float("inf"), float("-inf")):
+        return "inf"
+    return f"{value:.2g}" if value < 10 else f"{value:.3g}" if value < 1000 else f"{value:.2g}"

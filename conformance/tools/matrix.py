@@ -1,0 +1,111 @@
+"""Markdown table of clause x implementation from one or more results files.
+
+Rows are SPEC.md's clauses in section order (TOL, REF, FWD, DTY, ACC, MOD, VAL, SPV, MET, IMP,
+GRAD, then unknown sections), columns the implementations; each cell is the status and, for
+clauses judged by an error bound, the worst error in ulps of the output dtype (``pass 2.1``).
+Every non-pass cell's reason is a numbered note under the table (identical reasons share a
+number). A header lists each column's implementation, framework, device, host, suite version,
+profile and fingerprint.
+
+Several files merge into one table: columns from different hosts or devices stay apart (then
+labelled ``impl @ host (device)``); the same column in two files is an error unless identical.
+
+exit status: 0 written; 2 bad input (missing, malformed or foreign file; a column in two files).
+"""
+
+from __future__ import annotations
+
+import json
+
+from conformance import results
+from conformance.tools._common import cell_text, emit, md, md_table
+
+HELP = "Markdown table clause x implementation from results files"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="results files")
+    parser.add_argument("--out", metavar="PATH",
+                        help="write the Markdown here (atomically) instead of standard output")
+
+
+class Notes:
+    """Numbered one-line notes; identical text shares a number."""
+
+    def __init__(self):
+        self.texts: list[str] = []
+
+    def ref(self, text: str) -> int:
+        if text not in self.texts:
+            self.texts.append(text)
+        return self.texts.index(text) + 1
+
+
+def _suite(doc: dict) -> str:
+    s = doc["suite"]
+    return s["version"] + (f" ({s['commit'][:12]})" if s["commit"] else "")
+
+
+def render(merged: results.Merged) -> str:
+    notes = Notes()
+    cols = merged.column_list()
+    label = merged.labels()
+    out = ["# RMSNorm conformance results", ""]
+
+    rows = []
+    for col in cols:
+        info = merged.columns[col]
+        impl, doc = info.implementation, info.doc
+        env = (impl or {}).get("environment") or {}
+        framework = " ".join(v for v in (env.get("framework"), env.get("version")) if v) or "-"
+        if impl is None:
+            what, state = "the suite itself", "-"
+        else:
+            dist = impl["distribution"]
+            what = impl["entry_point"] + (f" ({dist['name']} {dist['version']})" if dist else "")
+            state = impl["state"]
+            if impl["reason"]:
+                state += f" [{notes.ref(impl['reason'])}]"
+        host = doc["host"]
+        rows.append([md(label[col]), md(what), md(framework), md(col.device or "-"),
+                     md(f"{host['name']} ({host['platform']}, Python {host['python']})"),
+                     md(_suite(doc)), md(doc["run"]["profile"]), md(state),
+                     md(f"{info.path} ({doc['created']})")])
+    out += md_table(["column", "implementation", "framework", "device", "host", "suite",
+                     "profile", "state", "file"], rows)
+    prints = [(col, merged.columns[col].implementation["fingerprint"]) for col in cols
+              if (merged.columns[col].implementation or {}).get("fingerprint")]
+    if prints:
+        out += ["", "Fingerprints (informative, never judged):", ""]
+        out += [f"- {md(label[c])}: `{json.dumps(fp, sort_keys=True)}`" for c, fp in prints]
+
+    out += ["", "## Clause x implementation", ""]
+    rows = []
+    for cid in merged.clause_ids():
+        level, title = merged.clauses[cid]
+        row = [cid, level, md(title)]
+        for col in cols:
+            r = merged.cells.get((cid, col))
+            text = cell_text(r)
+            if r is not None and r["status"] != "pass" and r["reason"]:
+                text += f" [{notes.ref(r['reason'])}]"
+            row.append(md(text))
+        rows.append(row)
+    out += md_table(["clause", "level", "title"] + [md(label[c]) for c in cols], rows)
+    out += ["", "Cells: status (CRASH > TIMEOUT > ERROR > FAIL > unmet > pass > skip, the worst "
+                "of the tests checking the clause) and, for clauses judged by an error bound, "
+                "the worst error in ulps of the output dtype; - not run."]
+    if notes.texts:
+        out += ["", "## Notes", ""]
+        out += [f"{k}. {md(t)}" for k, t in enumerate(notes.texts, 1)]
+    lost = [(path, t) for path, doc in merged.sources for t in doc["worker_crashes"]]
+    if lost:
+        out += ["", "## Tests lost with their xdist worker", ""]
+        out += [f"- `{t}` ({path})" for path, t in lost]
+    return "\n".join(out) + "\n"
+
+
+def run(args) -> int:
+    merged = results.load_merged(args.files)
+    emit(render(merged), args.out)
+    return 0

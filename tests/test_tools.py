@@ -1,0 +1,530 @@
+"""The ``rmsnorm-conformance`` tools (conformance/tools/), run through ``cli.main`` on small
+synthetic results documents (tests/resultdocs.py); sweep and bench with fakes for the slow parts
+(virtual environments, real adapters)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+from conformance import results
+from conformance.tools import bench, cli, diff, sweep
+from impl.protocol import Capabilities, Implementation
+from tests.resultdocs import document, implementation, result, write
+
+
+def run_cli(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# --------------------------------------------------------------------------------------------
+# cli
+
+def test_every_command_is_a_module_with_the_interface():
+    import importlib
+
+    for name in cli.COMMANDS:
+        m = importlib.import_module(f"conformance.tools.{name}")
+        assert isinstance(m.HELP, str) and callable(m.add_arguments) and callable(m.run), name
+        assert "exit status" in m.__doc__, name
+
+
+def test_help_and_usage_errors(capsys):
+    rc, out, _ = run_cli(capsys, "--help")
+    assert rc == 0 and all(c in out for c in cli.COMMANDS)
+    rc, _, err = run_cli(capsys, "frobnicate")
+    assert rc == 2 and "invalid choice" in err
+    rc, _, err = run_cli(capsys, "matrix")
+    assert rc == 2 and "required" in err
+
+
+@pytest.mark.parametrize("command", [["matrix"], ["diff", "{p}"], ["plot", "--out", "x.png"],
+                                     ["diff", "--baseline", "{p}", "--current"]])
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, command):
+    bad = tmp_path / "report.json"
+    bad.write_text(json.dumps({"created": 1.0, "exitcode": 0, "summary": {}, "tests": []}))
+    argv = [a.replace("{p}", str(bad)) for a in command] + [str(bad)]
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "pytest-json-report" in err and str(bad) in err
+
+
+# --------------------------------------------------------------------------------------------
+# matrix
+
+def two_impls(host="host-a", acc=2.1, fwd5="pass", **kw):
+    return document([
+        result("ACC-1", error=acc),
+        result("FWD-5", status=fwd5, level="SHOULD",
+               reason=None if fwd5 == "pass" else "FWD-5 call took more than 5 s"),
+        result("FWD-1"),
+        result("ZZZ-1", status="FAIL", reason="x | y broke"),
+        result("ACC-10"),
+        result("TOL-1", impl="(suite)"),
+        result("ACC-1", impl="mlx-fast-gpu", status="skip", reason="no GPU here"),
+        result("FWD-1", impl="mlx-fast-gpu", status="skip", reason="no GPU here"),
+        result("ACC-5", status="unmet", level="MAY", reason="ACC-5 unmet", error=40.0),
+    ], host=host, impls={
+        "mlx-fast-cpu": implementation("cpu", fingerprint={"simd": "avx2"}),
+        "mlx-fast-gpu": implementation("gpu", state="unavailable", reason="no GPU here")}, **kw)
+
+
+def table_rows(md_text):
+    """{clause: [cells...]} of the clause table."""
+    part = md_text.split("## Clause x implementation")[1]
+    rows = {}
+    for line in part.splitlines():
+        if re.match(r"^\| [A-Z]+-\d+ \|", line):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_matrix_rows_cells_notes_and_header(capsys, tmp_path):
+    p = write(tmp_path / "a.json", two_impls())
+    rc, out, err = run_cli(capsys, "matrix", p)
+    assert rc == 0, err
+    rows = table_rows(out)
+    assert list(rows) == ["TOL-1", "FWD-1", "FWD-5", "ACC-1", "ACC-5", "ACC-10", "ZZZ-1"]
+    head = next(line for line in out.split("## Clause x implementation")[1].splitlines()
+                if line.startswith("| clause"))
+    assert head == "| clause | level | title | (suite) | mlx-fast-cpu | mlx-fast-gpu |"
+    assert rows["ACC-1"][3:] == ["-", "pass 2.1", "skip [1]"]     # the GPU's reason is note 1
+    assert rows["ACC-5"][4] == "unmet 40 [2]"                      # numbered in row order
+    assert rows["FWD-1"][5] == "skip [1]"                            # identical reasons share
+    assert rows["ZZZ-1"][4] == "FAIL [3]"
+    notes = out.split("## Notes")[1]
+    assert "1. no GPU here" in notes and "3. x \\| y broke" in notes and "2. ACC-5 unmet" in notes
+    assert notes.count("no GPU here") == 1
+    assert "| mlx-fast-cpu | impl.mlx_fast:cpu (rmsnorm-conformance 0.2.0) | mlx 0.32.4 | cpu |" \
+        in out
+    assert "rmsnorm-default" in out and "0.2.0 (3923f8d01234)" in out
+    assert '- mlx-fast-cpu: `{"simd": "avx2"}`' in out
+    assert "| unavailable [1] |" in out
+
+
+def test_matrix_several_hosts_keep_columns_apart_and_out_is_written(capsys, tmp_path):
+    a = write(tmp_path / "a.json", two_impls("ci-1"))
+    b = write(tmp_path / "b.json", two_impls("ci-2", acc=3.0))
+    out_path = tmp_path / "m.md"
+    rc, out, err = run_cli(capsys, "matrix", a, b, a, "--out", out_path)   # a twice: identical
+    assert rc == 0 and out == "", err
+    text = out_path.read_text(encoding="utf-8")
+    rows = table_rows(text)
+    assert "mlx-fast-cpu @ ci-1 (cpu) | mlx-fast-cpu @ ci-2 (cpu)" in text
+    assert "pass 2.1" in rows["ACC-1"] and "pass 3" in rows["ACC-1"]
+    assert [p.name for p in tmp_path.iterdir()] == sorted(["a.json", "b.json", "m.md"]) or \
+        {p.name for p in tmp_path.iterdir()} == {"a.json", "b.json", "m.md"}
+
+
+def test_matrix_same_column_with_different_results_is_bad_input(capsys, tmp_path):
+    a = write(tmp_path / "a.json", two_impls())
+    b = write(tmp_path / "b.json", two_impls(acc=3.0))
+    rc, _, err = run_cli(capsys, "matrix", a, b)
+    assert rc == 2 and "mlx-fast-cpu @ host-a (cpu) is in both" in err and err.count("\n") == 1
+
+
+def test_matrix_lists_worker_crashes(capsys, tmp_path):
+    p = write(tmp_path / "a.json", two_impls(crashes=["conformance/test_acc.py::t[x]"]))
+    rc, out, _ = run_cli(capsys, "matrix", p)
+    assert rc == 0 and "`conformance/test_acc.py::t[x]` (" in out
+
+
+# --------------------------------------------------------------------------------------------
+# diff
+
+@pytest.mark.parametrize("level,before,after,kind", [
+    ("MUST", "pass", "FAIL", diff.REGRESSION),
+    ("MUST", "FAIL", "pass", diff.IMPROVEMENT),
+    ("SHOULD", "pass", "unmet", diff.REGRESSION),
+    ("SHOULD", "unmet", "FAIL", diff.REGRESSION),      # e.g. --strict-should in one run
+    ("MUST", "FAIL", "CRASH", diff.REGRESSION),
+    ("MUST", "TIMEOUT", "ERROR", diff.IMPROVEMENT),
+    ("MUST", "pass", "skip", diff.REGRESSION),         # newly skipped
+    ("MUST", "FAIL", "skip", diff.REGRESSION),         # a skip can hide a failure
+    ("MUST", "skip", "pass", diff.NEWLY_CHECKED),
+    ("SHOULD", "skip", "unmet", diff.NEWLY_CHECKED),
+    ("MUST", "skip", "FAIL", diff.REGRESSION),
+    ("SHOULD", "pass", "TIMEOUT", diff.NOISY),
+    ("SHOULD", "TIMEOUT", "pass", diff.NOISY),
+    ("MAY", "unmet", "TIMEOUT", diff.NOISY),
+    ("MUST", "pass", "TIMEOUT", diff.REGRESSION),
+    ("SHOULD", "pass", "CRASH", diff.REGRESSION),
+    ("MUST", "pass", "pass", None),
+])
+def test_status_change_kinds(level, before, after, kind):
+    assert diff.status_kind(level, before, after) == kind
+
+
+def test_strict_timeouts_counts_noisy_flips():
+    assert diff.status_kind("SHOULD", "pass", "TIMEOUT", strict_timeouts=True) == diff.REGRESSION
+    assert diff.status_kind("SHOULD", "TIMEOUT", "pass", strict_timeouts=True) == diff.IMPROVEMENT
+
+
+def test_error_margin_is_judged_per_dtype():
+    m = diff.Margin(1.25, 0.5)
+    col = results.Column("i", "h", "cpu")
+    b = result("ACC-1", error=2.0)
+    at = result("ACC-1", error=2.0 * 1.25 + 0.5)         # on the margin: not a change
+    beyond = result("ACC-1", error=3.01 + 0.0001)
+    assert diff.compare_cells("ACC-1", col, b, at, m) == []
+    (ch,) = diff.compare_cells("ACC-1", col, b, beyond, m)
+    assert ch.kind == diff.REGRESSION and ch.dtype == "float32" and "2 -> 3" in ch.text
+    (ch,) = diff.compare_cells("ACC-1", col, beyond, b, m)
+    assert ch.kind == diff.IMPROVEMENT
+    other = result("ACC-1", error=9.0, dtype="float16")     # another dtype: not comparable
+    assert diff.compare_cells("ACC-1", col, b, other, m) == []
+    fp16_bad = result("ACC-1", error=2.0, dtypes={
+        "float32": {"status": "pass", "examples": 1, "worst": b["worst"]},
+        "float16": {"status": "pass", "examples": 1, "worst": result(
+            "ACC-1", error=7.0, dtype="float16")["worst"]}})
+    base16 = result("ACC-1", error=2.0, dtypes={
+        "float32": {"status": "pass", "examples": 1, "worst": b["worst"]},
+        "float16": {"status": "pass", "examples": 1, "worst": result(
+            "ACC-1", error=1.0, dtype="float16")["worst"]}})
+    (ch,) = diff.compare_cells("ACC-1", col, base16, fp16_bad, m)
+    assert ch.dtype == "float16" and ch.kind == diff.REGRESSION
+
+
+def test_a_dtype_getting_worse_under_an_unchanged_clause_status():
+    col = results.Column("i", "h", "cpu")
+    entry = {"status": "FAIL", "examples": 3, "worst": None}
+    b = result("ACC-1", status="FAIL", dtypes={"float32": entry, "float16":
+                                               {**entry, "status": "pass"}})
+    c = result("ACC-1", status="FAIL", dtypes={"float32": entry, "float16": entry})
+    (ch,) = diff.compare_cells("ACC-1", col, b, c, diff.Margin())
+    assert (ch.kind, ch.dtype, ch.text) == (diff.REGRESSION, "float16", "pass -> FAIL")
+    (ch,) = diff.compare_cells("ACC-1", col, c, b, diff.Margin())
+    assert ch.kind == diff.IMPROVEMENT
+
+
+def test_diff_exit_codes_and_report(capsys, tmp_path):
+    base = write(tmp_path / "base.json", two_impls("ci-1"))
+    same = write(tmp_path / "same.json", two_impls("ci-7"))      # another runner name
+    rc, out, err = run_cli(capsys, "diff", base, same)
+    assert rc == 0, out + err
+    assert "no regression (no change)" in out
+    assert "matched by implementation and device (host ci-1 vs ci-7)" in out
+
+    cur = two_impls("ci-2", acc=9.0, fwd5="TIMEOUT")
+    cur["results"][2] = result("FWD-1", status="skip", reason="capability not declared")
+    cur["results"].append(result("GRAD-1"))
+    cur["results"] = [r for r in cur["results"] if r["clause"] != "ACC-10"]
+    cur_p = write(tmp_path / "cur.json", cur)
+    rc, out, err = run_cli(capsys, "diff", base, cur_p)
+    assert rc == 1, out + err
+    regressions = out.split("Regressions: ")[1].split("\n\n")[0]
+    assert "ACC-1 (MUST) mlx-fast-cpu [float32]: worst error 2.1 -> 9 ulps" in regressions
+    assert "FWD-1 (MUST) mlx-fast-cpu: newly skipped (was pass): capability not declared" \
+        in regressions
+    noisy = out.split("Noisy, not counted")[1].split("\n\n")[0]
+    assert "FWD-5 (SHOULD) mlx-fast-cpu: pass -> TIMEOUT: FWD-5 call took more than 5 s" in noisy
+    assert "New clauses: 1\n  GRAD-1 (MUST)" in out
+    assert "Removed clauses: 1\n  ACC-10 (MUST)" in out
+    assert out.rstrip().endswith("REGRESSED: 2 counted change(s) (2 regressed, 1 noisy, "
+                                 "1 new clauses, 1 removed clauses)")
+    # the reverse: an improvement, a newly checked clause, the noisy flip back: exit 0
+    rc, out, _ = run_cli(capsys, "diff", cur_p, base)
+    assert rc == 0, out
+    assert "Improvements: 1" in out and "Newly checked (skipped before): 1" in out
+
+
+def test_diff_reverse_of_a_pure_regression_is_clean(capsys, tmp_path):
+    base = write(tmp_path / "base.json", two_impls(acc=2.0))
+    cur = write(tmp_path / "cur.json", two_impls(acc=5.0, fwd5="TIMEOUT"))
+    assert run_cli(capsys, "diff", base, cur)[0] == 1
+    rc, out, _ = run_cli(capsys, "diff", cur, base)
+    assert rc == 0 and "Improvements: 1" in out and "Noisy" in out
+    rc, _, _ = run_cli(capsys, "diff", cur, base, "--strict-timeouts")
+    assert rc == 0                          # TIMEOUT -> pass counts as an improvement
+    rc, _, _ = run_cli(capsys, "diff", base, cur, "--margin-ratio", "3")
+    assert rc == 0                          # 5 <= 2 x 3 + 0.5; the TIMEOUT flip is noisy
+
+
+def test_diff_several_hosts_per_side(capsys, tmp_path):
+    a1 = write(tmp_path / "a1.json", two_impls("ci-1"))
+    a2 = write(tmp_path / "a2.json", two_impls("mac-1"))
+    b1 = write(tmp_path / "b1.json", two_impls("ci-1"))
+    b2 = write(tmp_path / "b2.json", two_impls("mac-1", acc=8.0))
+    rc, out, err = run_cli(capsys, "diff", "--baseline", a1, a2, "--current", b1, b2)
+    assert rc == 1, err
+    assert "ACC-1 (MUST) mlx-fast-cpu @ mac-1 (cpu) [float32]: worst error 2.1 -> 8" in out
+    assert "ci-1 (cpu) [float32]" not in out
+    # a host missing from the current side: listed; counted only with --fail-on-removed
+    rc, out, _ = run_cli(capsys, "diff", "--baseline", a1, a2, "--current", b1)
+    assert rc == 0 and "Removed implementations: 3" in out      # (suite), cpu, gpu
+    rc, out, _ = run_cli(capsys, "diff", "--baseline", a1, a2, "--current", b1,
+                         "--fail-on-removed")
+    assert rc == 1 and "(counted: --fail-on-removed)" in out
+
+
+def test_diff_usage_errors(capsys, tmp_path):
+    a = write(tmp_path / "a.json", two_impls())
+    for argv in (["diff", a], ["diff", a, a, a], ["diff", a, a, "--baseline", a],
+                 ["diff", "--baseline", a], ["diff", a, a, "--margin-ratio", "0.5"]):
+        rc, _, err = run_cli(capsys, *argv)
+        assert rc == 2 and err.count("\n") == 1, (argv, err)
+    b = write(tmp_path / "b.json", two_impls("h2"))
+    rc, _, err = run_cli(capsys, "diff", "--baseline", a, b, "--current", a, b, "--ignore-host")
+    assert rc == 2 and "appears twice in the baseline" in err
+
+
+# --------------------------------------------------------------------------------------------
+# plot
+
+def by_d(dtype, scale, ds=(1, 8, 64, 4096)):
+    return [{"dtype": dtype, "label": "output", "d": d, "error_ulps": 0.0 if d == 1 else
+             scale * d ** 0.3, "bound_ulps": 3 + 0.01 * d, "examples": 2} for d in ds]
+
+
+def test_plot_writes_a_png(capsys, tmp_path):
+    doc = document([result("ACC-1", error=2.0, by_d=by_d("float32", 0.5) + by_d("bfloat16", 0.2)),
+                    result("ACC-1", impl="mlx-nn-cpu", error=1.0, by_d=by_d("float32", 0.3))])
+    p = write(tmp_path / "a.json", doc)
+    png = tmp_path / "acc.png"
+    rc, out, err = run_cli(capsys, "plot", p, "--out", png)
+    assert rc == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from conformance.tools import plot
+    data = plot.series(results.load_merged([p]), "ACC-1", "output")
+    assert set(data) == {"float32", "bfloat16"}
+    (fast,) = [v for c, v in data["float32"].items() if c.impl == "mlx-fast-cpu"]
+    assert [d for d, _, _ in fast] == [1, 8, 64, 4096]
+
+
+def test_plot_without_by_d_is_bad_input(capsys, tmp_path):
+    p = write(tmp_path / "a.json", document([result("ACC-1", error=2.0)]))
+    rc, _, err = run_cli(capsys, "plot", p, "--out", tmp_path / "x.png")
+    assert rc == 2 and "no per-d accuracy data" in err and "present: none" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# sweep
+
+def canned(version):
+    """What the suite would say for an MLX release: 0.30.0 fails FWD-1, 0.31.0 gives no results,
+    0.32.4 grows ACC-1's error and flips FWD-5."""
+    acc = {"0.29.0": 2.0, "0.30.0": 2.0, "0.32.4": 6.0}[version]
+    return document([
+        result("FWD-1", status="FAIL" if version == "0.30.0" else "pass",
+               reason="shape (2, 3) != (2, 4)" if version == "0.30.0" else None),
+        result("ACC-1", error=acc),
+        result("FWD-5", level="SHOULD", status="TIMEOUT" if version == "0.32.4" else "pass",
+               reason="took more than 5 s" if version == "0.32.4" else None),
+        result("ACC-1", impl="mlx-nn-cpu", error=acc),
+    ], impls={"mlx-fast-cpu": implementation("cpu", version=version),
+              "mlx-nn-cpu": implementation("cpu", version=version, entry_point="impl.mlx_nn:cpu")})
+
+
+class FakeRunner:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, version, out_json, log):
+        self.calls.append(version)
+        log.write_text(f"fake run of {version}\n")
+        if version == "0.31.0":
+            return "pip install failed (exit 1)"
+        results.write_atomic(out_json, canned(version))
+        return "pytest exit 1"
+
+
+def test_sweep_runs_each_release_and_writes_the_history(capsys, tmp_path, monkeypatch):
+    fake = FakeRunner()
+    monkeypatch.setattr(sweep, "make_runner", lambda args, out_dir: fake)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "history-notes.md").write_text(
+        "# Notes\n\n## FWD-1 0.29.0 -> 0.30.0\nMLX 0.30.0 broke leading shapes (issue 1).\n\n"
+        "## ACC-9 0.1 -> 0.2\nstale\n", encoding="utf-8")
+    out = tmp_path / "out"
+    rc, _, err = run_cli(capsys, "sweep", "0.32.4", "0.30.0", "0.31.0", "0.29.0", "--out-dir",
+                         out, "--history", docs / "HISTORY.md")
+    assert rc == 1, err                            # 0.31.0 gave no results
+    assert fake.calls == ["0.29.0", "0.30.0", "0.31.0", "0.32.4"]      # in release order
+    page = (docs / "HISTORY.md").read_text(encoding="utf-8")
+    assert "| 0.31.0 | no results |" in page and "pip install failed (exit 1)" in page
+    fast = page.split("## mlx-fast-cpu")[1].split("\n## ")[0]
+    assert "| clause | level | title | 0.29.0 | 0.30.0 | 0.31.0 | 0.32.4 |" in fast
+    assert "| FWD-1 | MUST | Output shape, for any leading shape | pass | FAIL |  | pass |" in fast
+    assert "| ACC-1 | MUST | Every element within the tolerance model's bound | pass 2 | pass 2 " \
+           "|  | pass 6 |" in fast
+    changes = page.split("## What changed between neighbouring releases")[1]
+    first = changes.split("### 0.29.0 -> 0.30.0")[1].split("###")[0]
+    assert "**FWD-1 mlx-fast-cpu** (regression): pass -> FAIL" in first
+    assert "MLX 0.30.0 broke leading shapes (issue 1)." in first
+    second = changes.split("### 0.30.0 -> 0.32.4 (0.31.0 gave no results)")[1].split("\n## ")[0]
+    assert "**FWD-1 mlx-fast-cpu** (improvement)" in second
+    assert "**ACC-1 mlx-fast-cpu [float32]** (regression): worst error 2 -> 6 ulps" in second
+    assert "**FWD-5 mlx-fast-cpu** (noisy)" in second and "needs no explanation" in second
+    assert "**Unexplained**: add `## ACC-1 0.30.0 -> 0.32.4` to" in second
+    assert "**3 change(s) below have no explanation yet.**" in page   # 2 x ACC-1, FWD-1 back
+    assert "- `## ACC-9 0.1 -> 0.2`" in page.split("## Notes that match no change")[1]
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert [(r["version"], r["ok"]) for r in manifest["releases"]] == [
+        ("0.29.0", True), ("0.30.0", True), ("0.31.0", False), ("0.32.4", True)]
+    assert "no results file" in manifest["releases"][2]["message"]
+
+    # explanations added by hand survive regeneration (--no-run), and clear the flags
+    with open(docs / "history-notes.md", "a", encoding="utf-8") as f:
+        f.write("\n## ACC-1 0.30.0 -> 0.32.4\nThe new kernel accumulates in blocks.\n"
+                "\n## FWD-1 mlx-fast-cpu 0.30.0 -> 0.32.4\nFixed in 0.32 (PR 2).\n")
+    rc, _, err = run_cli(capsys, "sweep", "--no-run", "--out-dir", out, "--history",
+                         docs / "HISTORY.md")
+    assert rc == 1, err
+    assert fake.calls == ["0.29.0", "0.30.0", "0.31.0", "0.32.4"]      # nothing ran again
+    page = (docs / "HISTORY.md").read_text(encoding="utf-8")
+    assert "Every change below is explained." in page
+    assert page.count("The new kernel accumulates in blocks.") == 2     # fast and nn
+    assert "Fixed in 0.32 (PR 2)." in page and "MLX 0.30.0 broke leading shapes" in page
+
+
+def test_parse_notes():
+    from conformance.tools import _history
+
+    notes = _history.parse_notes("# t\n\n## ACC-1  mlx-fast-cpu 0.1 -> 0.2\nline 1\nline 2\n\n"
+                                 "## mlx-nn-cpu 0.2 -> 0.3\n\n## not a key\nignored\n")
+    assert notes == {("ACC-1 mlx-fast-cpu", "0.1", "0.2"): "line 1\nline 2",
+                     ("mlx-nn-cpu", "0.2", "0.3"): ""}
+
+
+def test_venv_runner_commands(tmp_path, monkeypatch):
+    """The real runner's steps, with the processes replaced: a venv from --python, one pip
+    install of MLX, the wheel and xdist, then pytest from an empty directory (not the checkout,
+    so --pyargs conformance imports the installed suite)."""
+    seen = []
+
+    def fake_run(cmd, log, deadline, **kw):
+        seen.append((cmd, kw.get("cwd")))
+        if cmd[1:3] == ["-m", "pytest"]:
+            assert "PYTHONPATH" not in kw["env"]
+            return 1                                      # failures are results
+        return 0
+
+    monkeypatch.setattr(sweep, "_run_logged", fake_run)
+    r = sweep.VenvRunner(tmp_path, python="/usr/bin/python3", source=tmp_path, time_limit=60,
+                         keep_venvs=False, impl="mlx-*-cpu", mlx_spec="mlx[cpu]=={version}",
+                         pytest_args=["--hypothesis-profile=thorough"])
+    r.wheel = tmp_path / "rmsnorm_conformance-0.1.0-py3-none-any.whl"
+    message = r("0.32.4", tmp_path / "mlx-0.32.4.json", tmp_path / "log.txt")
+    assert message == "pytest exit 1"
+    venv_py = str(tmp_path / "venvs" / "mlx-0.32.4" / "bin" / "python")
+    assert [c for c, _ in seen] == [
+        ["/usr/bin/python3", "-m", "venv", str(tmp_path / "venvs" / "mlx-0.32.4")],
+        [venv_py, "-m", "pip", "install", "--disable-pip-version-check", "mlx[cpu]==0.32.4",
+         str(r.wheel), "pytest-xdist"],
+        [venv_py, "-m", "pytest", "--pyargs", "conformance", "-n", "auto", "--impl", "mlx-*-cpu",
+         "--conformance-results", str(tmp_path / "mlx-0.32.4.json"), "-p", "no:cacheprovider",
+         "--hypothesis-profile=thorough"]]
+    cwd = seen[2][1]
+    assert cwd and pathlib.Path(cwd) != tmp_path and not pathlib.Path(cwd).exists()  # temporary
+    monkeypatch.setattr(sweep, "_run_logged", lambda cmd, log, deadline, **kw:
+                        None if "pip" in cmd else 0)
+    assert r("0.1.0", tmp_path / "x.json", tmp_path / "log.txt") == \
+        "pip install ran past the time limit of 60 s (killed)"
+
+
+def test_run_logged_kills_a_process_past_its_deadline(tmp_path):
+    import sys
+    import time
+
+    with open(tmp_path / "log", "w") as log:
+        t0 = time.monotonic()
+        rc = sweep._run_logged([sys.executable, "-c", "import time; time.sleep(30)"], log,
+                               time.monotonic() + 0.3)
+    assert rc is None and time.monotonic() - t0 < 5
+
+
+# --------------------------------------------------------------------------------------------
+# bench
+
+class FakeAdapter(Implementation):
+    """Offers "copy" and "forward" hooks (counting calls); no "backward" hook, so the bench
+    times the NumPy round trip of vjp."""
+
+    id = "fake-fast"
+    capabilities = Capabilities(dtypes=("float32", "float16"), gradients=("vjp",),
+                                device="fake0")
+
+    def __init__(self):
+        self.hook_calls = {"copy": 0, "forward": 0}
+        self.vjp_calls = 0
+
+    def environment(self):
+        return {"framework": "fake", "version": "1.0", "device": "fake0"}
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        x32 = x.astype(np.float32)
+        y = x32 / np.sqrt(np.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+        return (y * weight).astype(x.dtype)
+
+    def vjp(self, x, weight, eps, g):
+        self.vjp_calls += 1
+        return np.zeros_like(x), np.zeros_like(weight)
+
+    def benchmark(self, op, shape, dtype):
+        if op == "backward":
+            return None
+        x = np.ones(shape, dtype)
+
+        def fn():
+            self.hook_calls[op] += 1
+            return x.copy() if op == "copy" else self.rms_norm(x, np.ones(shape[-1], dtype), 1e-5)
+        return fn
+
+
+def test_bytes_moved_formula():
+    assert bench.bytes_moved("forward", (3, 5), 4) == (2 * 15 + 5) * 4
+    assert bench.bytes_moved("backward", (2, 3, 5), 2) == (3 * 30 + 2 * 5) * 2
+    assert bench.bytes_moved("copy", (3, 5), 4) == 2 * 15 * 4
+
+
+def test_measure_reaches_repeats_and_min_time():
+    calls = []
+    m = bench.measure(lambda: calls.append(1), warmup=2, repeats=5, min_time=0.02)
+    assert m["repetitions"] >= 5 and m["median_s"] > 0
+    assert len(calls) >= 2 + 1 + 5 * m["calls_per_repetition"]
+
+
+def test_bench_rows_with_a_fake_adapter(capsys, tmp_path, monkeypatch):
+    fake = FakeAdapter()
+    targets = [bench.Target("fake-fast", fake),
+               bench.Target("fake-gone", None, "no device here")]
+    monkeypatch.setattr(bench, "discover", lambda patterns: targets)
+    out_json, png = tmp_path / "b.json", tmp_path / "b.png"
+    rc, out, err = run_cli(capsys, "bench", "--shapes", "4x8", "16x32", "--dtypes", "float32",
+                           "bfloat16", "--repeats", "2", "--min-time", "0", "--warmup", "1",
+                           "--out-json", out_json, "--plot", png)
+    assert rc == 0, err
+    rows = json.loads(out_json.read_text())["rows"]
+    done = [r for r in rows if "skip" not in r]
+    assert len(done) == 4                       # float32 x 2 shapes x 2 directions
+    fwd = [r for r in done if r["direction"] == "forward"]
+    bwd = [r for r in done if r["direction"] == "backward"]
+    assert all(r["timing"] == "adapter" for r in fwd)
+    assert all(r["timing"] == "numpy round trip" for r in bwd) and fake.vjp_calls > 0
+    assert fake.hook_calls["copy"] > 0 and fake.hook_calls["forward"] > 0
+    r = fwd[0]
+    assert r["bytes"] == bench.bytes_moved("forward", tuple(r["shape"]), 4)
+    assert r["fraction_of_copy"] == pytest.approx(r["bytes_per_s"] / r["copy"]["bytes_per_s"])
+    skipped = {(r["impl"], r["dtype"], r["skip"]) for r in rows if "skip" in r}
+    assert ("fake-fast", "bfloat16", "bfloat16 not declared") in skipped
+    assert ("fake-gone", "float32", "no device here") in skipped
+    assert "fake-gone  -       *" not in out and "skipped: no device here" in out
+    assert out.count("fake-gone") == 1                # skipped whole: one line
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_unknown_impl_is_a_usage_error(capsys):
+    rc, _, err = run_cli(capsys, "bench", "--impl", "no-such-*", "--shapes", "2x2")
+    assert rc == 2 and "unknown --impl 'no-such-*'; installed:" in err
+    rc, _, err = run_cli(capsys, "bench", "--shapes", "4xq")
+    assert rc == 2 and "bad shape '4xq'" in err
