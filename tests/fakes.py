@@ -81,6 +81,30 @@ class Ordered(NumpyTextbook):
         return (x32 * n if weight is None else x32 * n * self.load(weight)).astype(out)
 
 
+class TextbookFloat32(Ordered):
+    """A correct variant under the name and with the hooks other self-tests build on
+    (tests/test_fingerprint.py, tests/test_check.py): ``squares(x, x32)``, ``q(s, d, eps)`` for
+    mean(x^2) + eps, and ``finish(y, x)`` on the output."""
+
+    def squares(self, x, x32):
+        return x32 * x32
+
+    def sum_squares(self, x, x32):
+        return self.row_sum(self.squares(x, x32))
+
+    def q(self, s, d, eps):
+        return super().mean_plus_eps(s, d, eps)
+
+    def mean_plus_eps(self, s, d, eps):
+        return self.q(s, d, eps)
+
+    def finish(self, y, x):
+        return y
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        return self.finish(super().rms_norm(x, weight, eps, layout), x)
+
+
 def textbook_variants() -> list[NumpyTextbook]:
     """The correct forward and gradient variants, one per order (numpy-textbook-pairwise is
     numpy-textbook itself)."""
@@ -265,7 +289,7 @@ class LowPrecisionRsqrt(Mutant):
 class LayerNormConfusion(Mutant):
     """LayerNorm instead of RMSNorm: x is centred (its row mean subtracted) first."""
 
-    target = "MET-6"
+    target = "ACC-1"
 
     @staticmethod
     def _centre(x32):
@@ -346,7 +370,7 @@ class ManyRowsGridOverflow(Mutant):
     """One block per row on a grid limited to 65535 blocks: rows from index 65535 on are never
     written (they come back as zeros). Right for up to 65535 rows."""
 
-    target = "ACC-1"
+    target = "SPV-7"
 
     def scale(self, x32, n, weight, out):
         y = super().scale(x32, n, weight, out)
@@ -552,6 +576,17 @@ class WeightIgnored(Mutant):
 
     def scale(self, x32, n, weight, out):
         return super().scale(x32, n, None, out)
+
+
+class GemmaWeightOffset(Mutant):
+    """The weight is applied as (1 + w), Gemma's convention, to a weight meant as MLX's: a zero
+    weight no longer gives zero."""
+
+    target = "SPV-9"
+
+    def scale(self, x32, n, weight, out):
+        return super().scale(x32, n, None if weight is None else (
+            weight.astype(F32) + F32(1)).astype(weight.dtype), out)
 
 
 class WeightOffByOne(Mutant):

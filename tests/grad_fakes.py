@@ -19,7 +19,7 @@ class DropProjection(Mutant):
     """n treated as a constant: dx = n g w, the term - x n^3 mean(g w x) is missing."""
 
     target = "GRAD-1"
-    also = ("GRAD-5",)        # dx is then not orthogonal to x as eps vanishes
+    also = ("GRAD-5", "GRAD-15")     # not orthogonal to x as eps vanishes; wrong at every d
 
     def dx(self, n, a, x32, p):
         return n * a
@@ -55,7 +55,7 @@ class SumInsteadOfMeanInProjection(Mutant):
 class UnbiasedProjection(Mutant):
     """p = sum(g w x) / (d - 1) in dx: a Bessel correction carried over."""
 
-    target = "GRAD-1"
+    target = "GRAD-15"
 
     def dx(self, n, a, x32, p):
         d = x32.shape[-1]
@@ -111,7 +111,7 @@ class HalfDotProduct(Mutant):
     """dx's dot product <g w, x> is accumulated in x's half type (float16, bfloat16) instead of
     float32."""
 
-    target = "GRAD-1"
+    target = "GRAD-15"
     _acc = None
 
     def vjp(self, x, weight, eps, g):
@@ -244,7 +244,7 @@ class StaleResiduals(Mutant):
     """The function built for a sequence of VJP calls caches the forward's saved statistic n by
     dtype only: later calls reuse the first call's n (repeated to the new number of rows)."""
 
-    target = "GRAD-15"
+    target = "GRAD-16"
     _saved = None
 
     def inv_rms(self, x, x32, eps):

@@ -11,9 +11,7 @@
 The run is ``pytest conformance --impl 'mutant-*' --impl 'numpy-textbook*' -n auto`` from the
 repository root with ``tests/mutants_dist`` on PYTHONPATH and a results file
 (``--conformance-results`` where the plugin has it, else ``--conformance-report``); the correct
-numpy-textbook variants run beside the mutants as controls; ``-p tests.preload`` loads every
-suite module first, as the default run has them (tests/preload.py says why). It runs under the
-profile
+numpy-textbook variants run beside the mutants as controls. It runs under the profile
 ``rmsnorm-default-noshrink`` (``tests/kill_profile.py``): the default profile without shrinking,
 so the same examples up to each first failure and the same verdicts, about 3x faster (a failing
 property stops at its first failing example instead of shrinking it); ``--shrink`` runs the
@@ -86,7 +84,6 @@ def run_suite(results: pathlib.Path, extra: list[str], shrink: bool) -> tuple[in
         env["RMSNORM_CONFORMANCE_ARTIFACTS"] = artifacts
         cmd = [sys.executable, "-m", "pytest", "conformance", "--impl", "mutant-*",
                "--impl", "numpy-textbook*", "-n", "auto", "-q", "-p", "no:cacheprovider",
-               "-p", "tests.preload",
                _results_option(), str(results), *extra]
         if not shrink:
             cmd += ["-p", "tests.kill_profile", "--hypothesis-profile", kill_profile.NAME]

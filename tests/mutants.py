@@ -44,27 +44,4 @@ def kind(cls) -> str:
 
 
 #: mutant id -> why the default run's examples never catch it with today's strategies
-SURVIVES_TODAY: dict[str, str] = {
-    "mutant-many-rows-grid-overflow":
-        "ACC-1's 25 shipped examples never exceed 65535 rows (the largest batch drawn has 10081 "
-        "rows: leading_shapes caps an example at 2**17 elements and rarely draws the most rows)",
-    "mutant-mixed-weight-cast-to-half":
-        "ACC-1's 25 shipped examples have a half-precision x with a float32 weight once, with "
-        "weight ones and x = 0, where casting the weight to x's type loses nothing",
-    "mutant-offset-ignored":
-        "MET-7 draws only the transposed, strided and broadcast layouts (test_met._layout)",
-    "mutant-padded-row-stride-ignored":
-        "MET-7 draws only the transposed, strided and broadcast layouts (test_met._layout)",
-    "mutant-negative-stride-misread":
-        "MET-7 draws only the transposed, strided and broadcast layouts (test_met._layout)",
-    "mutant-strided-weight-read-contiguously":
-        "MET-7 draws only the transposed, strided and broadcast layouts (test_met._layout)",
-    "mutant-stale-shape-cache":
-        "no property checks FWD-6 (forward sequences, rms_norm_sequence) yet",
-    "mutant-stale-residuals":
-        "no property checks GRAD-15 (VJP sequences, vjp_sequence) yet",
-    "mutant-module-differs-from-functional":
-        "MOD-3's 25 shipped examples never pair a random weight with a non-empty, non-zero "
-        "half-precision output: the weights drawn there are ones or zeros (or the array is "
-        "empty or zero), where the two rounding orders agree bit for bit",
-}
+SURVIVES_TODAY: dict[str, str] = {}

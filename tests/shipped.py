@@ -1,20 +1,22 @@
 """Run a conformance property in-process exactly as the shipped run does.
 
 The default run (``pytest -n auto``) applies ``conformance.plugin.shipped_settings()`` to every
-property (derandomised: Hypothesis seeds it from the property function itself) and calls it with
-the implementation fixture. ``run`` does the same with an implementation object: the property
-from ``conformance/test_*.py`` with the same settings object, called with the implementation as
-its only argument (whatever else the property draws, Hypothesis draws), so it meets the shipped
-run's examples in the shipped order. By default without the shrink phase: generation stops at
-the first failure, whose example is the same as in the shipped run (shrinking only starts after
-it); ``tests/test_catches_faults.py`` checks both claims.
+property and wraps its body for the item's ledger (``plugin.ship``), skips an implementation
+lacking a capability the property requires (``@pytest.mark.requires``), and calls it with the
+implementation fixture inside an active ledger (whose error/bound ratios steer Hypothesis'
+targeting) and ``plugin.same_examples_everywhere()`` (no local constants). ``run`` does exactly
+that with an implementation object: the property from ``conformance/test_*.py``, called with
+the implementation as its only argument (whatever else the property draws, Hypothesis draws), so
+it meets the shipped run's examples in the shipped order, anchors first.
+
+Two differences, neither of which changes an example before the first failure: no shrink phase
+(generation stops at the first failure, which is the example the shipped run would then start
+shrinking) and ``report_multiple_bugs=False`` (the first failing anchor ends the explicit phase
+where the shipped run would try the remaining anchors too). ``tests/test_catches_faults.py``
+checks both claims against real runs.
 
 Properties are found by their ``@pytest.mark.clause`` marker; parametrised plain tests (VAL) are
 called once per parameter set, in order.
-
-Importing this module imports every module of the suite (``tests/preload.py``): Hypothesis draws
-some values from constants found in the loaded local modules, so the examples are the default
-run's only with the default run's modules loaded.
 """
 
 from __future__ import annotations
@@ -33,14 +35,10 @@ import pytest
 from hypothesis import Phase, settings
 
 import conformance
-import tests.preload  # noqa: F401 - the default run's pool of constants (see its docstring)
-from conformance import clauses
-from conformance.assertions import Nonconformance, require
-from conformance.plugin import shipped_settings
+from conformance import clauses, ledger, plugin
+from conformance.assertions import Nonconformance, missing_capability
+from conformance.plugin import PROFILE, shipped_settings
 
-#: The implementation fixtures of the properties, with the capability each fixture requires
-#: (``conformance/test_mod.py``'s ``module_impl``, ``test_val.py``'s ``validating_impl``).
-IMPL_ARGS = {"impl": None, "module_impl": "module", "validating_impl": "validation"}
 #: The calls an implementation receives (counted, and recorded for the shipped-run check).
 CALLS = ("rms_norm", "rms_norm_sequence", "vjp", "vjp_sequence", "jvp", "hvp", "module_info",
          "functional", "functional_vjp")
@@ -80,8 +78,16 @@ def level(clause: str) -> str:
 
 
 def impl_argument(fn) -> str | None:
-    names = [p for p in inspect.signature(fn).parameters if p in IMPL_ARGS]
-    return names[0] if names else None
+    return "impl" if "impl" in inspect.signature(fn).parameters else None
+
+
+def requirements(fn) -> list[dict]:
+    """The capabilities ``@pytest.mark.requires`` asks for, on the function and its module."""
+    module = importlib.import_module(fn.__module__)
+    marks = list(getattr(fn, "pytestmark", []))
+    module_marks = getattr(module, "pytestmark", [])
+    marks += module_marks if isinstance(module_marks, list) else [module_marks]
+    return [m.kwargs for m in marks if m.name == "requires"]
 
 
 def parameter_sets(fn) -> list[dict]:
@@ -102,32 +108,36 @@ def parameter_sets(fn) -> list[dict]:
 
 
 def shipped(shrink: bool) -> settings:
-    """The shipped run's settings, with or without the shrink phase."""
-    chosen = shipped_settings()
+    """The shipped run's settings; without ``shrink``, no shrink phase and the first failure
+    reported alone."""
+    chosen = shipped_settings(PROFILE)
     if shrink:
         return chosen
-    return settings(chosen, phases=[p for p in chosen.phases if p is not Phase.shrink])
+    return settings(chosen, phases=[p for p in chosen.phases if p is not Phase.shrink],
+                    report_multiple_bugs=False)
 
 
 @contextlib.contextmanager
 def as_shipped(fn, shrink: bool = False):
-    """Within the block, the Hypothesis property ``fn`` runs under ``shipped(shrink)``: the
-    settings object is what ``settings(...)(fn)`` would attach (the plugin's way), attached for
-    the block only, so the function is left as it was (the plugin may have applied the profile
-    already, and applying settings twice is an error)."""
+    """Within the block, ``fn`` runs as the plugin runs it: shipped (``plugin.ship``: settings
+    and the ledger's wrapper, once, as the plugin does at collection), with a ledger active and
+    no local constants; its settings are ``shipped(shrink)`` for the block only (the settings
+    object is swapped where ``settings(...)(fn)`` put it: applying settings twice is an
+    error)."""
+    book = ledger.Ledger()
     if not hasattr(fn, "hypothesis"):
-        yield
+        with ledger.active(book), plugin.same_examples_everywhere():
+            yield
         return
-    missing = object()
-    saved = fn.__dict__.get("_hypothesis_internal_use_settings", missing)
+    if getattr(fn, "_rmsnorm_profile", None) is None:
+        plugin.ship(fn)
+    saved = fn._hypothesis_internal_use_settings
     fn._hypothesis_internal_use_settings = shipped(shrink)
     try:
-        yield
+        with ledger.active(book), plugin.same_examples_everywhere():
+            yield
     finally:
-        if saved is missing:
-            del fn._hypothesis_internal_use_settings
-        else:
-            fn._hypothesis_internal_use_settings = saved
+        fn._hypothesis_internal_use_settings = saved
 
 
 @dataclasses.dataclass
@@ -138,8 +148,8 @@ class Outcome:
     prop: str
     status: str              # "killed", "survived", "skipped", "error"
     message: str = ""
-    examples: int = 0        # Hypothesis examples that called the implementation (the final
-                             # replay of a failing one not counted again)
+    examples: int = 0        # Hypothesis test cases that called the implementation: anchors,
+                             # generated examples and the final replay of a failing one
     calls: int = 0
     seconds: float = 0.0
     error: BaseException | None = None
@@ -171,8 +181,7 @@ class _Instrument:
             try:
                 ctx = current_build_context()
                 final = bool(ctx.is_final)
-                if not final:
-                    self.contexts.add(id(ctx.data))
+                self.contexts.add(id(ctx.data))
             except Exception:   # noqa: BLE001 - outside Hypothesis (plain tests)
                 final = False
             if self.record:
@@ -208,16 +217,26 @@ def run(fn, impl, shrink: bool = False, record: bool = False) -> tuple[Outcome, 
     arg = impl_argument(fn)
     outcome = Outcome(clause_of(fn), fn.__name__, "survived")
     start = time.perf_counter()
+    why = next(filter(None, (missing_capability(impl.capabilities, **need)
+                             for need in requirements(fn))), None)
+    if why:
+        outcome.status, outcome.message = "skipped", f"{impl.id} {why}"
+        return outcome, []
     with _Instrument(impl, record) as inst, as_shipped(fn, shrink):
         try:
-            if IMPL_ARGS[arg]:
-                require(impl, IMPL_ARGS[arg])
             for params in parameter_sets(fn):
                 fn(**{arg: impl}, **params)
         except Nonconformance as e:
             outcome.status, outcome.message, outcome.error = "killed", str(e), e
         except pytest.skip.Exception as e:
             outcome.status, outcome.message = "skipped", str(e)
+        except BaseExceptionGroup as group:      # several failures (report_multiple_bugs)
+            first = _leaves(group)[0]
+            if all(isinstance(e, Nonconformance) for e in _leaves(group)):
+                outcome.status, outcome.message, outcome.error = "killed", str(first), first
+            else:
+                outcome.status, outcome.error = "error", group
+                outcome.message = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(group))
         except BaseException as e:   # noqa: BLE001 - anything else is not the clause's failure
             if isinstance(e, KeyboardInterrupt):
                 raise
@@ -226,6 +245,13 @@ def run(fn, impl, shrink: bool = False, record: bool = False) -> tuple[Outcome, 
     outcome.seconds = time.perf_counter() - start
     outcome.examples, outcome.calls = len(inst.contexts), inst.calls
     return outcome, inst.log
+
+
+def _leaves(group) -> list:
+    out = []
+    for e in group.exceptions:
+        out += _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
+    return out
 
 
 def run_clause(clause: str, impl) -> Outcome:
@@ -251,13 +277,14 @@ def run_clause(clause: str, impl) -> Outcome:
 
 
 def problem_with_kill(outcome: Outcome, impl) -> str | None:
-    """None when ``outcome`` is the clause's own failure naming ``impl`` with a repro; else what
-    is wrong with it."""
+    """None when ``outcome`` is the clause's own failure: a ``Nonconformance`` with a one-line
+    summary and, where it describes a case, a repro; else what is wrong with it. (The message
+    does not name the implementation: the report and the results file do, per test item.)"""
     if outcome.status != "killed":
         return f"{impl.id} not killed by {outcome.clause} ({outcome.status}: {outcome.message})"
     message = outcome.message
-    if f"implementation: {impl.id}" not in message:
-        return f"the failure does not name {impl.id}:\n{message}"
+    if not getattr(outcome.error, "summary", "").strip():
+        return f"the failure has no one-line summary:\n{message}"
     if "case:" in message and not ("repro:" in message
                                    and ("decode(" in message or "load(" in message)):
         return f"the failure describes a case but carries no repro:\n{message}"

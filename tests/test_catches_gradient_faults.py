@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import strategies as cs, test_grad
+from conformance import test_grad
 from conformance.assertions import ARTIFACTS_ENV, Nonconformance, assert_within
 from conformance.cases import Case
 from conformance.tolerance import vjp_bounds
@@ -62,8 +62,9 @@ def test_forming_n_cubed_fails_beyond_its_range(tmp_path, monkeypatch):
 
 
 def _fixed_case(monkeypatch, make):
-    """Make the GRAD properties draw ``make()`` (a fresh Case each time) as their case."""
-    monkeypatch.setattr(test_grad, "_grad_case", lambda data, impl, **kw: make())
+    """Make the GRAD properties build ``make()`` (a fresh Case each time) as their case, whatever
+    plan they draw."""
+    monkeypatch.setattr(test_grad, "_case", lambda plan, impl, **kw: make())
 
 
 def _zero_row_f16(eps):
@@ -112,11 +113,11 @@ def test_dweight_failure_is_reported_not_crashed():
 
 @pytest.mark.clause("GRAD-11")
 def test_beyond_cubed_range_is_satisfiable_by_float32_accumulation(tmp_path, monkeypatch):
-    """GRAD-11's own suggestion, dx = n a - (x n)(n^2 p) (numpy-textbook's), meets it on this
-    input (GRAD-11's draw d=256, log2|x|=60, seed 175602)."""
+    """GRAD-11's own suggestion, dx = n a - (x n)(n^2 p) (numpy-textbook's), meets it on an
+    input that once failed it (d = 256, |x| about 2**60)."""
     monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path))
-    seed = 175602
-    x = cs.bulk_array("float32", (2, 256), seed, "normal", 60, 60)
-    case = Case(x, None, 1e-5, "GRAD-11 draw",
-                {"g": cs._normal_like(seed + 5, x.shape, "float32")})
+    rng = np.random.default_rng(175602)
+    x = (rng.standard_normal((2, 256)) * 2.0 ** 60).astype(np.float32)
+    case = Case(x, None, 1e-5, "default_rng(175602) N(0, 1) * 2**60",
+                {"g": rng.standard_normal(x.shape).astype(np.float32)})
     test_grad._check_vjp(NumpyTextbook(), case, beyond_range=True)
