@@ -102,6 +102,30 @@ def load_cells(path: pathlib.Path) -> dict[tuple[str, str], dict]:
     return {(r["impl"], r["clause"]): r for r in doc["results"]}
 
 
+def load_cells_from_table(log: pathlib.Path) -> dict[tuple[str, str], dict]:
+    """The same cells read from the clause x implementation table pytest printed (for when the
+    plugin wrote no results file): each implementation's column starts where its name starts in
+    the header; footnote marks ("FAIL[3]") are dropped."""
+    import re
+
+    lines = log.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("clause ")
+                 and " level " in line)
+    header = lines[start]
+    names = [(m.start(), m.group()) for m in re.finditer(r"\S+", header)][3:]   # after title
+    cells = {}
+    for line in lines[start + 1:]:
+        if not re.match(r"^[A-Z]+-\d+ ", line):
+            break
+        clause = line.split()[0]
+        for k, (col, impl) in enumerate(names):
+            end = names[k + 1][0] if k + 1 < len(names) else None
+            text = line[col:end].strip()
+            if text:
+                cells[(impl, clause)] = {"status": re.sub(r"\[\d+\]$", "", text)}
+    return cells
+
+
 def _killed(cells, impl, base, clause) -> bool:
     cell, ref = cells.get((impl, clause)), cells.get((base, clause))
     if cell is None or cell["status"] not in CAUGHT:
@@ -222,7 +246,8 @@ def timings() -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=pathlib.Path,
-                        help="render from this results file instead of running the suite")
+                        help="render from this results file (or a pytest log holding the "
+                             "table, *.log) instead of running the suite")
     parser.add_argument("--entry-points", action="store_true",
                         help=f"rewrite {ENTRY_POINTS.relative_to(ROOT)} and stop")
     parser.add_argument("--out", type=pathlib.Path, default=DOC)
@@ -240,16 +265,24 @@ def main(argv=None) -> int:
         return 0
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if args.results:
-        cells, meta = load_cells(args.results), f"Rendered {when} from `{args.results.name}`."
+        cells = (load_cells_from_table(args.results) if args.results.suffix == ".log"
+                 else load_cells(args.results))
+        meta = f"Rendered {when} from `{args.results.name}`."
+        if args.results.suffix == ".log":
+            tail = [ln for ln in args.results.read_text().splitlines() if " in " in ln
+                    and ("passed" in ln or "failed" in ln)]
+            meta += f" The run: {tail[-1].strip('= ')}." if tail else ""
     else:
         results = KEEP / "mutants-results.json"
         results.unlink(missing_ok=True)
         code, seconds = run_suite(results, args.pytest_args, args.shrink)
-        if not results.exists():
-            print(f"pytest exited with {code} and wrote no results", file=sys.stderr)
-            return 2
-        cells = load_cells(results)
-        print(f"results: {results}", file=sys.stderr)
+        if results.exists():
+            cells = load_cells(results)
+            print(f"results: {results}", file=sys.stderr)
+        else:
+            print(f"pytest exited with {code} and wrote no results file; reading the table it "
+                  f"printed ({KEEP / 'mutants-run.log'})", file=sys.stderr)
+            cells = load_cells_from_table(KEEP / "mutants-run.log")
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                 capture_output=True, text=True).stdout.strip() or "unknown"
         profile = "the default profile" if args.shrink else \
