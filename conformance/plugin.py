@@ -142,9 +142,8 @@ def pytest_configure(config):
     collector = report.Collector(config, entries)
     config.stash[COLLECTOR] = collector
     config.pluginmanager.register(collector, "rmsnorm-conformance-report")
-    if (getattr(config.option, "dist", "no") == "load"
-            and any(ACCELERATOR.search(e.id) for e in entries)):
-        config.option.dist = "loadgroup"     # accelerators share one worker (see ACCELERATOR)
+    if getattr(config.option, "dist", "no") == "load":
+        config.option.dist = "loadgroup"     # one worker per implementation (see below)
 
 
 def load(config, entry) -> registry.Entry:
@@ -285,8 +284,12 @@ def pytest_collection_modifyitems(session, config, items):
         impl_id = getattr(target_entry, "id", None) or "(suite)"
         level = spec[cid].level if cid in spec else "MUST"
         item.user_properties += [("clause", cid), ("level", level), ("impl", impl_id)]
-        if target_entry is not None and ACCELERATOR.search(target_entry.id):
-            item.add_marker(pytest.mark.xdist_group("accelerator"))
+        if target_entry is not None:
+            # under xdist all of an implementation's tests run in one worker: it is imported,
+            # started and (JAX) compiled for once, not once per worker; accelerators share one
+            # group, so one process, not one per worker, uses the device
+            group = "accelerator" if ACCELERATOR.search(target_entry.id) else target_entry.id
+            item.add_marker(pytest.mark.xdist_group(group))
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -36,7 +36,7 @@ CHECKED = frozenset(STATUSES) - {"skip"}
 LEVELS = ("MUST", "SHOULD", "MAY")
 STATES = ("ok", "unavailable", "broken")
 #: SPEC.md's section order; clauses of other sections sort after these.
-SECTIONS = ("TOL", "REF", "FWD", "DTY", "ACC", "MOD", "VAL", "SPV", "MET", "IMP", "GRAD")
+SECTIONS = ("TOL", "REF", "COV", "FWD", "DTY", "ACC", "MOD", "VAL", "SPV", "MET", "IMP", "GRAD")
 #: The pseudo-implementation of results that check the suite itself.
 SUITE_IMPL = "(suite)"
 

@@ -39,6 +39,10 @@ NOTABLE_D = (1, 2, 3, 7, 8, 31, 32, 33, 127, 128, 129, 255, 256, 257, 511, 512, 
              65536)
 #: eps values in common use (MLX and PyTorch 1e-5, Keras/Flax 1e-6, LLaMA 1e-6/1e-5, T5 1e-6).
 COMMON_EPS = (1e-5, 1e-6, 1e-8, 1e-12, 1e-3, 1e-1, 1.0)
+#: For implementations that compile per shape (``compiles_per_shape``: JAX, Flax) a generated plan
+#: takes the anchors' shapes: its axis length rounded up to one of D_TARGETS and 3 rows (fewer
+#: for the longest rows), so that a run compiles few programs, mostly shared with the anchors;
+#: dtypes, eps, values and weights are drawn as for everyone.
 MAX_D = 65536
 F32_EMAX = 128                # float32 overflows at 2**128
 MAX_ELEMENTS = 1 << 17        # one example stays within a few milliseconds of NumPy
@@ -123,7 +127,20 @@ class Plan:
             return x_dt, w_dt
         return x_dt, (None if self.weight == "none" else w_dt)
 
+    def for_caps(self, caps) -> "Plan":
+        """This plan as sent to an implementation with ``caps``: unchanged, except that a
+        generated plan for one that compiles per shape takes an anchor's shape (D_TARGETS)."""
+        if not getattr(caps, "compiles_per_shape", False) or self.anchor:
+            return self
+        d = next((m for m in D_TARGETS if m >= self.d), D_TARGETS[-1])
+        lead = rows_for(d) if self.rows else (0,)
+        if (d, lead) == (self.d, tuple(self.lead)):
+            return self
+        return dataclasses.replace(self, d=d, lead=lead, mantissas=None)
+
     def build(self, caps) -> Case:
+        if self.for_caps(caps) is not self:
+            return self.for_caps(caps).build(caps)
         x_dt, w_dt = self.dtypes_for(caps)
         x = self.x_values(x_dt)
         w = None if w_dt is None else weight_values(

@@ -280,6 +280,7 @@ EXTREME_ANCHORS = (
     [anchor(t, d, exp=e, spread=2) for t in ("float32", "bfloat16") for d, e in
      ((1, 38), (257, 36), (33, -50))]                                # near the n^3 limit, tiny
     + [anchor("float16", d, exp=e, spread=2) for d, e in ((1, 14), (257, 13), (33, -10))]
+    + [anchor("float16", d, exp=-16, spread=0, eps=1e-12) for d in (1, 33)]   # n ~ 2**16
     + [anchor(t, d, lead=(2,)) for t in cs.ALL_DTYPES for d in (8193, 65536)]      # long
     + [anchor(t, d, lead=(65536 // d,), weight="random") for t in cs.ALL_DTYPES
        for d in (1, 8)])                                             # many rows
@@ -327,7 +328,7 @@ def test_second_order(impl, plan):
 
 
 @pytest.mark.clause("GRAD-13")
-@pytest.mark.requires(module=True, gradients="vjp")
+@pytest.mark.requires(functional=True, gradients="vjp")
 @given(plan=cs.plans(weights=("ones", "random"), **{**GRAD, "max_d": 1024}))
 @anchors(SMALL_ANCHORS)
 def test_module_gradients_equal_functional(impl, plan):
@@ -353,6 +354,7 @@ def test_dweight_exact_batch_sum(impl, plan):
     every float32 partial sum exact for up to 65536 rows (sums below 2**19), so dweight must be
     exact but for its final rounding; a batch sum in a half type (integers exact only to 2**11 or
     2**8) is far off once the column sums grow past that."""
+    plan = plan.for_caps(impl.capabilities)
     t, w_dt = plan.dtypes_for(impl.capabilities)
     rows, d = plan.rows, plan.d
     rng = np.random.default_rng([plan.seed, 3])
@@ -413,3 +415,42 @@ def test_vjp_calls_in_sequence(impl, plan):
         assert_within(impl, head, dx, bdx, label="dx", context=context)
         if bdw is not None:
             assert_within(impl, head, dw, bdw, label="dweight", context=context)
+
+
+@pytest.mark.clause("GRAD-17")
+@pytest.mark.requires(dtypes="float16")
+@pytest.mark.requires(gradients=("vjp", "jvp"))
+@given(plan=cs.plans(dtypes=("float16",), mixed=False, magnitudes="any", max_d=4096,
+                     eps=st.sampled_from([1e-12, 1e-10, 1e-9]), weights=("random",),
+                     spread=0, max_elements=1 << 14))
+@anchors([anchor("float16", d, exp=-16, spread=0, eps=1e-12, lead=(3,)) for d in (1, 33, 257)])
+@np.errstate(invalid="ignore", over="ignore")
+def test_gradients_finite_where_representable(impl, plan):
+    """SHOULD: float16 inputs of about 2**-16 with a tiny eps (n about 2**16): the terms of dx and
+    of the tangent exceed float16's range before they cancel or are scaled down, yet the true
+    gradients are ordinary numbers; they come back finite wherever the reference is within
+    float16's range (an implementation forming the terms in float32 does; MUST clauses accept
+    the overflow, TOL "Intermediates beyond the range")."""
+    plan = cs.Plan(**{**vars(plan), "exp": -17 + plan.seed % 4})   # |x| from 2**-17 to 2**-14
+    case = _case(plan, impl)
+    checks = []
+    if "vjp" in impl.capabilities.gradients:
+        dx, dw = vjp(impl, case)
+        bdx, bdw = vjp_bounds(case.x, case.weight, case.eps, case.extras["g"])
+        checks += [("dx", dx, bdx), ("dweight", dw, bdw)]
+    if "jvp" in impl.capabilities.gradients:
+        ty = jvp(impl, case)
+        checks.append(("tangent", ty, jvp_bound(case.x, case.weight, case.eps, case.extras["tx"],
+                                                case.extras.get("tw"), ty.dtype)))
+    for label, got, b in checks:
+        if got is None:
+            continue
+        top = info(got.dtype).max
+        judged = np.isfinite(b.bound) & (np.abs(b.ref) + b.bound < top)
+        bad = judged & ~np.isfinite(got.astype(np.float64))
+        if bad.any():
+            i = tuple(int(k) for k in np.argwhere(bad)[0])
+            fail(impl, case, f"{label}[{i}] = {float(got[i])!r} where the reference is "
+                             f"{float(b.ref[i])!r}",
+                 f"{label} not finite where the reference is {float(b.ref[i]):.6g} "
+                 f"(float16, |x| ~ 2**{plan.exp}, eps {case.eps:g})")

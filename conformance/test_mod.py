@@ -40,7 +40,7 @@ def test_default_eps(impl):
 
 
 @pytest.mark.clause("MOD-3")
-@pytest.mark.requires(module=True)
+@pytest.mark.requires(functional=True)
 @given(plan=cs.plans(weights=("ones", "random"), max_elements=1 << 15))
 @anchors(regime_anchors(d_values=(1, 257, 4097)))
 def test_module_equals_functional(impl, plan):

@@ -134,9 +134,9 @@ def nnx_rms_norm(x, weight, eps):
 
 @functools.cache
 def compiled(fn, op):
-    """``op`` of ``fn(x, weight, eps)`` as one ``jax.jit`` function (eps static: it is a Python
-    constant of the layer, as in models; weight None is an empty pytree). The whole VJP, JVP or
-    second-order product is jitted, as in a jitted training step."""
+    """``op`` of ``fn(x, weight, eps)`` as one ``jax.jit`` function (eps traced, a float32 scalar
+    as in a layer's constant, so one program serves every eps; weight None is an empty pytree).
+    The whole VJP, JVP or second-order product is jitted, as in a jitted training step."""
     import jax
 
     def with_weight(w, f1, f2):
@@ -161,7 +161,7 @@ def compiled(fn, op):
             return jax.jvp(dx, (x,), (v,))[1]
     else:
         raise ValueError(f"unknown op {op!r}")
-    return jax.jit(body, static_argnames="eps")
+    return jax.jit(body)
 
 
 def _j(a):
@@ -264,7 +264,8 @@ class JaxNumpy(_JaxBase):
     # or (1,) broadcasts instead of being rejected (VAL-2, VAL-3).
     capabilities = Capabilities(dtypes=tuple(DTYPES), mixed="promote", weight_none=True,
                                 nonpositive_eps=True, validation=False,
-                                gradients=("vjp", "jvp", "hvp"), device="cpu")
+                                gradients=("vjp", "jvp", "hvp"), device="cpu",
+                                compiles_per_shape=True)
 
     def _fn(self):
         return jnp_rms_norm
@@ -273,7 +274,8 @@ class JaxNumpy(_JaxBase):
 class FlaxRMSNorm(_JaxBase):
     """``flax.nnx.RMSNorm(d, epsilon=eps)`` with its scale replaced by the given weight
     (``use_scale=False`` for weight None), applied jitted through nnx.split / nnx.merge. Flax has
-    no functional RMSNorm; ``functional`` is Flax's functional form of the same layer,
+    no functional RMSNorm (so MOD-3 and GRAD-13 do not apply: ``functional`` is not declared);
+    ``functional`` here is Flax's functional form of the same layer, for comparisons by hand:
     ``flax.linen.RMSNorm(...).apply({"params": {"scale": weight}}, x)``."""
 
     id = "flax-nnx-cpu"
@@ -283,7 +285,8 @@ class FlaxRMSNorm(_JaxBase):
     # is not MLX's: default epsilon 1e-6, its parameter is called "scale", eps <= 0 accepted.
     capabilities = Capabilities(dtypes=tuple(DTYPES), mixed="promote", weight_none=True,
                                 nonpositive_eps=True, validation=False, module=True,
-                                mlx_module=False, gradients=("vjp", "jvp", "hvp"), device="cpu")
+                                mlx_module=False, gradients=("vjp", "jvp", "hvp"), device="cpu",
+                                compiles_per_shape=True)
 
     def _fn(self):
         return nnx_rms_norm

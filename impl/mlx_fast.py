@@ -8,30 +8,41 @@ from impl.protocol import DTYPES, LAYOUTS, Capabilities, Implementation
 
 
 class MLXFast(Implementation):
+    #: How the functional op is called: identity here; mlx_compiled wraps it in mx.compile.
+    wrap = staticmethod(lambda f: f)
+
     def __init__(self, device: str):
         self.device = device
         self.id = f"mlx-fast-{device}"
-        self.capabilities = Capabilities(
+
+    @property
+    def capabilities(self):
+        return Capabilities(
             dtypes=tuple(DTYPES), mixed="promote", weight_none=True, nonpositive_eps=True,
-            validation=True, layouts=LAYOUTS, gradients=("vjp", "jvp", "hvp"), device=device)
+            validation=True, layouts=LAYOUTS, gradients=_mlx.gradients(), device=self.device)
 
     def unavailable_reason(self):
-        return _mlx.gpu_unavailable_reason() if self.device == "gpu" else None
+        return _mlx.unavailable_reason(self.device)
 
     def environment(self):
         return _mlx.environment(self.device)
 
     def rms_norm(self, x, weight, eps, layout=None):
-        return _mlx.fast_rms_norm(self.device, x, weight, eps, layout)
+        return _mlx.fast_rms_norm(self.device, x, weight, eps, layout, self.wrap)
 
     def vjp(self, x, weight, eps, g):
-        return _mlx.fast_vjp(self.device, x, weight, eps, g)
+        return _mlx.fast_vjp(self.device, x, weight, eps, g, self.wrap)
 
     def jvp(self, x, weight, eps, tx, tweight):
-        return _mlx.fast_jvp(self.device, x, weight, eps, tx, tweight)
+        return _mlx.fast_jvp(self.device, x, weight, eps, tx, tweight, self.wrap)
 
     def hvp(self, x, weight, eps, g, v):
-        return _mlx.fast_hvp(self.device, x, weight, eps, g, v)
+        return _mlx.fast_hvp(self.device, x, weight, eps, g, v, self.wrap)
+
+    def benchmark(self, op, shape, dtype):
+        forward, backward = self.wrap(_mlx.forward_fn(1e-5)), self.wrap(_mlx.vjp_fn(1e-5))
+        return _mlx.benchmark(self.device, op, shape, dtype, lambda w: (
+            lambda x: forward(x, w), lambda g, x: backward(g, x, w)))
 
 
 cpu = MLXFast("cpu")

@@ -1,8 +1,8 @@
 """Adapter: the module ``mlx.nn.RMSNorm(dims, eps)`` on one MLX device.
 
 ``rms_norm(x, weight, eps)`` builds the module with that eps and replaces its weight; a module
-has no ``weight=None`` and rejects eps <= 0, so those capabilities are off. Its VJP goes through
-``nn.value_and_grad`` (weight) and ``mx.grad`` (x) of ``sum(g * module(x))``.
+has no ``weight=None`` and rejects eps <= 0 (from MLX 0.32.2 on), so those capabilities are off.
+Its VJP goes through ``nn.value_and_grad`` (weight) and ``mx.grad`` (x) of ``sum(g * module(x))``.
 """
 
 from __future__ import annotations
@@ -11,49 +11,62 @@ from impl import _mlx
 from impl.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
 
 
+def forward_fn(module):
+    return lambda x: module(x)
+
+
+def vjp_fn(module):
+    """(g, x) -> (dx, dweight) of sum(g * module(x)), the way a training step takes them."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    def vjp(g, x):
+        loss = lambda model, z: (model(z) * g).sum()
+        _, grads = nn.value_and_grad(module, loss)(module, x)
+        return mx.grad(lambda z: loss(module, z))(x), grads["weight"]
+    return vjp
+
+
+def make_module(weight, eps):
+    """nn.RMSNorm(d, eps) holding the MLX array ``weight``."""
+    import mlx.nn as nn
+
+    module = nn.RMSNorm(weight.shape[-1], eps=eps)
+    module.weight = weight
+    return module
+
+
 class MLXModule(Implementation):
+    #: How a function of the module is called: as is here; mlx_compiled wraps it in mx.compile
+    #: with the module's state as implicit inputs. ``wrap_functional`` is MLXFast.wrap.
+    wrap = staticmethod(lambda f, module: f)
+    wrap_functional = staticmethod(lambda f: f)
+
     def __init__(self, device: str):
         self.device = device
         self.id = f"mlx-nn-{device}"
-        self.capabilities = Capabilities(
-            dtypes=tuple(DTYPES), mixed="promote", module=True, mlx_module=True,
-            layouts=LAYOUTS, gradients=("vjp",), device=device)
+
+    @property
+    def capabilities(self):
+        return Capabilities(
+            dtypes=tuple(DTYPES), mixed="promote", module=True, functional=True,
+            mlx_module=True, layouts=LAYOUTS, gradients=("vjp",), device=self.device)
 
     def unavailable_reason(self):
-        return _mlx.gpu_unavailable_reason() if self.device == "gpu" else None
+        return _mlx.unavailable_reason(self.device)
 
     def environment(self):
         return _mlx.environment(self.device)
 
-    def _module(self, weight, eps):
-        import mlx.nn as nn
-
-        module = nn.RMSNorm(weight.shape[-1], eps=eps)
-        module.weight = _mlx.to_mx(weight)
-        return module
-
     def rms_norm(self, x, weight, eps, layout=None):
-        import mlx.core as mx
-
-        with mx.stream(_mlx.device(self.device)):
-            xm, wm = _mlx.build_view(x, weight, layout)
-            module = self._module(weight, eps)
-            module.weight = wm
-            y = module(xm)
-            mx.eval(y)
-        return _mlx.to_np(y)
+        xm, wm = _mlx.build_view(x, weight, layout)
+        module = make_module(wm, eps)
+        return _mlx.run(self.device, self.wrap(forward_fn(module), module), xm)
 
     def vjp(self, x, weight, eps, g):
-        import mlx.core as mx
-        import mlx.nn as nn
-
-        with mx.stream(_mlx.device(self.device)):
-            module, gm, xm = self._module(weight, eps), _mlx.to_mx(g), _mlx.to_mx(x)
-            loss = lambda model, z: (model(z) * gm).sum()
-            _, grads = nn.value_and_grad(module, loss)(module, xm)
-            dx = mx.grad(lambda z: loss(module, z))(xm)
-            mx.eval(grads, dx)
-        return _mlx.to_np(dx), _mlx.to_np(grads["weight"])
+        module = make_module(_mlx.to_mx(weight), eps)
+        return _mlx.run(self.device, self.wrap(vjp_fn(module), module), _mlx.to_mx(g),
+                        _mlx.to_mx(x))
 
     def module_info(self, dims, eps=None):
         import mlx.nn as nn
@@ -64,10 +77,16 @@ class MLXModule(Implementation):
         return ModuleInfo(eps=module.eps, parameters=params)
 
     def functional(self, x, weight, eps):
-        return _mlx.fast_rms_norm(self.device, x, weight, eps)
+        return _mlx.fast_rms_norm(self.device, x, weight, eps, wrap=self.wrap_functional)
 
     def functional_vjp(self, x, weight, eps, g):
-        return _mlx.fast_vjp(self.device, x, weight, eps, g)
+        return _mlx.fast_vjp(self.device, x, weight, eps, g, wrap=self.wrap_functional)
+
+    def benchmark(self, op, shape, dtype):
+        def build(w):
+            module = make_module(w, 1e-5)
+            return self.wrap(forward_fn(module), module), self.wrap(vjp_fn(module), module)
+        return _mlx.benchmark(self.device, op, shape, dtype, build)
 
 
 cpu = MLXModule("cpu")

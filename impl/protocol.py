@@ -108,14 +108,20 @@ class Capabilities:
     weight_none:     ``weight=None`` is accepted (no scaling).
     nonpositive_eps: eps <= 0 and non-finite eps are accepted (MLX profile: fast.rms_norm).
     validation:      MLX's argument validation (VAL-1..4): invalid arguments raise ValueError.
-    module:          the adapter wraps a module and implements ``module_info``, ``functional``
-                     (and ``functional_vjp`` with gradients): MOD-1, MOD-3, MOD-5, GRAD-13.
+    module:          the adapter wraps a module and implements ``module_info``: MOD-1, MOD-5.
+    functional:      the module is documented to compute the framework's functional op, which
+                     the adapter exposes as ``functional`` (and ``functional_vjp``): MOD-3,
+                     GRAD-13 (MLX's ``nn.RMSNorm`` calls ``fast.rms_norm``; Flax has none).
     mlx_module:      the module follows MLX's module contract (MOD-2 default eps 1e-5, MOD-4
                      eps <= 0 rejected).
     layouts:         layouts from ``LAYOUTS`` the adapter builds as views in its framework.
     gradients:       gradient entry points provided: "vjp", "jvp", "hvp" (second order).
-    device:          where it runs, e.g. "cpu", "gpu", "cuda:0" (reports; anything but "cpu"
-                     is an accelerator: its tests share one xdist worker per device).
+    device:          where it runs, e.g. "cpu", "gpu", "cuda:0" (reports).
+    compiles_per_shape: every new input shape costs a compilation (JAX/XLA, Flax; eps must
+                     then be a traced argument, not a constant): the generated examples take the
+                     anchors' shapes (``conformance.strategies.Plan.for_caps``), so that a run
+                     compiles a few hundred programs, not thousands; their values, dtypes, eps
+                     and weights are drawn as for everyone.
     """
 
     dtypes: Sequence[str] = ("float32",)
@@ -124,10 +130,12 @@ class Capabilities:
     nonpositive_eps: bool = False
     validation: bool = False
     module: bool = False
+    functional: bool = False
     mlx_module: bool = False
     layouts: Sequence[str] = ()
     gradients: Sequence[str] = ()
     device: str = "cpu"
+    compiles_per_shape: bool = False
 
     def problems(self) -> list[str]:
         """What is malformed in this declaration (IMP-1), as messages; [] when well-formed."""
@@ -141,8 +149,8 @@ class Capabilities:
             found.append("declares no dtypes")
         if self.mixed not in (None, *MIXED):
             found.append(f"mixed must be None or one of {MIXED}, got {self.mixed!r}")
-        if self.mlx_module and not self.module:
-            found.append("mlx_module needs module=True")
+        if (self.mlx_module or self.functional) and not self.module:
+            found.append("mlx_module and functional need module=True")
         if isinstance(self.dtypes, str) or isinstance(self.layouts, str) \
                 or isinstance(self.gradients, str):
             found.append("dtypes, layouts and gradients are sequences of names, not one string")

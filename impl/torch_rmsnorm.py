@@ -233,13 +233,14 @@ class _TorchBase(Implementation):
         return environment(self.device)
 
 
-def _caps(device, module):
+def _caps(device, module, functional=False):
     # mixed "input": torch returns x's dtype whatever the weight's (it warns that it cannot use
     # the fused kernel). nonpositive_eps: eps is not validated (0, < 0, inf, NaN accepted).
     # validation off: torch rejects VAL-1..3 (RuntimeError, translated to ValueError) but accepts
     # complex x (VAL-4), so MLX's rules are not its rules.
     return Capabilities(dtypes=tuple(DTYPES), mixed="input", weight_none=True,
-                        nonpositive_eps=True, validation=False, module=module, mlx_module=False,
+                        nonpositive_eps=True, validation=False, module=module,
+                        functional=functional, mlx_module=False,
                         layouts=TORCH_LAYOUTS, gradients=("vjp", "jvp", "hvp"),
                         device=device)
 
@@ -281,7 +282,7 @@ class TorchModule(_TorchBase):
 
     def __init__(self, device: str):
         super().__init__(device)
-        self.capabilities = _caps(device, module=True)
+        self.capabilities = _caps(device, module=True, functional=True)
 
     def _module(self, d, weight, eps):
         import torch

@@ -34,7 +34,7 @@ class Recorder(Implementation):
 
     id = "recorder"
     capabilities = Capabilities(dtypes=tuple(DTYPES), mixed="promote", weight_none=True,
-                                nonpositive_eps=True, validation=True, module=True,
+                                nonpositive_eps=True, validation=True, module=True, functional=True,
                                 mlx_module=True, layouts=LAYOUTS,
                                 gradients=("vjp", "jvp", "hvp"))
 

@@ -6,6 +6,8 @@ reason in the summary table).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 import reference
@@ -15,7 +17,11 @@ CAPS = Capabilities(dtypes=("float32",), weight_none=True)
 
 
 def _rms_norm(x, weight, eps):
-    """Correct to float32 rounding: the project's float64 reference, rounded once."""
+    """Correct to float32 rounding: the project's float64 reference, rounded once; with
+    FAKE_RMSNORM_FAULT=eps-ignored in the environment, eps is dropped (a planted fault for the
+    regression-tracking tests: the same implementation id, a worse version)."""
+    if os.environ.get("FAKE_RMSNORM_FAULT") == "eps-ignored":
+        eps = 0.0
     return reference.rms_norm(x, weight, eps).astype(np.float32)
 
 
