@@ -118,7 +118,8 @@ class TextbookModule(NumpyTextbook):
 
     id = "numpy-textbook-module"
     capabilities = Capabilities(dtypes=tuple(DTYPES), mixed="promote", module=True,
-                                mlx_module=True, layouts=LAYOUTS, gradients=("vjp",))
+                                functional=True, mlx_module=True, layouts=LAYOUTS,
+                                gradients=("vjp",))
     default_eps = 1e-5
 
     def parameters(self, dims):

@@ -10,15 +10,14 @@
 
 The run is ``pytest conformance --impl 'mutant-*' --impl 'numpy-textbook*' -n auto`` from the
 repository root with ``tests/mutants_dist`` on PYTHONPATH and a results file
-(``--conformance-results`` where the plugin has it, else ``--conformance-report``); the correct
-numpy-textbook variants run beside the mutants as controls. It runs under the profile
-``rmsnorm-default-noshrink`` (``tests/kill_profile.py``): the default profile without shrinking,
-so the same examples up to each first failure and the same verdicts, about 3x faster (a failing
-property stops at its first failing example instead of shrinking it); ``--shrink`` runs the
-default profile itself. A clause *kills* a mutant when its
-cell is FAIL, CRASH or TIMEOUT (a MUST clause) or unmet (SHOULD/MAY) and the correct
-implementation the mutant derives from has a better status there (so ACC-5, which no textbook
-variant meets, kills nothing).
+(``--conformance-results`` where the plugin has it, else ``--conformance-report``; when the
+plugin writes none, the table it printed is read instead); the correct numpy-textbook variants
+run beside the mutants as controls. It runs under the profile ``rmsnorm-default-noshrink``
+(``tests/kill_profile.py``): the default profile without shrinking, so the same examples up to
+each first failure and the same verdicts, about 3x faster; ``--shrink`` runs the default
+profile itself. A clause *kills* a mutant when its cell is FAIL, CRASH or TIMEOUT (a MUST
+clause) or unmet (SHOULD/MAY) and the correct implementation the mutant derives from has a
+better status there (so ACC-5, which no textbook variant meets, kills nothing).
 """
 
 from __future__ import annotations
@@ -189,7 +188,8 @@ def render(cells, meta: str) -> str:
         "`--impl 'mutant-*'` runs all of them; `numpy-textbook-<order>` (sequential, pairwise,",
         "reversed, blocked, torch) and `numpy-textbook-module` are the correct variants.",
         "After adding a mutant, regenerate the entry points with",
-        "`python -m tests.kill_matrix --entry-points` and this page with `python -m tests.kill_matrix`.",
+        "`python -m tests.kill_matrix --entry-points` and this page with",
+        "`python -m tests.kill_matrix`.",
         "",
         "The default run checks the same thing in-process (`tests/test_catches_faults.py`,",
         "`tests/test_catches_gradient_faults.py`): each mutant's target clause, its properties run",

@@ -148,8 +148,9 @@ class Outcome:
     prop: str
     status: str              # "killed", "survived", "skipped", "error"
     message: str = ""
-    examples: int = 0        # Hypothesis test cases that called the implementation: anchors,
-                             # generated examples and the final replay of a failing one
+    #: Hypothesis test cases that called the implementation: anchors, generated examples and
+    #: the final replay of a failing one
+    examples: int = 0
     calls: int = 0
     seconds: float = 0.0
     error: BaseException | None = None

@@ -35,6 +35,7 @@ def __getattr__(name):
         return VARIANTS[key]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 #: where ``record-numpy-textbook`` appends one line per call (tests/test_catches_faults.py)
 RECORD_ENV = "RMSNORM_MUTANTS_RECORD"
 
@@ -65,3 +66,11 @@ class Recording(NumpyTextbook):
     def hvp(self, *args):
         self._log("hvp", args)
         return super().hvp(*args)
+
+    def rms_norm_sequence(self, *args):
+        self._log("rms_norm_sequence", args)
+        return super().rms_norm_sequence(*args)
+
+    def vjp_sequence(self, *args):
+        self._log("vjp_sequence", args)
+        return super().vjp_sequence(*args)
