@@ -44,6 +44,7 @@ settings.register_profile("thorough", settings.get_profile(PROFILE),
                           max_examples=10 * DEFAULT_EXAMPLES, derandomize=False)
 
 ENTRIES = pytest.StashKey[list]()
+OPT_IN = pytest.StashKey[list]()
 COLLECTOR = pytest.StashKey["report.Collector"]()
 LEDGER = pytest.StashKey["ledger.Ledger"]()
 #: Implementation ids naming an accelerator: under xdist all their tests run in one worker, so
@@ -131,6 +132,9 @@ def pytest_configure(config):
     entries = registry.discover()
     if config.getoption("impl"):
         entries = _select(entries, config.getoption("impl"))
+    else:
+        config.stash[OPT_IN] = [e for e in entries if e.opt_in]
+        entries = [e for e in entries if not e.opt_in]
     _check_clauses(config.getoption("clause"))
     results = config.getoption("conformance_results")
     if results and not _is_worker(config):
@@ -154,6 +158,10 @@ def pytest_report_header(config):
     entries = config.stash.get(ENTRIES, [])
     lines = [f"  {e.id} = {e.value} [{e.distribution}]" + (f" BROKEN: {e.error}" if e.error
                                                             else "") for e in entries]
+    skipped = config.stash.get(OPT_IN, [])
+    if skipped:
+        lines.append(f"  not selected (opt-in, select with --impl): "
+                     f"{', '.join(e.id for e in skipped)}")
     return [f"rmsnorm-conformance: {len(entries)} implementation(s), hypothesis profile "
             f"{profile_name(config)!r}"] + lines
 

@@ -17,6 +17,10 @@ from conformance.supervisor import LoadError, Supervised, describe_loaded, load_
 from impl.protocol import Implementation
 
 GROUP = "rmsnorm_conformance.implementations"
+#: Implementations tested only when ``--impl`` selects them (an id or a glob): those whose full
+#: run is too slow for everyone's default run (MLX's compiled CPU kernels are built by g++, about
+#: 600 builds and 5 minutes for one id on a cold cache).
+OPT_IN_GROUP = "rmsnorm_conformance.implementations.opt_in"
 
 
 @dataclasses.dataclass
@@ -34,7 +38,7 @@ class Entry:
     unavailable: str | None = None
     environment: dict = dataclasses.field(default_factory=dict)
     loaded: bool = False
-
+    opt_in: bool = False              # registered in OPT_IN_GROUP
     @property
     def state(self) -> str:
         if not self.loaded:
@@ -69,17 +73,19 @@ class Entry:
             self.impl.close()
 
 
-def discover(group: str = GROUP) -> list[Entry]:
-    """Every entry point in the group, sorted by id (identical on every xdist worker); nothing is
-    imported."""
+def discover(group: str = GROUP, opt_in_group: str = OPT_IN_GROUP) -> list[Entry]:
+    """Every entry point of both groups, sorted by id (identical on every xdist worker); nothing
+    is imported."""
     entries: list[Entry] = []
     seen: dict[str, str] = {}
-    for ep in sorted(md.entry_points(group=group), key=lambda e: (e.name, e.value)):
+    found = [(ep, False) for ep in md.entry_points(group=group)] + \
+        [(ep, True) for ep in md.entry_points(group=opt_in_group)]
+    for ep, opt_in in sorted(found, key=lambda t: (t[0].name, t[0].value)):
         name = ep.dist.name if ep.dist is not None else None
         version = ep.dist.version if ep.dist is not None else None
         dist = f"{name} {version}" if name else "unknown"
         entry = Entry(id=ep.name, value=ep.value, distribution=dist, dist_name=name,
-                      dist_version=version)
+                      dist_version=version, opt_in=opt_in)
         if ep.name in seen:
             entry.id = f"{ep.name}@{name or 'unknown'}"
             entry.error = f"duplicate implementation id {ep.name!r} (also in {seen[ep.name]})"

@@ -39,10 +39,11 @@ NOTABLE_D = (1, 2, 3, 7, 8, 31, 32, 33, 127, 128, 129, 255, 256, 257, 511, 512, 
              65536)
 #: eps values in common use (MLX and PyTorch 1e-5, Keras/Flax 1e-6, LLaMA 1e-6/1e-5, T5 1e-6).
 COMMON_EPS = (1e-5, 1e-6, 1e-8, 1e-12, 1e-3, 1e-1, 1.0)
-#: For implementations that compile per shape (``compiles_per_shape``: JAX, Flax) a generated plan
-#: takes the anchors' shapes: its axis length rounded up to one of D_TARGETS and 3 rows (fewer
-#: for the longest rows), so that a run compiles few programs, mostly shared with the anchors;
-#: dtypes, eps, values and weights are drawn as for everyone.
+#: For implementations that compile per shape (``compiles_per_shape``: JAX, Flax, mx.compile) a
+#: generated plan takes the anchors' shapes and eps values: its axis length rounded up to one of
+#: D_TARGETS, 3 rows (fewer for the longest rows) and its eps the nearest of COMMON_EPS, so that a
+#: run compiles few programs, mostly shared with the anchors; dtypes, values and weights are
+#: drawn as for everyone.
 MAX_D = 65536
 F32_EMAX = 128                # float32 overflows at 2**128
 MAX_ELEMENTS = 1 << 17        # one example stays within a few milliseconds of NumPy
@@ -134,9 +135,11 @@ class Plan:
             return self
         d = next((m for m in D_TARGETS if m >= self.d), D_TARGETS[-1])
         lead = rows_for(d) if self.rows else (0,)
-        if (d, lead) == (self.d, tuple(self.lead)):
+        eps = self.eps if not self.eps > 0 else min(
+            COMMON_EPS, key=lambda e: abs(math.log10(e) - math.log10(self.eps)))
+        if (d, lead, eps) == (self.d, tuple(self.lead), self.eps):
             return self
-        return dataclasses.replace(self, d=d, lead=lead, mantissas=None)
+        return dataclasses.replace(self, d=d, lead=lead, eps=eps, mantissas=None)
 
     def build(self, caps) -> Case:
         if self.for_caps(caps) is not self:
@@ -404,15 +407,16 @@ def plans(*, dtypes=ALL_DTYPES, mixed: bool = True, min_d: int = 1, max_d: int =
 
 
 def sequences(max_len: int = 5, max_d: int = 8193, grad: bool = False):
-    """Sequences of 2..max_len plans of one x dtype and weight kind whose shapes change from call
-    to call (axis length and row count, including a single row), ending with a repeat of the
-    first shape: how a training or inference loop calls one compiled function."""
+    """Sequences of 2..max_len plans of one x dtype, weight kind and eps whose shapes change from
+    call to call (axis length and row count, including a single row), ending with a repeat of
+    the first shape: how a training or inference loop calls one compiled function."""
     @st.composite
     def seq(draw):
         t = draw(st.sampled_from(ALL_DTYPES))
         weight = draw(st.sampled_from(("ones", "random") if grad else ("ones", "random", "none")))
-        base = plans(dtypes=(t,), mixed=False, max_d=max_d, max_dims=2,
-                        weights=(weight,), elementwise=False, max_elements=1 << 15)
+        eps = draw(eps_values())           # one eps: a compiled module holds one
+        base = plans(dtypes=(t,), mixed=False, max_d=max_d, max_dims=2, eps=st.just(eps),
+                     weights=(weight,), elementwise=False, max_elements=1 << 15)
         items = draw(st.lists(base, min_size=2, max_size=max_len - 1,
                               unique_by=lambda p: p.shape))
         first = items[0]

@@ -49,7 +49,10 @@ class MLXCompiledFast(MLXFast):
 
     @property
     def capabilities(self):
-        caps = super().capabilities
+        # compiles_per_shape: on the CPU each new kernel variant (dtype, eps, rank, contiguity)
+        # is a g++ build of 1.5-2 s, so the suite sends generated examples the anchors' shapes
+        # and eps values
+        caps = dataclasses.replace(super().capabilities, compiles_per_shape=True)
         if self.shapeless:   # mx.jvp under shapeless compile: "[Primitive::jvp] Not
             # implemented for NumberOfElements" (mean's divisor), every release
             caps = dataclasses.replace(caps, gradients=("vjp",))
@@ -73,6 +76,11 @@ class MLXCompiledModule(MLXModule):
         super().__init__(device)
         self.shapeless = shapeless
         self.id = f"mlx-compiled-nn{'-shapeless' if shapeless else ''}-{device}"
+
+    @property
+    def capabilities(self):
+        # as MLXCompiledFast: each kernel variant is a g++ build on the CPU
+        return dataclasses.replace(super().capabilities, compiles_per_shape=True)
 
     def wrap(self, f, module):
         return _compile(f, self.shapeless, inputs=module.state, outputs=module.state)
