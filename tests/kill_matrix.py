@@ -108,8 +108,11 @@ def load_cells_from_table(log: pathlib.Path) -> dict[tuple[str, str], dict]:
     import re
 
     lines = log.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("clause ")
-                 and " level " in line)
+    start = next((i for i, line in enumerate(lines) if line.startswith("clause ")
+                  and " level " in line), None)
+    if start is None:
+        raise SystemExit(f"{log} holds no clause x implementation table: see the log for why "
+                         f"pytest stopped")
     header = lines[start]
     names = [(m.start(), m.group()) for m in re.finditer(r"\S+", header)][3:]   # after title
     cells = {}
