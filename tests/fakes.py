@@ -1,346 +1,847 @@
-"""Pure-NumPy RMSNorm adapters for the suite's self-tests: correct ones and classic bugs.
+"""Variants of ``numpy-textbook`` (``impl/numpy_textbook.py``) for the suite's self-tests: correct
+ones in other float32 summation orders, a module around it, and faulty ones (mutants) of the
+forward pass, the module and argument validation. Gradient mutants are in ``grad_fakes.py``; the
+catalogue of all mutants is ``tests/mutants.py``.
 
-``TextbookFloat32`` is a correct float32-accumulating implementation in MLX's order of operations
-(``mlx/backend/*/rms_norm``):
-
-    x32 = float32(x)                        (exact)
-    s   = sum(x32 * x32)   in float32       (squares rounded once; additions in a chosen order)
-    q   = s / d + float32(eps)              (float32)
-    n   = 1 / sqrt(q)                       (float32: sqrt and division, one rounding each)
-    t   = T(x32 * n)                        (product in float32, rounded to the result dtype T)
-    y   = t * T(weight)                     (in T)
-
-with T = ``conformance.dtypes.result_dtype(x.dtype, weight.dtype)`` (x's dtype for no weight or
-the same dtype, float32 for mixed dtypes; the half-precision inputs are then cast to float32
-exactly, as MLX promotes both operands before the kernel). ``order="torch"`` variants instead
-round once at the end: ``y = T(x32 * n * float32(weight))``.
-
-Each mutant below is a subclass that overrides exactly one step with a classic bug; the
-docstrings say what the bug is and ``MUTANTS`` says which clause is expected to catch it.
+Each mutant is a small subclass of a correct implementation that overrides one step with one
+bug. Its docstring names the bug; ``target`` names the SPEC.md clause whose property must catch
+it; it keeps the capabilities of the correct implementation it derives from, so every clause
+applies to it and the suite draws for it exactly the examples it draws for that implementation.
 """
 
 from __future__ import annotations
 
+import re
+
+import ml_dtypes
 import numpy as np
 
-from conformance.dtypes import result_dtype
-from impl.protocol import LAYOUTS, Capabilities, Implementation, Layout
+from impl.numpy_textbook import F32, NumpyTextbook
+from impl.protocol import DTYPES, LAYOUTS, Capabilities, ModuleInfo
 
-F32 = np.float32
 HALF_NAMES = ("float16", "bfloat16")
 SUM_ORDERS = ("sequential", "pairwise", "reversed", "blocked")
 BLOCK = 256
 
 
-def build_view(x: np.ndarray, weight: np.ndarray | None, layout: Layout | None):
-    """The NumPy counterpart of ``impl._mlx.build_view``: the requested views (never copies),
-    or ``x`` and ``weight`` themselves."""
-    if layout is None:
-        return x, weight
-    return layout.view(x, weight, np.asarray, np.swapaxes, np.broadcast_to)
+# ---- correct variants ------------------------------------------------------------------------
+
+def _sequential(terms: np.ndarray) -> np.ndarray:
+    """Left-to-right float32 sum over the last axis (keepdims): np.cumsum is serial."""
+    if terms.shape[-1] == 0:
+        return np.zeros(terms.shape[:-1] + (1,), terms.dtype)
+    return np.cumsum(terms, axis=-1, dtype=terms.dtype)[..., -1:]
 
 
-def _sequential(sq: np.ndarray) -> np.ndarray:
-    """Left-to-right float32 sum over the last axis (keepdims): np.add.accumulate is serial."""
-    if sq.shape[-1] == 0:
-        return np.zeros(sq.shape[:-1] + (1,), F32)
-    return np.cumsum(sq, axis=-1, dtype=sq.dtype)[..., -1:]
-
-
-def float32_sum(sq: np.ndarray, order: str) -> np.ndarray:
-    """Sum of ``sq`` (float32) over the last axis in float32, keepdims, in the given order."""
+def float32_sum(terms: np.ndarray, order: str) -> np.ndarray:
+    """Sum of float32 ``terms`` over the last axis in float32, keepdims, in the given order."""
     if order == "sequential":
-        return _sequential(sq)
+        return _sequential(terms)
     if order == "reversed":
-        return _sequential(sq[..., ::-1])
+        return _sequential(terms[..., ::-1])
     if order == "pairwise":
-        return np.sum(sq, axis=-1, dtype=F32, keepdims=True)
-    if order == "blocked":
-        d = sq.shape[-1]
+        return np.sum(terms, axis=-1, dtype=F32, keepdims=True)
+    if order == "blocked":      # GPU-like: sequential partial sums of BLOCK, then their sum
+        d = terms.shape[-1]
         if d <= BLOCK:
-            return _sequential(sq)
+            return _sequential(terms)
         nb = -(-d // BLOCK)
-        pad = np.zeros(sq.shape[:-1] + (nb * BLOCK - d,), sq.dtype)   # adding zeros is exact
-        blocks = np.concatenate([sq, pad], axis=-1).reshape(sq.shape[:-1] + (nb, BLOCK))
-        partial = _sequential(blocks)[..., 0]                         # (..., nb)
-        return _sequential(partial)
+        pad = np.zeros(terms.shape[:-1] + (nb * BLOCK - d,), terms.dtype)   # adding 0 is exact
+        blocks = np.concatenate([terms, pad], axis=-1).reshape(terms.shape[:-1] + (nb, BLOCK))
+        return _sequential(_sequential(blocks)[..., 0])
     raise ValueError(f"unknown summation order {order!r}; use one of {SUM_ORDERS}")
 
 
-class TextbookFloat32(Implementation):
-    """A correct float32-accumulating RMSNorm; ``order`` is a summation order from
-    ``SUM_ORDERS`` or "torch" (sequential sum, output rounded once: y = T(x32 * n * w32))."""
-
-    capabilities = Capabilities(
-        dtypes=("float32", "float16", "bfloat16"), mixed="promote", weight_none=True,
-        nonpositive_eps=True, module=False, validation=False, layouts=LAYOUTS, gradients=(),
-        device="cpu")
+class Ordered(NumpyTextbook):
+    """numpy-textbook with every float32 reduction (sums of squares, dot products, dweight's
+    batch sum) in ``order`` (``SUM_ORDERS``), or "torch": sequential sums and PyTorch's single
+    final rounding, y = T(x32 * n * float32(w)). "pairwise" is numpy-textbook itself (NumPy's
+    pairwise sum along rows; dweight's batch sum row after row)."""
 
     def __init__(self, order: str = "sequential"):
         if order not in SUM_ORDERS + ("torch",):
-            raise ValueError(f"unknown order {order!r}")
+            raise ValueError(f"unknown order {order!r}; use one of {SUM_ORDERS + ('torch',)}")
         self.order = order
         self.sum_order = "sequential" if order == "torch" else order
-        mutant = type(self) is not TextbookFloat32
-        self.id = self.kind() + ("" if mutant and order == "sequential" else f"-{order}")
+        self.id = f"numpy-textbook-{order}"
 
-    @classmethod
-    def kind(cls) -> str:
-        return "textbook-f32" if cls is TextbookFloat32 else "mutant-" + cls.__name__
+    def row_sum(self, terms):
+        if self.sum_order == "pairwise":
+            return super().row_sum(terms)
+        return float32_sum(terms, self.sum_order)
 
-    # ---- the steps, each overridable ------------------------------------------------------
-    def view(self, x, weight, layout):
-        return build_view(x, weight, layout)
-
-    def out_dtype(self, x, weight) -> np.dtype:
-        return result_dtype(x.dtype, None if weight is None else weight.dtype)
-
-    def to_accumulator(self, xv: np.ndarray) -> np.ndarray:
-        return xv.astype(F32)
-
-    def squares(self, xv: np.ndarray, x32: np.ndarray) -> np.ndarray:
-        return x32 * x32
-
-    def sum_squares(self, xv: np.ndarray, x32: np.ndarray) -> np.ndarray:
-        """float32 sum of squares over the last axis, keepdims (broadcastable to x)."""
-        return float32_sum(self.squares(xv, x32), self.sum_order)
-
-    def count(self, xv: np.ndarray) -> int:
-        return xv.shape[-1]
-
-    def q(self, s: np.ndarray, d: int, eps: float) -> np.ndarray:
-        """mean(x^2) + eps in float32."""
-        return s / F32(d) + F32(eps)
-
-    def rsqrt(self, q: np.ndarray) -> np.ndarray:
-        return F32(1) / np.sqrt(q)
-
-    def inv_rms(self, s: np.ndarray, d: int, eps: float) -> np.ndarray:
-        return self.rsqrt(self.q(s, d, eps))
+    def batch_sum(self, terms):
+        if self.sum_order == "pairwise":
+            return super().batch_sum(terms)
+        return float32_sum(np.ascontiguousarray(terms.T), self.sum_order)[:, 0]
 
     def scale(self, x32, n, weight, out):
-        """The output from x32, n (float32) and the weight, in the result dtype ``out``."""
-        if self.order == "torch":
-            y = x32 * n
-            if weight is not None:
-                y = y * weight.astype(F32)
-            return y.astype(out)
-        t = (x32 * n).astype(out)
-        return t if weight is None else t * weight.astype(out)
+        if self.order != "torch":
+            return super().scale(x32, n, weight, out)
+        return (x32 * n if weight is None else x32 * n * self.load(weight)).astype(out)
 
-    def finish(self, y: np.ndarray, x: np.ndarray):
+
+class TextbookFloat32(Ordered):
+    """A correct variant under the name and with the hooks other self-tests build on
+    (tests/test_fingerprint.py, tests/test_check.py): ``squares(x, x32)``, ``q(s, d, eps)`` for
+    mean(x^2) + eps, and ``finish(y, x)`` on the output."""
+
+    def squares(self, x, x32):
+        return x32 * x32
+
+    def sum_squares(self, x, x32):
+        return self.row_sum(self.squares(x, x32))
+
+    def q(self, s, d, eps):
+        return super().mean_plus_eps(s, d, eps)
+
+    def mean_plus_eps(self, s, d, eps):
+        return self.q(s, d, eps)
+
+    def finish(self, y, x):
         return y
 
-    # ---- the whole computation -------------------------------------------------------------
     def rms_norm(self, x, weight, eps, layout=None):
-        xv, weight = self.view(x, weight, layout)
-        out = self.out_dtype(xv, weight)
-        with np.errstate(all="ignore"):
-            x32 = self.to_accumulator(xv)
-            n = self.inv_rms(self.sum_squares(xv, x32), self.count(xv), eps)
-            y = self.scale(x32, n, weight, out)
-        return self.finish(np.asarray(y), xv)
+        return self.finish(super().rms_norm(x, weight, eps, layout), x)
 
 
-# ---- mutants: one classic bug each ---------------------------------------------------------
+def textbook_variants() -> list[NumpyTextbook]:
+    """The correct forward and gradient variants, one per order (numpy-textbook-pairwise is
+    numpy-textbook itself)."""
+    return [Ordered(o) for o in SUM_ORDERS + ("torch",)]
 
 
-class HalfAccumulation(TextbookFloat32):
+class TextbookModule(NumpyTextbook):
+    """A correct module in MLX's contract around numpy-textbook: ``RMSNorm(dims, eps=1e-5)``
+    holds one parameter, ``weight = ones((dims,), float32)``, rejects eps <= 0, and its output
+    and gradients are numpy-textbook's functional op and VJP with its weight and eps."""
+
+    id = "numpy-textbook-module"
+    capabilities = Capabilities(dtypes=tuple(DTYPES), mixed="promote", module=True,
+                                functional=True, mlx_module=True, layouts=LAYOUTS,
+                                gradients=("vjp",))
+    default_eps = 1e-5
+
+    def parameters(self, dims):
+        return {"weight": np.ones(dims, F32)}
+
+    def check_eps(self, eps):
+        if eps <= 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+
+    def module_info(self, dims, eps=None):
+        eps = self.default_eps if eps is None else eps
+        self.check_eps(eps)
+        return ModuleInfo(eps=eps, parameters=self.parameters(dims))
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        """The module built with eps, its weight replaced, called on (a view of) x."""
+        self.check_eps(eps)
+        xv, wv = self.view(x, weight, layout)
+        return self.module_forward(xv, wv, eps)
+
+    def module_forward(self, x, weight, eps):
+        return self.functional(x, weight, eps)
+
+    def functional(self, x, weight, eps):
+        return NumpyTextbook.rms_norm(self, x, weight, eps)
+
+    def vjp(self, x, weight, eps, g):
+        """The module's gradients (weight and x) of sum(g * module(x))."""
+        return self.functional_vjp(x, weight, eps, g)
+
+    def functional_vjp(self, x, weight, eps, g):
+        return NumpyTextbook.vjp(self, x, weight, eps, g)
+
+
+# ---- mutants -------------------------------------------------------------------------------
+
+def kebab(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+
+
+class _Named:
+    #: the SPEC.md clause whose property must catch the bug
+    target = ""
+    #: further clauses whose properties must catch it too (checked by the kill tests)
+    also: tuple = ()
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.id = "mutant-" + kebab(cls.__name__)
+
+
+class Mutant(_Named, NumpyTextbook):
+    """numpy-textbook with one bug."""
+
+
+class ModuleMutant(_Named, TextbookModule):
+    """The NumPy module with one bug."""
+
+
+def _half_sequential(terms: np.ndarray, dtype) -> np.ndarray:
+    """Left-to-right sum over the last axis accumulated in ``dtype`` (keepdims), as float32."""
+    t = terms.astype(dtype)
+    return _sequential(t).astype(F32)
+
+
+# -- accumulation and the statistic
+
+
+class HalfAccumulation(Mutant):
     """Squares and their sum formed in the input's half type (float16/bfloat16), not float32:
-    squares round (and overflow above 256 for float16), the sum loses bits."""
+    squares round (and overflow above 256 for float16) and the running sum loses bits."""
 
-    def sum_squares(self, xv, x32):
-        if xv.dtype.name not in HALF_NAMES:
-            return super().sum_squares(xv, x32)
-        sq = xv * xv
-        acc = (np.zeros(sq.shape[:-1] + (1,), sq.dtype) if sq.shape[-1] == 0
-               else np.cumsum(sq, axis=-1, dtype=sq.dtype)[..., -1:])
-        return acc.astype(F32)
+    target = "ACC-3"
 
-
-class EpsOutsideRoot(TextbookFloat32):
-    """n = 1 / (sqrt(mean(x^2)) + eps)."""
-
-    def inv_rms(self, s, d, eps):
-        return F32(1) / (np.sqrt(s / F32(d)) + F32(eps))
+    def sum_squares(self, x, x32):
+        if x.dtype.name not in HALF_NAMES:
+            return super().sum_squares(x, x32)
+        return _half_sequential(np.asarray(x) * np.asarray(x), x.dtype)
 
 
-class EpsIgnored(TextbookFloat32):
-    """n = 1 / sqrt(mean(x^2)): eps dropped."""
+class HalfSquares(Mutant):
+    """Squares formed in the input's half type (``x.pow(2)`` before the cast), summed in
+    float32: float16 squares overflow to inf above |x| = 256, bfloat16 squares round."""
 
-    def q(self, s, d, eps):
-        return s / F32(d)
+    target = "ACC-2"
 
-
-class EpsAddedToSum(TextbookFloat32):
-    """q = (sum(x^2) + eps) / d: eps added before the division by d."""
-
-    def q(self, s, d, eps):
-        return (s + F32(eps)) / F32(d)
+    def sum_squares(self, x, x32):
+        if x.dtype.name not in HALF_NAMES:
+            return super().sum_squares(x, x32)
+        return self.row_sum((np.asarray(x) * np.asarray(x)).astype(F32))
 
 
-class SumInsteadOfMean(TextbookFloat32):
+class HalfAccumulationLongRows(Mutant):
+    """Only the long-row path (d > 4096) accumulates the sum of (float32) squares in the input's
+    half type: right for every shorter row."""
+
+    target = "ACC-6"
+
+    def sum_squares(self, x, x32):
+        if x.dtype.name not in HALF_NAMES or x.shape[-1] <= 4096:
+            return super().sum_squares(x, x32)
+        return _half_sequential(x32 * x32, x.dtype)
+
+
+class LongRowsDropPartialBlock(Mutant):
+    """A looped kernel for d > 4096 reads the row in chunks of 4096 and drops the last, partial
+    chunk (an off-by-one in the chunk count): right for d <= 4096 and multiples of 4096."""
+
+    target = "ACC-6"
+
+    def sum_squares(self, x, x32):
+        d = x.shape[-1]
+        if d <= 4096:
+            return super().sum_squares(x, x32)
+        keep = d - d % 4096
+        return super().sum_squares(x[..., :keep], x32[..., :keep])
+
+
+class DroppedTail(Mutant):
+    """The reduction skips the last element of every row (an off-by-one in the loop bound)."""
+
+    target = "ACC-3"
+
+    def sum_squares(self, x, x32):
+        return super().sum_squares(x[..., :-1], x32[..., :-1])
+
+
+class SumInsteadOfMean(Mutant):
     """q = sum(x^2) + eps: the division by d forgotten."""
 
-    def q(self, s, d, eps):
+    target = "ACC-1"
+
+    def mean_plus_eps(self, s, d, eps):
         return s + F32(eps)
 
 
-class UnbiasedMean(TextbookFloat32):
+class UnbiasedMean(Mutant):
     """q = sum(x^2) / (d - 1) + eps: a variance formula's Bessel correction carried over."""
 
-    def q(self, s, d, eps):
+    target = "ACC-3"
+
+    def mean_plus_eps(self, s, d, eps):
         return s / F32(d - 1) + F32(eps)
 
 
-class DroppedTail(TextbookFloat32):
-    """The reduction skips the last element (an off-by-one in the loop bound)."""
+class WrongAxis(Mutant):
+    """The statistic is taken over the first axis instead of the last when x has 2+ axes."""
 
-    def sum_squares(self, xv, x32):
-        return super().sum_squares(xv[..., :-1], x32[..., :-1])
+    target = "FWD-2"
 
-
-class WrongAxis(TextbookFloat32):
-    """The statistic is taken over the first axis (axis 0) when x has more than one axis."""
-
-    def sum_squares(self, xv, x32):
+    def inv_rms(self, x, x32, eps):
         if x32.ndim < 2:
-            return super().sum_squares(xv, x32)
-        return np.sum(x32 * x32, axis=0, dtype=F32, keepdims=True)
-
-    def count(self, xv):
-        return xv.shape[0] if xv.ndim > 1 else xv.shape[-1]
+            return super().inv_rms(x, x32, eps)
+        s = np.sum(x32 * x32, axis=0, dtype=F32, keepdims=True)
+        return self.rsqrt(self.mean_plus_eps(s, x32.shape[0], eps))
 
 
-class LowPrecisionRsqrt(TextbookFloat32):
+class LowPrecisionRsqrt(Mutant):
     """n = 1/sqrt(q) evaluated in bfloat16 (a fast low-precision rsqrt): 8 bits of n."""
 
-    def rsqrt(self, q):
-        import ml_dtypes
+    target = "ACC-3"
 
+    def rsqrt(self, q):
         qb = q.astype(ml_dtypes.bfloat16)
         return (np.ones_like(qb) / np.sqrt(qb)).astype(F32)
 
 
-class AlwaysFloat32(TextbookFloat32):
+class LayerNormConfusion(Mutant):
+    """LayerNorm instead of RMSNorm: x is centred (its row mean subtracted) first."""
+
+    target = "ACC-1"
+
+    @staticmethod
+    def _centre(x32):
+        if x32.shape[-1] == 0:
+            return x32
+        return x32 - np.mean(x32, axis=-1, keepdims=True, dtype=F32)
+
+    def inv_rms(self, x, x32, eps):
+        return super().inv_rms(x, self._centre(x32), eps)
+
+    def scale(self, x32, n, weight, out):
+        return super().scale(self._centre(x32), n, weight, out)
+
+
+# -- eps
+
+
+class EpsOutsideRoot(Mutant):
+    """n = 1 / (sqrt(mean(x^2)) + eps)."""
+
+    target = "FWD-3"
+
+    def inv_rms(self, x, x32, eps):
+        s = self.sum_squares(x, x32)
+        return F32(1) / (np.sqrt(s / F32(x.shape[-1])) + F32(eps))
+
+
+class EpsIgnored(Mutant):
+    """n = 1 / sqrt(mean(x^2)): eps dropped."""
+
+    target = "FWD-3"
+
+    def mean_plus_eps(self, s, d, eps):
+        return s / F32(d)
+
+
+class EpsAddedToSum(Mutant):
+    """q = (sum(x^2) + eps) / d: eps added before the division by d."""
+
+    target = "FWD-3"
+
+    def mean_plus_eps(self, s, d, eps):
+        return (s + F32(eps)) / F32(d)
+
+
+class EpsAsFloat16(Mutant):
+    """eps passed to the kernel as float16: 1e-8 and 1e-12 become 0, 1e-5 becomes 1.0014e-5."""
+
+    target = "FWD-3"
+
+    def mean_plus_eps(self, s, d, eps):
+        with np.errstate(over="ignore"):
+            return s / F32(d) + F32(np.float16(eps))
+
+
+# -- regimes: long rows, bands of d, many rows, d = 1
+
+
+class BandSharedReduction(Mutant):
+    """For 256 < d <= 1024 a block handles two rows and their reductions share one accumulator:
+    rows 2k and 2k+1 both get the sum of squares of the two. Right for other d and one row."""
+
+    target = "SPV-7"
+
+    def sum_squares(self, x, x32):
+        s = super().sum_squares(x, x32)
+        flat = s.reshape(-1).copy()
+        r = flat.size
+        if not (256 < x.shape[-1] <= 1024 and r > 1):
+            return s
+        both = flat[0:r - r % 2:2] + flat[1:r:2]
+        flat[0:r - r % 2:2] = both
+        flat[1:r:2] = both
+        return flat.reshape(s.shape)
+
+
+class ManyRowsGridOverflow(Mutant):
+    """One block per row on a grid limited to 65535 blocks: rows from index 65535 on are never
+    written (they come back as zeros). Right for up to 65535 rows."""
+
+    target = "SPV-7"
+
+    def scale(self, x32, n, weight, out):
+        y = super().scale(x32, n, weight, out)
+        d = y.shape[-1]
+        if d and y.size // d > 65535:
+            y.reshape(-1, d)[65535:] = 0      # y is a fresh contiguous array: a view
+        return y
+
+
+class AxisLengthOneSignOnly(Mutant):
+    """A d = 1 fast path computes x / |x| (eps dropped; 0/0 for x = 0)."""
+
+    target = "FWD-4"
+
+    def inv_rms(self, x, x32, eps):
+        if x.shape[-1] != 1:
+            return super().inv_rms(x, x32, eps)
+        return F32(1) / np.abs(x32)
+
+
+class RowsCoupled(Mutant):
+    """Rows affect each other: every row is normalised by the mean square of the whole batch."""
+
+    target = "SPV-7"
+
+    def sum_squares(self, x, x32):
+        s = super().sum_squares(x, x32)
+        if s.ndim < 2 or s.size == 0:
+            return s
+        return np.full_like(s, np.sum(s, dtype=F32) / F32(s.size))
+
+
+# -- special values and range
+
+
+class NanIgnoringSum(Mutant):
+    """The sum of squares ignores NaN (nansum): a NaN input no longer poisons its row."""
+
+    target = "SPV-3"
+
+    def sum_squares(self, x, x32):
+        return np.nansum(x32 * x32, axis=-1, dtype=F32, keepdims=True)
+
+
+class FastMathInfinity(Mutant):
+    """Finite-math assumption: q is clamped to the largest float32, so an infinite input gives
+    inf (not NaN) at its position and tiny non-zero values beside it."""
+
+    target = "SPV-4"
+
+    def mean_plus_eps(self, s, d, eps):
+        return np.minimum(super().mean_plus_eps(s, d, eps), np.finfo(F32).max)
+
+
+class RescaledNoZeroGuard(Mutant):
+    """An overflow-safe formulation that divides each row by its largest magnitude first, with
+    no guard for all-zero rows: 0/0 gives NaN where the output must be 0."""
+
+    target = "SPV-1"
+
+    def inv_rms(self, x, x32, eps):
+        d = x32.shape[-1]
+        if d == 0:
+            return super().inv_rms(x, x32, eps)
+        m = np.max(np.abs(x32), axis=-1, keepdims=True)
+        xs = x32 / m
+        q = self.row_sum(xs * xs).astype(np.float64) / d + np.float64(eps) / np.square(
+            m.astype(np.float64))
+        return (1.0 / (np.sqrt(q) * m)).astype(F32)
+
+
+class ZeroSumShortcut(Mutant):
+    """An early exit writes zeros for rows whose float32 sum of squares is 0, meant for zero rows:
+    rows of tiny values whose squares underflow get 0 instead of x / sqrt(eps)."""
+
+    target = "ACC-7"
+
+    def inv_rms(self, x, x32, eps):
+        s = self.sum_squares(x, x32)
+        return np.where(s == 0, F32(0), self.rsqrt(self.mean_plus_eps(s, x.shape[-1], eps)))
+
+
+class KahanOverflowNan(Mutant):
+    """Kahan-compensated sum of squares: once the running sum overflows, the compensation
+    (t - s) - y is inf - inf = NaN, so rows whose float32 sum overflows give NaN instead of 0
+    (modelled on the float32 sum: NaN wherever it is infinite)."""
+
+    target = "ACC-4"
+
+    def sum_squares(self, x, x32):
+        s = super().sum_squares(x, x32)
+        return np.where(np.isinf(s), F32(np.nan), s)
+
+
+class FlushSubnormalInputs(Mutant):
+    """Denormals-are-zero: every subnormal input (x, weight, cotangents) reads as 0."""
+
+    target = "SPV-6"
+
+    def load(self, a):
+        a32 = super().load(a)
+        return np.where(np.abs(a32) < np.finfo(F32).tiny, F32(0), a32)
+
+
+# -- output dtype, shape, plumbing
+
+
+class AlwaysFloat32(Mutant):
     """Returns the float32 working values: the output is float32 whatever the input dtypes."""
+
+    target = "DTY-1"
 
     def out_dtype(self, x, weight):
         return np.dtype(F32)
 
 
-class OutputInXDtype(TextbookFloat32):
+class OutputInXDtype(Mutant):
     """The output takes x's dtype even when the weight's dtype should promote it."""
+
+    target = "DTY-2"
 
     def out_dtype(self, x, weight):
         return x.dtype
 
 
-class FlattenedOutput(TextbookFloat32):
+class NoWeightPromotes(Mutant):
+    """weight=None is replaced by a float32 ones weight, so a half-precision x without weight is
+    promoted to a float32 output."""
+
+    target = "DTY-3"
+
+    def view(self, x, weight, layout):
+        xv, wv = super().view(x, weight, layout)
+        return xv, (np.ones(np.shape(xv)[-1:], F32) if wv is None and np.ndim(xv) else wv)
+
+
+class MixedWeightCastToHalf(Mutant):
+    """With a half-precision x and a float32 weight the kernel casts the weight to x's type
+    before the (float32) product: the output dtype is right, the weight lost 13 or 16 bits."""
+
+    target = "ACC-1"
+
+    def view(self, x, weight, layout):
+        xv, wv = super().view(x, weight, layout)
+        if wv is not None and xv.dtype.name in HALF_NAMES and wv.dtype == F32:
+            wv = wv.astype(xv.dtype).astype(F32)
+        return xv, wv
+
+
+class FlattenedOutput(Mutant):
     """Returns the result flattened to one dimension."""
 
-    def finish(self, y, x):
-        return y.ravel()
+    target = "FWD-1"
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        return super().rms_norm(x, weight, eps, layout).ravel()
 
 
-class ReturnsList(TextbookFloat32):
+class ReturnsList(Mutant):
     """Returns a Python list (``tolist()``) instead of an ndarray."""
 
-    def finish(self, y, x):
-        return y.tolist()
+    target = "FWD-1"
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        return super().rms_norm(x, weight, eps, layout).tolist()
 
 
-class Raises(TextbookFloat32):
+class Raises(Mutant):
     """Every call raises RuntimeError (a kernel that fails to launch)."""
+
+    target = "FWD-1"
 
     def rms_norm(self, x, weight, eps, layout=None):
         raise RuntimeError("kernel launch failed")
 
 
-class RowsCoupled(TextbookFloat32):
-    """Rows affect each other: every row is normalised by the mean square of the whole batch
-    (``mode="batch"``) or of row 0 (``mode="row0"``)."""
-
-    def __init__(self, mode: str = "batch"):
-        super().__init__()
-        self.mode = mode
-        self.id = f"{self.kind()}-{mode}"
-
-    def sum_squares(self, xv, x32):
-        s = super().sum_squares(xv, x32)
-        if s.ndim < 2 or s.size == 0:
-            return s
-        rows = s.reshape(-1)
-        value = rows[0] if self.mode == "row0" else np.sum(rows, dtype=F32) / F32(rows.size)
-        return np.full_like(s, value)
+# -- the weight and the sign
 
 
-class AbsX(TextbookFloat32):
-    """Sign bug: the output uses |x| (y = |x| * n * w). ``signed_zero=False`` (the default)
-    negates negative values only, so -0.0 stays -0.0; ``signed_zero=True`` uses np.abs, which
-    also turns -0.0 into +0.0."""
+class AbsX(Mutant):
+    """Sign bug: the output uses |x| (np.abs, which also turns -0.0 into +0.0)."""
 
-    def __init__(self, signed_zero: bool = False):
-        super().__init__()
-        self.signed_zero = signed_zero
-        self.id = f"{self.kind()}-{'abs' if signed_zero else 'negate-negatives'}"
+    target = "MET-1"
 
     def scale(self, x32, n, weight, out):
-        a = np.abs(x32) if self.signed_zero else np.where(x32 < 0, -x32, x32)
-        return super().scale(a, n, weight, out)
+        return super().scale(np.abs(x32), n, weight, out)
 
 
-class WeightTwice(TextbookFloat32):
+class WeightTwice(Mutant):
     """The weight is applied twice (once in the kernel, once by the caller)."""
+
+    target = "MET-4"
 
     def scale(self, x32, n, weight, out):
         y = super().scale(x32, n, weight, out)
         return y if weight is None else y * weight.astype(out)
 
 
-class WeightIgnored(TextbookFloat32):
+class WeightIgnored(Mutant):
     """The weight is never applied."""
+
+    target = "MET-4"
 
     def scale(self, x32, n, weight, out):
         return super().scale(x32, n, None, out)
 
 
-class LayerNormConfusion(TextbookFloat32):
-    """LayerNorm instead of RMSNorm: x is centred (its row mean subtracted) first."""
+class GemmaWeightOffset(Mutant):
+    """The weight is applied as (1 + w), Gemma's convention, to a weight meant as MLX's: a zero
+    weight no longer gives zero."""
 
-    def to_accumulator(self, xv):
-        x32 = xv.astype(F32)
-        if x32.shape[-1] == 0:
-            return x32
-        return x32 - np.mean(x32, axis=-1, keepdims=True, dtype=F32)
+    target = "SPV-9"
 
-
-class NanIgnoringSum(TextbookFloat32):
-    """The reduction uses a NaN-ignoring sum: a NaN input no longer poisons its row."""
-
-    def sum_squares(self, xv, x32):
-        return np.nansum(self.squares(xv, x32), axis=-1, dtype=F32, keepdims=True)
+    def scale(self, x32, n, weight, out):
+        return super().scale(x32, n, None if weight is None else (
+            weight.astype(F32) + F32(1)).astype(weight.dtype), out)
 
 
-class IgnoresStrides(TextbookFloat32):
-    """Reads a non-contiguous view's buffer as if it were contiguous (strides ignored):
-    a transposed view is read in memory order, a strided one reads the skipped elements."""
+class WeightOffByOne(Mutant):
+    """The weight is indexed off by one: element i is scaled by w[i - 1] (w[-1] for i = 0)."""
+
+    target = "MET-4"
+
+    def scale(self, x32, n, weight, out):
+        return super().scale(x32, n, None if weight is None else np.roll(weight, 1), out)
+
+
+# -- layouts (each misreads one kind of view; the others are read right)
+
+
+class _Misread(Mutant):
+    kind = ""
 
     def view(self, x, weight, layout):
-        if layout is None or layout.kind in ("broadcast", "weight_strided", "offset"):
-            return build_view(x, weight, layout)
+        if layout is None or layout.kind != self.kind:
+            return super().view(x, weight, layout)
+        return self.misread(layout, x, weight)
+
+    @staticmethod
+    def _flat(source, shape):
+        """The first prod(shape) elements of source's buffer in memory order."""
+        n = int(np.prod(shape, dtype=np.int64))
+        return np.ascontiguousarray(source).reshape(-1)[:n].reshape(shape)
+
+
+class TransposedReadInMemoryOrder(_Misread):
+    """A transposed view (last two axes swapped) is read in memory order, as if contiguous."""
+
+    target = "MET-7"
+    kind = "transposed"
+
+    def misread(self, layout, x, weight):
+        return self._flat(layout.source, layout.shape), weight
+
+
+class StridedReadContiguously(_Misread):
+    """A strided view (every other element) is read contiguously: the skipped elements are
+    read, and half of each row is missed."""
+
+    target = "MET-7"
+    kind = "strided"
+
+    def misread(self, layout, x, weight):
+        return self._flat(layout.source, layout.shape), weight
+
+
+class BroadcastReadAsContiguous(_Misread):
+    """A broadcast view (size-1 axes of stride 0) is read as a contiguous array of the full
+    shape: only the first copy is the source, the rest reads past it (modelled as zeros)."""
+
+    target = "MET-7"
+    kind = "broadcast"
+
+    def misread(self, layout, x, weight):
+        src = np.ascontiguousarray(layout.source).reshape(-1)
         n = int(np.prod(layout.shape, dtype=np.int64))
-        flat = np.ascontiguousarray(layout.source).reshape(-1)[:n].reshape(layout.shape)
-        return flat, weight
+        buf = np.zeros(n, src.dtype)
+        buf[:min(n, src.size)] = src[:n]
+        return buf.reshape(layout.shape), weight
 
 
-class FlushSubnormalInputs(TextbookFloat32):
-    """Denormals-are-zero: subnormal inputs read as 0 (of float32's subnormal range)."""
+class OffsetIgnored(_Misread):
+    """A view that does not start at its buffer's start is read from the buffer's start."""
 
-    def to_accumulator(self, xv):
-        x32 = xv.astype(F32)
-        return np.where(np.abs(x32) < np.finfo(F32).tiny, F32(0), x32)
+    target = "MET-7"
+    kind = "offset"
+
+    def misread(self, layout, x, weight):
+        return self._flat(layout.source, layout.shape), weight
 
 
-def textbook_variants() -> list[TextbookFloat32]:
-    return [TextbookFloat32(o) for o in SUM_ORDERS + ("torch",)]
+class PaddedRowStrideIgnored(_Misread):
+    """Rows padded beyond d (row stride > d) are read with row stride d."""
+
+    target = "MET-7"
+    kind = "padded"
+
+    def misread(self, layout, x, weight):
+        return self._flat(layout.source, layout.shape), weight
+
+
+class NegativeStrideMisread(_Misread):
+    """A reversed view (negative stride) is read with the stride's magnitude: forwards."""
+
+    target = "MET-7"
+    kind = "reversed"
+
+    def misread(self, layout, x, weight):
+        return np.asarray(layout.source), weight
+
+
+class StridedWeightReadContiguously(_Misread):
+    """A strided weight (every other element of its buffer) is read contiguously."""
+
+    target = "MET-7"
+    kind = "weight_strided"
+
+    def misread(self, layout, x, weight):
+        return np.asarray(x), np.ascontiguousarray(layout.weight_source)[:np.shape(x)[-1]]
+
+
+# -- state carried between calls
+
+
+class StaleShapeCache(Mutant):
+    """The function built for a sequence of calls caches its compiled kernel by dtype only, not
+    by shape: a later call with another axis length reuses the first call's d for the mean."""
+
+    target = "FWD-6"
+    _d = None
+
+    def mean_plus_eps(self, s, d, eps):
+        return super().mean_plus_eps(s, self._d or d, eps)
+
+    def rms_norm_sequence(self, calls):
+        compiled, out = {}, []
+        try:
+            for x, w, eps in calls:
+                key = (x.dtype.name, None if w is None else w.dtype.name)
+                self._d = compiled.setdefault(key, x.shape[-1])
+                out.append(self.rms_norm(x, w, eps))
+        finally:
+            self._d = None
+        return out
+
+
+# -- argument validation (VAL: numpy-textbook declares MLX's validation)
+
+
+class SizeOneWeightBroadcast(Mutant):
+    """A weight of size 1 is broadcast over the axis instead of rejected."""
+
+    target = "VAL-3"
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        if weight is not None and weight.ndim == 1 and weight.size == 1 and x.ndim:
+            weight = np.broadcast_to(weight, (x.shape[-1],))
+        return super().rms_norm(x, weight, eps, layout)
+
+
+class MatrixWeightAccepted(Mutant):
+    """A weight that is not 1-D is broadcast against x (NumPy rules) instead of rejected."""
+
+    target = "VAL-2"
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        if weight is None or weight.ndim == 1:
+            return super().rms_norm(x, weight, eps, layout)
+        return super().rms_norm(x, None, eps, layout) * weight
+
+
+class ZeroDimAccepted(Mutant):
+    """A 0-d x is treated as a row of one element instead of rejected."""
+
+    target = "VAL-1"
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        if np.ndim(x) != 0:
+            return super().rms_norm(x, weight, eps, layout)
+        return super().rms_norm(np.reshape(x, (1,)), weight, eps, layout).reshape(())
+
+
+class IntegerInputAccepted(Mutant):
+    """An integer, bool or complex x is cast to float32 and normalised instead of rejected."""
+
+    target = "VAL-4"
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        if x.dtype.name not in DTYPES:
+            x = np.real(x).astype(F32)
+        return super().rms_norm(x, weight, eps, layout)
+
+
+class WrongExceptionType(Mutant):
+    """Invalid arguments raise TypeError (the framework's own type, not translated) instead of
+    ValueError."""
+
+    target = "VAL-3"
+
+    def check_args(self, x, weight):
+        try:
+            super().check_args(x, weight)
+        except ValueError as e:
+            raise TypeError(str(e)) from None
+
+
+# -- the module (MOD clauses, GRAD-13)
+
+
+class ModuleWeightNotOnes(ModuleMutant):
+    """The default weight is initialised randomly (like a linear layer's), not to ones."""
+
+    target = "MOD-1"
+
+    def parameters(self, dims):
+        return {"weight": np.random.default_rng(dims).normal(size=dims).astype(F32)}
+
+
+class ModuleWeightNotFloat32(ModuleMutant):
+    """The default weight is created in bfloat16 instead of float32."""
+
+    target = "MOD-1"
+
+    def parameters(self, dims):
+        return {"weight": np.ones(dims, ml_dtypes.bfloat16)}
+
+
+class ModuleExtraParameter(ModuleMutant):
+    """The module has a second parameter, a (zero) bias, beside its weight."""
+
+    target = "MOD-1"
+
+    def parameters(self, dims):
+        return {**super().parameters(dims), "bias": np.zeros(dims, F32)}
+
+
+class ModuleDefaultEps(ModuleMutant):
+    """The default eps is 1e-6 (Keras/LLaMA's) instead of MLX's 1e-5."""
+
+    target = "MOD-2"
+    default_eps = 1e-6
+
+
+class ModuleAcceptsNonpositiveEps(ModuleMutant):
+    """The module accepts eps <= 0 instead of raising ValueError."""
+
+    target = "MOD-4"
+
+    def check_eps(self, eps):
+        pass
+
+
+class ModuleCastsWeightToInput(ModuleMutant):
+    """The module casts its weight to x's dtype: a default (float32) module fed float16 or
+    bfloat16 returns the half type instead of float32."""
+
+    target = "MOD-5"
+
+    def module_forward(self, x, weight, eps):
+        return self.functional(x, weight.astype(x.dtype), eps)
+
+
+class ModuleDiffersFromFunctional(ModuleMutant):
+    """The module is a composition of separate ops (PyTorch's order: one final rounding of
+    x n w), not the fused functional op: results differ in the last bit for half outputs."""
+
+    target = "MOD-3"
+
+    def module_forward(self, x, weight, eps):
+        with np.errstate(all="ignore"):
+            x32 = self.load(x)
+            y = x32 * self.inv_rms(x, x32, eps) * self.load(weight)
+            return y.astype(self.out_dtype(x, weight))

@@ -1,194 +1,346 @@
-"""The conformance properties catch classic RMSNorm bugs, and never fail a correct implementation.
+"""The shipped run catches faulty implementations, and passes correct ones.
 
-Each mutant of ``tests/fakes.py`` (a correct float32 RMSNorm with one classic bug) is run through
-the conformance property that targets the bug, and must fail it with a ``Nonconformance`` whose
-message names the implementation and carries a repro. The correct ``TextbookFloat32`` variants
-(four float32 summation orders, and PyTorch's single final rounding) are run through the MUST
-properties and must pass: evidence that the tolerance model (SPEC.md, TOL) is sound for
-correct float32-accumulating implementations, whatever their summation order.
+Each mutant of ``tests/fakes.py`` (forward, validation and module bugs; the gradient ones are in
+``test_catches_gradient_faults.py``) is run through the properties of its target clause exactly
+as the default run (``pytest -n auto``) runs them: the property function from
+``conformance/test_*.py`` under ``conformance.plugin.shipped_settings()``, the same derandomised
+examples in the same order, called in-process with the mutant as the implementation
+(``tests/shipped.py``). It must fail with the clause's own failure: a ``Nonconformance`` with a
+one-line summary and, where it describes a case, a repro (never another exception). Mutants the
+shipped examples cannot reach (``tests.mutants.SURVIVES_TODAY``, empty today) would be expected to
+survive (strict xfail).
 
-The properties are run directly (their Hypothesis-wrapped bodies with our own settings) so that
-the adapters need not be installed as entry points.
+The correct variants (numpy-textbook in four more float32 summation orders and PyTorch's
+rounding order, and the NumPy module) pass every MUST property as shipped: evidence that the
+tolerance model (SPEC.md, TOL) is sound for correct float32-accumulating implementations.
+
+The last tests check the harness itself: that it meets the shipped run's examples (against a real
+``pytest`` run of a recording adapter), that dropping the shrink phase keeps every example up to
+the first failure, and that the fixture distribution registers every mutant.
 """
 
 from __future__ import annotations
 
-import zlib
+import importlib.metadata as md
+import os
+import pathlib
+import subprocess
+import sys
 
+import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed, settings, strategies as st
-from hypothesis.errors import Unsatisfiable
 
-from conformance import test_acc, test_dty, test_fwd, test_met, test_spv
-from conformance.assertions import ARTIFACTS_ENV, Nonconformance
-from tests import fakes
+from conformance import clauses
+from conformance.assertions import ARTIFACTS_ENV, Nonconformance, assert_within, \
+    check_accuracy, fail
+from conformance.cases import Case
+from conformance.tolerance import forward_bound, vjp_bounds
+from impl.numpy_textbook import NumpyTextbook
+from impl.protocol import Implementation
+from tests import fakes, grad_fakes, kill_matrix, shipped
+from tests.mutants import MUTANTS, SURVIVES_TODAY, bug
 
-
-class _Skipped(Exception):
-    pass
-
-
-def run_property(test_fn, impl, max_examples: int, salt: str = "") -> str:
-    """Run the conformance property ``test_fn`` (a ``@given(data=...)`` test taking ``impl``)
-    against ``impl`` for ``max_examples`` examples, deterministically and without shrinking.
-
-    Returns "passed", or "skipped: <reason>" when every example was skipped (a capability the
-    implementation does not declare); a clause failure propagates as ``Nonconformance``.
-    Extra ``@given`` arguments of the property (SPV-4's ``sign``, SPV-7's ``value``) are drawn
-    from the same data.
-    """
-    inner = test_fn.hypothesis.inner_test
-    extra = {k: s for k, s in getattr(test_fn.hypothesis, "_given_kwargs", {}).items()
-             if k != "data"}
-    skips: list[str] = []
-
-    @seed(zlib.crc32(f"{test_fn.__name__}|{impl.id}|{salt}".encode()))
-    @settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
-              phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False,
-              suppress_health_check=list(HealthCheck), print_blob=False)
-    @given(data=st.data())
-    def run(data):
-        kwargs = {k: data.draw(s, label=k) for k, s in extra.items()}
-        try:
-            inner(impl=impl, data=data, **kwargs)
-        except pytest.skip.Exception as e:    # a capability not declared: skip this example
-            skips.append(str(e))
-            from hypothesis import reject
-            reject()
-
-    try:
-        run()
-    except Unsatisfiable:
-        if skips:
-            return f"skipped: {skips[0]}"
-        raise
-    return "passed"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-# ---- mutants and the clause that catches each ----------------------------------------------
-
-CLAUSE = {
-    test_acc.test_error_bound_whole_range: "ACC-1",
-    test_acc.test_half_squares_overflowing_half_type: "ACC-2",
-    test_acc.test_exact_sum_of_squares_tight_bound: "ACC-3",
-    test_acc.test_accumulator_out_of_range: "ACC-4",
-    test_acc.test_long_rows: "ACC-6",
-    test_acc.test_underflowing_squares_with_eps: "ACC-7",
-    test_dty.test_same_dtype_output: "DTY-1",
-    test_dty.test_mixed_dtype_output: "DTY-2",
-    test_dty.test_weight_none_output: "DTY-3",
-    test_fwd.test_output_shape_any_leading_shape: "FWD-1",
-    test_fwd.test_normalises_last_axis_only: "FWD-2",
-    test_fwd.test_eps_inside_square_root: "FWD-3",
-    test_fwd.test_axis_length_one: "FWD-4",
-    test_met.test_sign_symmetry: "MET-1",
-    test_met.test_scale_covariance: "MET-2",
-    test_met.test_linear_in_weight: "MET-4",
-    test_met.test_permutation_equivariance: "MET-5",
-    test_met.test_unit_weight_output_rms: "MET-6",
-    test_met.test_layout_independence: "MET-7",
-    test_spv.test_zero_rows_give_zero: "SPV-1",
-    test_spv.test_nan_propagates_to_its_row_only: "SPV-3",
-    test_spv.test_inf_gives_nan_at_inf_and_zero_or_nan_elsewhere: "SPV-4",
-    test_spv.test_subnormal_inputs_preserved: "SPV-6",
-    test_spv.test_rows_never_affect_each_other: "SPV-7",
-}
-BY_CLAUSE = {cid: fn for fn, cid in CLAUSE.items()}
-
-#: (mutant, the clause whose property must catch it). Each is caught within 1-20 examples for
-#: every one of 15 seeds tried (median 1-5); MUTANT_EXAMPLES leaves a wide margin.
-CAUGHT = [
-    (fakes.HalfAccumulation(), "ACC-3"),
-    (fakes.HalfAccumulation(), "ACC-2"),
-    (fakes.EpsOutsideRoot(), "FWD-3"),
-    (fakes.EpsIgnored(), "FWD-3"),
-    (fakes.EpsAddedToSum(), "FWD-3"),
-    (fakes.SumInsteadOfMean(), "ACC-1"),
-    (fakes.SumInsteadOfMean(), "ACC-3"),
-    (fakes.UnbiasedMean(), "ACC-3"),
-    (fakes.UnbiasedMean(), "FWD-4"),
-    (fakes.DroppedTail(), "ACC-3"),
-    (fakes.WrongAxis(), "FWD-2"),
-    (fakes.LowPrecisionRsqrt(), "ACC-3"),
-    (fakes.AlwaysFloat32(), "DTY-1"),
-    (fakes.AlwaysFloat32(), "DTY-3"),
-    (fakes.OutputInXDtype(), "DTY-2"),
-    (fakes.FlattenedOutput(), "FWD-1"),
-    (fakes.ReturnsList(), "FWD-1"),
-    (fakes.Raises(), "ACC-1"),
-    (fakes.RowsCoupled("batch"), "SPV-7"),
-    (fakes.RowsCoupled("batch"), "FWD-2"),
-    (fakes.RowsCoupled("row0"), "SPV-7"),
-    (fakes.RowsCoupled("row0"), "FWD-2"),
-    (fakes.AbsX(), "MET-1"),
-    (fakes.WeightTwice(), "MET-4"),
-    (fakes.WeightIgnored(), "MET-4"),
-    (fakes.LayerNormConfusion(), "ACC-1"),
-    (fakes.LayerNormConfusion(), "MET-6"),
-    (fakes.NanIgnoringSum(), "SPV-3"),
-    (fakes.IgnoresStrides(), "MET-7"),
-    (fakes.FlushSubnormalInputs(), "SPV-6"),
-]
-MUTANT_EXAMPLES = 50     # generation stops at the first failure; every pair fails far sooner
+class Survived(AssertionError):
+    """The mutant passed its target clause's properties."""
 
 
-def _marked(pairs):
-    return [pytest.param(m, cid, id=f"{m.id}-{cid}", marks=pytest.mark.clause(cid))
-            for m, cid in pairs]
+def kill_params(module):
+    """One param per (mutant of ``module``, clause that must kill it)."""
+    out = []
+    for mid, cls in MUTANTS.items():
+        if cls.__module__ != module.__name__:
+            continue
+        for cid in (cls.target, *cls.also):
+            marks = [pytest.mark.clause("COV-2")]
+            if cid == cls.target and mid in SURVIVES_TODAY:
+                marks.append(pytest.mark.xfail(raises=Survived, strict=True,
+                                               reason=SURVIVES_TODAY[mid]))
+            out.append(pytest.param(cls, cid, id=f"{mid}-{cid}", marks=marks))
+    return out
 
 
-def assert_caught(test_fn, mutant, examples) -> str:
-    """The property fails for the mutant with a message naming it and carrying a repro."""
-    with pytest.raises(Nonconformance) as info:
-        run_property(test_fn, mutant, examples)
-    message = str(info.value)
-    assert f"implementation: {mutant.id}" in message, message
-    assert "repro:" in message and ("decode(" in message or "load(" in message), message
-    return message
+def assert_killed(cls, cid):
+    mutant = cls()
+    outcome = shipped.run_clause(cid, mutant)
+    if outcome.status == "survived":
+        raise Survived(f"{mutant.id} survived {cid} ({outcome.examples} examples): {bug(cls)}"
+                       + (f" [{outcome.message}]" if outcome.message else ""))
+    problem = shipped.problem_with_kill(outcome, mutant)
+    if problem:
+        raise AssertionError(problem) from outcome.error
 
 
-@pytest.mark.parametrize("mutant, cid", _marked(CAUGHT))
-def test_mutant_is_caught(mutant, cid, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cls, cid", kill_params(fakes))
+def test_mutant_is_killed_as_shipped(cls, cid, tmp_path, monkeypatch):
     monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path))     # repros of large inputs go here
-    assert_caught(BY_CLAUSE[cid], mutant, MUTANT_EXAMPLES)
-
-
-@pytest.mark.clause("MET-1")
-def test_signed_zero_sign_bug_is_caught(tmp_path, monkeypatch):
-    """np.abs turns f(-0.0) into +0.0 where -f(0.0) is -0.0: MET-1's bitwise check must report
-    it as a Nonconformance (Hypothesis' first example is x = [0.0])."""
-    monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path))
-    mutant = fakes.AbsX(signed_zero=True)
-    with pytest.raises(Nonconformance) as info:
-        run_property(test_met.test_sign_symmetry, mutant, MUTANT_EXAMPLES)
-    assert f"implementation: {mutant.id}" in str(info.value)
-
-
-@pytest.mark.clause("TOL-1")
-def test_every_mutant_is_caught_somewhere():
-    """Each mutant class of tests/fakes.py appears in CAUGHT."""
-    classes = {type(m) for m, _ in CAUGHT}
-    defined = {c for c in vars(fakes).values()
-               if isinstance(c, type) and issubclass(c, fakes.TextbookFloat32)
-               and c is not fakes.TextbookFloat32}
-    assert defined <= classes, sorted(c.__name__ for c in defined - classes)
+    assert_killed(cls, cid)
 
 
 # ---- correct implementations pass ----------------------------------------------------------
 
-MUST_CLAUSES = ["ACC-1", "ACC-2", "ACC-3", "ACC-4", "ACC-6", "ACC-7", "FWD-2", "FWD-3", "FWD-4",
-                "MET-1", "MET-2", "MET-4", "MET-5", "MET-6", "MET-7", "SPV-1", "SPV-3", "SPV-4",
-                "SPV-7"]
-#: examples per (variant, clause); a few clauses with cheap examples get more
-PASS_EXAMPLES = {"ACC-1": 25, "ACC-3": 30, "FWD-3": 30, "FWD-4": 30}
-DEFAULT_PASS_EXAMPLES = 12
+def pass_params(variants, where):
+    """(variant, property) for every MUST property of the modules ``where`` selects."""
+    out = []
+    for fn in shipped.properties():
+        cid = shipped.clause_of(fn)
+        if shipped.level(cid) != "MUST" or not where(fn):
+            continue
+        for v in variants:
+            out.append(pytest.param(v, fn, id=f"{v.id}-{fn.__name__}",
+                                    marks=pytest.mark.clause("TOL-1")))
+    return out
 
 
-@pytest.mark.parametrize("fake", [pytest.param(f, id=f.id) for f in fakes.textbook_variants()])
-@pytest.mark.parametrize("cid", [pytest.param(c, id=c, marks=pytest.mark.clause(c))
-                                 for c in MUST_CLAUSES])
-def test_correct_implementation_passes(fake, cid, tmp_path, monkeypatch):
+def assert_passes(impl, fn):
+    outcome, _ = shipped.run(fn, impl)
+    assert outcome.status in ("survived", "skipped"), outcome.message
+
+
+#: numpy-textbook in the other summation orders (numpy-textbook-pairwise is numpy-textbook, which
+#: the default run's conformance suite runs itself)
+VARIANTS = [v for v in fakes.textbook_variants() if v.order != "pairwise"]
+
+
+def _not_grad(fn):
+    return fn.__module__ != "conformance.test_grad"
+
+
+@pytest.mark.parametrize("variant, fn", pass_params(VARIANTS, _not_grad)
+                         + pass_params([fakes.TextbookModule()],
+                                       lambda fn: fn.__module__ == "conformance.test_mod"))
+def test_correct_implementation_passes(variant, fn, tmp_path, monkeypatch):
     monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path))
-    result = run_property(BY_CLAUSE[cid], fake,
-                          PASS_EXAMPLES.get(cid, DEFAULT_PASS_EXAMPLES), salt="pass")
-    assert result == "passed", result
+    assert_passes(variant, fn)
+
+
+# ---- the catalogue -------------------------------------------------------------------------
+
+@pytest.mark.clause("COV-2")
+def test_catalogue():
+    """At least 40 mutants, each documented, targeting a clause that has a property in this
+    checkout or expected to survive (with the reason) until one exists."""
+    assert len(MUTANTS) >= 40, len(MUTANTS)
+    spec = clauses.load()
+    with_property = {shipped.clause_of(fn) for fn in shipped.properties()}
+    for mid, cls in MUTANTS.items():
+        assert mid == "mutant-" + fakes.kebab(cls.__name__)
+        assert len(bug(cls)) > 20, f"{mid}: say what the bug is in the docstring"
+        assert cls.target in with_property or mid in SURVIVES_TODAY, \
+            f"{mid}: no property checks {cls.target}; list it in SURVIVES_TODAY"
+        assert cls.target in spec or mid in SURVIVES_TODAY, f"{mid}: {cls.target} not in SPEC"
+        for cid in cls.also:
+            assert cid in with_property, f"{mid}: no property checks {cid}"
+        base = fakes.TextbookModule if issubclass(cls, fakes.ModuleMutant) else NumpyTextbook
+        assert cls().capabilities == base.capabilities, f"{mid}: declare {base.__name__}'s"
+    assert set(SURVIVES_TODAY) <= set(MUTANTS), set(SURVIVES_TODAY) - set(MUTANTS)
+
+
+#: MUST clauses no mutant targets: relations whose power comes from the accuracy check they
+#: include (the kill matrix, docs/MUTANTS.md, shows what they kill), and the loading of entry
+#: points (tests/test_plugin.py).
+NOT_TARGETED = {"MET-2", "MET-5", "IMP-1"}
+
+
+@pytest.mark.clause("COV-2")
+def test_every_must_clause_is_some_mutants_target():
+    spec = clauses.load()
+    with_property = {shipped.clause_of(fn) for fn in shipped.properties()} | {"IMP-1"}
+    must = {c for c in with_property if c in spec and spec[c].level == "MUST"}
+    targeted = {c for cls in MUTANTS.values() for c in (cls.target, *cls.also)}
+    assert must - targeted == NOT_TARGETED - targeted, sorted(must - targeted)
+
+
+@pytest.mark.clause("COV-2")
+def test_fixture_distribution_registers_every_mutant():
+    """tests/mutants_dist's entry points are tests/mutants.py's catalogue (regenerate them with
+    ``python -m tests.kill_matrix --entry-points``), and each loads to its mutant."""
+    assert kill_matrix.ENTRY_POINTS.read_text() == kill_matrix.entry_points_text(), \
+        "run `python -m tests.kill_matrix --entry-points`"
+    (dist,) = md.distributions(path=[str(kill_matrix.DIST)])
+    eps = {ep.name: ep for ep in dist.entry_points if ep.group == kill_matrix.GROUP}
+    assert set(MUTANTS) <= set(eps)
+    sys.path.insert(0, str(kill_matrix.DIST))
+    try:
+        for name, ep in eps.items():
+            obj = ep.load()
+            impl = obj() if isinstance(obj, type) else obj
+            assert isinstance(impl, Implementation) and impl.id == name, (name, impl)
+            assert not impl.capabilities.problems()
+    finally:
+        sys.path.remove(str(kill_matrix.DIST))
+        sys.modules.pop("rmsnorm_mutants", None)
+
+
+# ---- the harness runs properties as shipped ------------------------------------------------
+
+#: properties drawn in different ways (a ``data`` argument, extra @given arguments, layouts,
+#: gradients) whose calls the shipped-run check compares
+SHIPPED_CHECK = ["conformance/test_acc.py::test_error_bound_whole_range",
+                 "conformance/test_spv.py::test_rows_never_affect_each_other",
+                 "conformance/test_met.py::test_layout_independence",
+                 "conformance/test_grad.py::test_adjoint_consistency"]
+
+
+@pytest.mark.clause("COV-2")
+def test_harness_meets_the_shipped_runs_examples(tmp_path):
+    """A real ``pytest`` run (default profile, process isolation) of a recording numpy-textbook
+    calls the implementation with exactly the arguments, in exactly the order, that
+    ``shipped.run`` produces in-process."""
+    record = tmp_path / "calls.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(kill_matrix.DIST),
+                                                        env.get("PYTHONPATH")])),
+               RMSNORM_MUTANTS_RECORD=str(record), **{ARTIFACTS_ENV: str(tmp_path)})
+    ids = [f"{node}[record-numpy-textbook]" for node in SHIPPED_CHECK]
+    proc = subprocess.run([sys.executable, "-m", "pytest", *ids, "--impl",
+                           "record-numpy-textbook", "-p", "no:cacheprovider", "--assert=plain",
+                           "-n", "0", "-q"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    shipped_calls = [tuple(line.split()) for line in record.read_text().splitlines()]
+    ours = []
+    for node in SHIPPED_CHECK:
+        fn = getattr(__import__(node.split("::")[0][:-3].replace("/", "."), fromlist=["x"]),
+                     node.split("::")[1])
+        outcome, log = shipped.run(fn, NumpyTextbook(), record=True)
+        assert outcome.status == "survived", outcome.message
+        ours += [(name, dig) for name, dig, _ in log]
+    assert len(ours) >= 4 * 25
+    assert shipped_calls == ours
+
+
+def _final_replay(log) -> int:
+    """How many trailing calls of a run's log are Hypothesis' final replay of the failing
+    generated example (0 when the failure was an anchor, which is not replayed)."""
+    k = 0
+    while k < len(log) and log[-1 - k][2]:
+        k += 1
+    for r in range(k, 0, -1):
+        before, after = log[-2 * r:-r], log[-r:]
+        if len(log) >= 2 * r and not any(e[2] for e in before) and \
+                [e[:2] for e in before] == [e[:2] for e in after]:
+            return r
+    return 0
+
+
+@pytest.mark.clause("COV-2")
+@pytest.mark.parametrize("cls", [fakes.EpsAddedToSum, grad_fakes.DxNotCastBack,
+                                 grad_fakes.DweightWithoutWeight])
+def test_dropping_shrink_keeps_the_examples_up_to_the_first_failure(cls, tmp_path, monkeypatch):
+    """With the shrink phase (as shipped) and without it (as the kill tests run), the calls up
+    to the first failure are the same; the failure reported without shrinking is that first
+    failing example: an anchor for EpsAddedToSum (no replay, no shrinking either way), a
+    generated example, replayed once, for the other two."""
+    monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path))
+    fn = shipped.properties(cls.target)[0]
+    fast, fast_log = shipped.run(fn, cls(), shrink=False, record=True)
+    full, full_log = shipped.run(fn, cls(), shrink=True, record=True)
+    assert fast.status == full.status == "killed"
+    replay = _final_replay(fast_log)
+    assert (replay > 0) == (cls is not fakes.EpsAddedToSum)
+    first = [e[:2] for e in fast_log[:len(fast_log) - replay]]
+    assert first == [e[:2] for e in full_log[:len(first)]]
+    if replay:
+        assert len(full_log) > len(first)   # the shipped run goes on shrinking
+
+
+# ---- regime-specific mutants are wrong in their regime, and only there ---------------------
+
+def _layout(kind, x, w):
+    """A Layout of ``kind`` whose view equals x (and w), built as impl/protocol.py describes."""
+    from impl.protocol import Layout
+
+    if kind == "offset":
+        return Layout(kind, np.concatenate([np.full(3, np.nan, x.dtype), x.ravel()]), x.shape,
+                      offset=3)
+    if kind == "padded":
+        src = np.full(x.shape[:-1] + (x.shape[-1] + 5,), np.nan, x.dtype)
+        src[..., :x.shape[-1]] = x
+        return Layout(kind, src, x.shape)
+    if kind == "reversed":
+        return Layout(kind, np.ascontiguousarray(x[..., ::-1]), x.shape)
+    assert kind == "weight_strided"
+    ws = np.full(2 * w.shape[0], np.nan, w.dtype)
+    ws[::2] = w
+    return Layout(kind, None, x.shape, weight_source=ws)
+
+
+def _rng_case(shape, x_dtype=np.float32, w_dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(x_dtype)
+    w = (rng.choice([-1.0, 1.0], shape[-1]) * np.exp2(rng.uniform(-4, 2, shape[-1]))
+         ).astype(w_dtype)
+    return Case(x, w, 1e-5, f"default_rng({seed})")
+
+
+def _layout_witness(kind):
+    def check(impl):
+        case = _rng_case((3, 37))
+        check_accuracy(impl, case, layout=_layout(kind, case.x, case.weight))
+    return check
+
+
+def _many_rows(impl):
+    check_accuracy(impl, Case(np.random.default_rng(1).standard_normal((65537, 1)).astype(
+        np.float32), None, 1e-5, "65537 rows"))
+
+
+def _mixed_weight(impl):
+    check_accuracy(impl, _rng_case((2, 64), np.float16, np.float32))
+
+
+def _forward_sequence(impl):
+    first, second = _rng_case((2, 16)), _rng_case((2, 48), seed=1)
+    outs = impl.rms_norm_sequence([(c.x, c.weight, c.eps) for c in (first, second)])
+    for case, got in zip((first, second), outs):
+        assert_within(impl, case, got, forward_bound(case.x, case.weight, case.eps, got.dtype))
+
+
+def _vjp_sequence(impl):
+    cases = [_rng_case((2, 16)), _rng_case((5, 16), seed=1)]
+    for c in cases:
+        c.extras = {"g": np.random.default_rng(7).standard_normal(c.x.shape).astype(np.float32)}
+    outs = impl.vjp_sequence([(c.x, c.weight, c.eps, c.extras["g"]) for c in cases])
+    for case, (dx, _) in zip(cases, outs):
+        bdx, _ = vjp_bounds(case.x, case.weight, case.eps, case.extras["g"])
+        assert_within(impl, case, dx, bdx, label="dx")
+
+
+def _module_vs_functional(impl):
+    case = _rng_case((4, 64), np.float16, np.float16)
+    got = impl.rms_norm(case.x, case.weight, case.eps)
+    want = impl.functional(case.x, case.weight, case.eps)
+    if got.tobytes() != want.tobytes():
+        fail(impl, case, "module and functional differ")
+
+
+#: mutant id -> a direct check in the mutant's regime (what the shipped examples must reach) that
+#: raises Nonconformance for the mutant and passes for the correct implementation it derives from
+WITNESSES = {
+    "mutant-many-rows-grid-overflow": _many_rows,
+    "mutant-mixed-weight-cast-to-half": _mixed_weight,
+    "mutant-offset-ignored": _layout_witness("offset"),
+    "mutant-padded-row-stride-ignored": _layout_witness("padded"),
+    "mutant-negative-stride-misread": _layout_witness("reversed"),
+    "mutant-strided-weight-read-contiguously": _layout_witness("weight_strided"),
+    "mutant-stale-shape-cache": _forward_sequence,
+    "mutant-stale-residuals": _vjp_sequence,
+    "mutant-module-differs-from-functional": _module_vs_functional,
+}
+
+
+@pytest.mark.clause("COV-2")
+@pytest.mark.parametrize("mid", sorted(WITNESSES))
+def test_regime_mutant_is_wrong_in_its_regime(mid, tmp_path, monkeypatch):
+    """Each mutant whose bug lives in one regime (many rows, mixed dtypes, a layout, a sequence
+    of calls, the module's rounding order) fails a direct, hand-built check in that regime,
+    which its correct base passes: a real bug, independent of what the strategies draw."""
+    monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path))
+    cls = MUTANTS[mid]
+    base = fakes.TextbookModule() if issubclass(cls, fakes.ModuleMutant) else NumpyTextbook()
+    WITNESSES[mid](base)
+    with pytest.raises(Nonconformance):
+        WITNESSES[mid](cls())
