@@ -413,7 +413,7 @@ def test_venv_runner_commands(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep, "_run_logged", fake_run)
     r = sweep.VenvRunner(tmp_path, python="/usr/bin/python3", source=tmp_path, time_limit=60,
-                         keep_venvs=False, impl="mlx-*-cpu", mlx_spec="mlx[cpu]=={version}",
+                         keep_venvs=False, impl=sweep.DEFAULT_IMPL, mlx_spec="mlx[cpu]=={version}",
                          pytest_args=["--hypothesis-profile=thorough"])
     r.wheel = tmp_path / "rmsnorm_conformance-0.1.0-py3-none-any.whl"
     message = r("0.32.4", tmp_path / "mlx-0.32.4.json", tmp_path / "log.txt")
@@ -423,7 +423,8 @@ def test_venv_runner_commands(tmp_path, monkeypatch):
         ["/usr/bin/python3", "-m", "venv", str(tmp_path / "venvs" / "mlx-0.32.4")],
         [venv_py, "-m", "pip", "install", "--disable-pip-version-check", "mlx[cpu]==0.32.4",
          str(r.wheel), "pytest-xdist"],
-        [venv_py, "-m", "pytest", "--pyargs", "conformance", "-n", "auto", "--impl", "mlx-*-cpu",
+        [venv_py, "-m", "pytest", "--pyargs", "conformance", "-n", "auto", "--impl",
+         "mlx-fast-cpu", "--impl", "mlx-nn-cpu",
          "--conformance-results", str(tmp_path / "mlx-0.32.4.json"), "-p", "no:cacheprovider",
          "--hypothesis-profile=thorough"]]
     cwd = seen[2][1]
