@@ -42,6 +42,8 @@ settings.register_profile(
     suppress_health_check=SUPPRESSED)
 settings.register_profile("thorough", settings.get_profile(PROFILE),
                           max_examples=10 * DEFAULT_EXAMPLES, derandomize=False)
+#: the default run's size with fresh random examples each run (for "no false alarm" checks)
+settings.register_profile("rmsnorm-random", settings.get_profile(PROFILE), derandomize=False)
 
 ENTRIES = pytest.StashKey[list]()
 OPT_IN = pytest.StashKey[list]()
