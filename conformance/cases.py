@@ -75,6 +75,12 @@ def load(path) -> Case:
                 eps=float(z["eps"]), recipe=f"loaded from {path}", extras=extras)
 
 
+def scaled_by_seed(case: Case, seed: int) -> tuple[Case, Case, int]:
+    """``scaled_pair`` with c = 2**k, |k| <= 4, chosen by a plan's seed: (case', scaled, k)."""
+    k = seed % 9 - 4
+    return (*scaled_pair(case, k), k)
+
+
 def scaled_pair(case: Case, k: int) -> tuple[Case, Case]:
     """(case', case' scaled): x * 2**k with eps * 4**k, extras kept. case' zeroes elements below
     16 * tiny and clips at max / 16 so that the scaling by 2**k (|k| <= 4) is exact."""

@@ -9,7 +9,7 @@ import reference
 from conformance import strategies as cs
 from conformance.assertions import assert_bitwise, assert_within, call, check_result, fail, \
     forward
-from conformance.cases import Case, scaled_pair, sequence_case
+from conformance.cases import Case, scaled_by_seed, sequence_case
 from conformance.dtypes import info
 from conformance.strategies import anchor, anchors, gradient_case, regime_anchors, sequences
 from conformance.tolerance import Bound, Q_MAX, forward_bound, hvp_bound, jvp_bound, vjp_bounds
@@ -187,11 +187,6 @@ def test_dweight_is_g_times_unit_output(impl, plan):
                          f", allowed {float(allowed[j]):.4g}")
 
 
-def _scaled(plan, impl):
-    k = (plan.seed % 9) - 4                      # c = 2**k, |k| <= 4, from the plan
-    return (*scaled_pair(_case(plan, impl), k), k)
-
-
 @pytest.mark.clause("GRAD-7")
 @VJP
 @given(plan=cs.plans(**GRAD))
@@ -200,7 +195,7 @@ def test_scale_covariance_of_dx(impl, plan):
     """For c = 2**k: dx(c x, c^2 eps) = dx(x, eps) / c and dweight is unchanged. The scaled
     gradients are within their bounds at the scaled point (where the reference is exactly dx / c),
     and c * dx(c x) is within the sum of both points' bounds of the implementation's own dx(x)."""
-    case, scaled, k = _scaled(plan, impl)
+    case, scaled, k = scaled_by_seed(_case(plan, impl), plan.seed)
     g = case.extras["g"]
     dx, dw = vjp(impl, case)
     dxs, dws = vjp(impl, scaled)
@@ -226,7 +221,7 @@ def test_scale_covariance_of_dx(impl, plan):
 def test_scale_covariance_of_dx_bitwise(impl, plan):
     """SHOULD: dx(c x, c^2 eps) * c == dx(x, eps) bit for bit for c = 2**k (MLX measured so),
     where both are normal numbers of dx's type (subnormal results lose bits when scaled)."""
-    case, scaled, k = _scaled(plan, impl)
+    case, scaled, k = scaled_by_seed(_case(plan, impl), plan.seed)
     dx, _ = vjp(impl, case)
     dxs, _ = vjp(impl, scaled)
     a, b = dx.astype(np.float64), dxs.astype(np.float64) * 2.0 ** k

@@ -8,7 +8,7 @@ from hypothesis import given
 
 from conformance import strategies as cs
 from conformance.assertions import assert_bitwise, assert_within, forward
-from conformance.cases import Case, scaled_pair
+from conformance.cases import Case, scaled_by_seed
 from conformance.strategies import anchor, anchors, regime_anchors
 from conformance.tolerance import Bound, self_bound
 from impl.protocol import Layout
@@ -39,18 +39,13 @@ def test_sign_symmetry(impl, plan):
     assert_bitwise(impl, case, neg_w, -y, "f(x, -w) != -f(x, w)")
 
 
-def _scaled(plan, impl):
-    k = (plan.seed % 9) - 4                      # c = 2**k, |k| <= 4, from the plan
-    return (*scaled_pair(plan.build(impl.capabilities), k), k)
-
-
 @pytest.mark.clause("MET-2")
 @given(plan=cs.plans(**EXACT))
 @anchors(EXACT_ANCHORS)
 def test_scale_covariance(impl, plan):
     """f(c x, w, c^2 eps) equals f(x, w, eps) for c = 2**k within the self-comparison bound, on
     inputs whose float32 sum of squares is exact (so the two q agree exactly)."""
-    case, scaled, k = _scaled(plan, impl)
+    case, scaled, k = scaled_by_seed(plan.build(impl.capabilities), plan.seed)
     y, ys = forward(impl, case), forward(impl, scaled)
     _self_within(impl, scaled, ys, y, f"f(2**{k} x, 4**{k} eps) vs f(x, eps)")
 
@@ -60,7 +55,7 @@ def test_scale_covariance(impl, plan):
 @anchors(regime_anchors(d_values=(7, 257, 4097)))
 def test_scale_covariance_bitwise(impl, plan):
     """SHOULD: for c = 2**k, f(c x, c^2 eps) == f(x, eps) bit for bit, on any input."""
-    case, scaled, k = _scaled(plan, impl)
+    case, scaled, k = scaled_by_seed(plan.build(impl.capabilities), plan.seed)
     assert_bitwise(impl, case, forward(impl, scaled), forward(impl, case),
                    f"f(2**{k} x, 4**{k} eps) != f(x, eps)")
 
