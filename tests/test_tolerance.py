@@ -349,3 +349,51 @@ def test_sequential_sum_really_is_sequential():
     assert fakes.float32_sum(sq[::-1], "reversed")[0] == 1.0
     assert fakes.float32_sum(sq, "pairwise")[0] > 1.0039
     assert fakes.float32_sum(sq, "blocked")[0] > 1.0038      # loses only in the first block
+
+
+# ---- rounding conventions (SPEC.md, TOL, "Rounding conventions accepted") -----------------
+
+
+def _halves_and_weight(rng, x_name, w_name, d=64):
+    x = (rng.standard_normal((4, d)) * 2).astype(DTYPES[x_name])
+    w = (rng.choice([-1.0, 1.0], d) * np.exp2(rng.uniform(-4, 2, d))).astype(DTYPES[w_name])
+    return x, w
+
+
+def _n32(x, eps):
+    x32 = x.astype(np.float32)
+    return np.float32(1) / np.sqrt(np.mean(x32 * x32, axis=-1, keepdims=True,
+                                           dtype=np.float32) + np.float32(eps))
+
+
+@pytest.mark.parametrize("x_name", ["float16", "bfloat16"])
+def test_pytorch_input_convention_is_within_the_bound(x_name):
+    """Mixed dtypes, PyTorch's convention (mixed="input"): the output has x's half dtype; both
+    ways of forming it are within the bound, T(x n w) in float32 (PyTorch) and, with the weight
+    rounded into T before the product, T(T(x n) T(w)) (three roundings: r_T = 3)."""
+    rng = np.random.default_rng(5)
+    x, w = _halves_and_weight(rng, x_name, "float32")
+    t = DTYPES[x_name]
+    x32, n = x.astype(np.float32), _n32(x, 1e-5)
+    for y in ((x32 * n * w).astype(t), (x32 * n).astype(t) * w.astype(t)):
+        fb = forward_bound(x, w, 1e-5, t)
+        assert np.all(np.abs(y.astype(np.float64) - fb.ref) <= fb.bound)
+    assert tol.output_roundings(w.dtype, t) == 3 and tol.output_roundings(x.dtype, t) == 2
+
+
+@pytest.mark.parametrize("x_name", ["float16", "bfloat16"])
+def test_hugging_face_order_with_a_wider_weight_is_outside_the_bound(x_name):
+    """Hugging Face's LlamaRMSNorm with a half x and a float32 weight: weight * T_x(x n) returns
+    float32 carrying half precision, far outside the float32 output's bound (as SPEC.md says);
+    with x and weight of one dtype the same order is MLX's and within the bound."""
+    rng = np.random.default_rng(6)
+    x, w = _halves_and_weight(rng, x_name, "float32")
+    x32, n = x.astype(np.float32), _n32(x, 1e-5)
+    hf = w * (x32 * n).astype(x.dtype).astype(np.float32)
+    fb = forward_bound(x, w, 1e-5, np.float32)
+    ratio = np.abs(hf.astype(np.float64) - fb.ref) / fb.bound
+    assert ratio.max() > 10, ratio.max()
+    same = w.astype(x.dtype)
+    mlx_order = (x32 * n).astype(x.dtype) * same
+    fb = forward_bound(x, same, 1e-5, x.dtype)
+    assert np.all(np.abs(mlx_order.astype(np.float64) - fb.ref) <= fb.bound)
