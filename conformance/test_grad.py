@@ -236,11 +236,16 @@ def test_scale_covariance_of_dx_bitwise(impl, plan):
                          f"{float(dx[i])!r} at {i}")
 
 
+#: pinned: a thorough run found MLX's float16 JVP infinite at x = 0, eps = 1e-9 (tx n overflows
+#: float16 before the weight scales it down; TOL "Intermediates beyond the range")
+PINNED_OVERFLOW = [anchor("float16", d, exp=-30, spread=0, eps=1e-9) for d in (1, 8)]
+
+
 @pytest.mark.clause("GRAD-9")
 @VJP
 @pytest.mark.requires(gradients="jvp")
 @given(plan=cs.plans(**GRAD))
-@anchors(SMALL_ANCHORS)
+@anchors(SMALL_ANCHORS + PINNED_OVERFLOW)
 def test_adjoint_consistency(impl, plan):
     """<tx, dx> + <tw, dweight> == <J (tx, tw), g> between the implementation's own VJP and JVP,
     within the sum of the magnitudes times each side's bounds."""
