@@ -50,7 +50,7 @@ OPT_IN = pytest.StashKey[list]()
 COLLECTOR = pytest.StashKey["report.Collector"]()
 LEDGER = pytest.StashKey["ledger.Ledger"]()
 #: Implementation ids naming an accelerator: under xdist all their tests run in one worker, so
-#: one process (not one per worker) uses the device (SPEC.md IMP-6; README "GPUs").
+#: one process (not one per worker) uses the device (SPEC.md IMP-4; README "GPUs").
 ACCELERATOR = re.compile(r"-(gpu|cuda\d*|metal|mps|xpu|rocm)$")
 
 
@@ -148,12 +148,44 @@ def pytest_configure(config):
     collector = report.Collector(config, entries)
     config.stash[COLLECTOR] = collector
     config.pluginmanager.register(collector, "rmsnorm-conformance-report")
-    if getattr(config.option, "dist", "no") == "load":
-        config.option.dist = "loadgroup"     # one worker per implementation (see below)
 
 
 def load(config, entry) -> registry.Entry:
     return entry.load(config.getoption("isolation"), config.getoption("call_timeout"))
+
+
+def implementation_of(nodeid: str, ids) -> str | None:
+    """The implementation id in a test's parametrisation (``test_x[mlx-fast-cpu]``,
+    ``test_y[shape0-mlx-fast-cpu]``): the longest of ``ids`` that is one of its dash-separated
+    parts, or None."""
+    m = re.search(r"\[(.*)\]$", nodeid)
+    if not m:
+        return None
+    params = f"-{m.group(1)}-"
+    return next((i for i in sorted(ids, key=len, reverse=True) if f"-{i}-" in params), None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``-n`` (xdist's default ``--dist load``) every test of one implementation goes to
+    one worker, as one unit: each framework is imported, its child started and (JAX) compiled
+    for once per run, not once per worker; the implementations naming an accelerator share one
+    unit, so one process, not one per worker, uses the device. Other tests are spread one by
+    one. (Like ``--dist loadgroup``, which pytest 9's node ids no longer support.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    ids = [e.id for e in config.stash.get(ENTRIES, [])]
+
+    class ByImplementation(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            impl = implementation_of(nodeid, ids)
+            if impl is None:
+                return nodeid
+            return "accelerator" if ACCELERATOR.search(impl) else f"implementation {impl}"
+
+    return ByImplementation(config, log)
 
 
 def pytest_report_header(config):
@@ -296,12 +328,6 @@ def pytest_collection_modifyitems(session, config, items):
         impl_id = getattr(target_entry, "id", None) or "(suite)"
         level = spec[cid].level if cid in spec else "MUST"
         item.user_properties += [("clause", cid), ("level", level), ("impl", impl_id)]
-        if target_entry is not None:
-            # under xdist all of an implementation's tests run in one worker: it is imported,
-            # started and (JAX) compiled for once, not once per worker; accelerators share one
-            # group, so one process, not one per worker, uses the device
-            group = "accelerator" if ACCELERATOR.search(target_entry.id) else target_entry.id
-            item.add_marker(pytest.mark.xdist_group(group))
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -28,8 +28,7 @@ from impl.protocol import Capabilities, Implementation
 from tests.fakes import F32, FlattenedOutput, Raises, ReturnsList, TextbookFloat32
 
 # The fingerprint is reported with the results (IMP-3), never judged.
-#: one xdist worker imports the frameworks (seconds each) and compiles, not every worker
-pytestmark = [pytest.mark.clause("IMP-3"), pytest.mark.xdist_group("test_fingerprint")]
+pytestmark = pytest.mark.clause("IMP-3")
 
 # order -> (weight_order, reduction label, reduction family)
 EXPECTED = {

@@ -27,8 +27,7 @@ from conformance.tolerance import forward_bound
 from impl import jax_rmsnorm, torch_rmsnorm
 from impl.protocol import DTYPES, LAYOUTS, Layout
 
-#: one xdist worker imports the frameworks (seconds each) and compiles, not every worker
-pytestmark = [pytest.mark.clause("IMP-1"), pytest.mark.xdist_group("test_framework_adapters")]
+pytestmark = pytest.mark.clause("IMP-1")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BF16 = np.dtype(ml_dtypes.bfloat16)

@@ -25,8 +25,8 @@ from impl import _mlx, mlx_compiled, mlx_fast, mlx_nn  # noqa: E402
 from impl.protocol import DTYPES, LAYOUTS, Implementation, Layout  # noqa: E402
 from rmsnorm_conformance import GROUP, OPT_IN_GROUP  # noqa: E402
 
-#: the adapters load with well-formed, truthful declarations (IMP-1); one xdist worker runs them
-pytestmark = [pytest.mark.clause("IMP-1"), pytest.mark.xdist_group("test_mlx_adapters")]
+#: the adapters load with well-formed, truthful declarations
+pytestmark = pytest.mark.clause("IMP-1")
 
 IDS = [f"mlx-{kind}-{dev}" for kind in ("fast", "nn", "compiled-fast", "compiled-fast-shapeless",
                                         "compiled-nn", "compiled-nn-shapeless")

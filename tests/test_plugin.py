@@ -387,3 +387,25 @@ def test_table_and_results_identical_with_and_without_xdist(inner, pytester, how
     assert set(good["dtypes"]) == {"float32"}
     bad = by_key[("ACC-1", "fake-raises")]
     assert bad["reason"].startswith("rms_norm raised RuntimeError: fake kernel exploded")
+
+
+@pytest.mark.clause("IMP-4")
+def test_each_implementation_runs_in_one_worker_and_accelerators_share_one(inner):
+    """Under -n, every test of an implementation goes to one xdist worker (imported and started
+    once per run), and the implementations that name an accelerator share one, so one process
+    uses the device."""
+    from conformance.plugin import implementation_of
+
+    ids = ["fake-good", "mlx-fast-gpu", "mlx-nn-gpu", "fake-dtype"]
+    result = inner(*impl_args(*ids), "-n", "2", "-v", "-k", "DTY or ACC-1 or IMP-1",
+                   "test_inner.py")
+    workers: dict[str, set[str]] = {}
+    for line in result.outlines:
+        m = re.match(r"^\[(gw\d+)\] .*(PASSED|FAILED|SKIPPED|XFAIL) (\S+)", line)
+        if m:
+            workers.setdefault(implementation_of(m.group(3), ids), set()).add(m.group(1))
+    assert set(workers) == set(ids), result.outlines
+    assert all(len(w) == 1 for w in workers.values()), workers
+    assert workers["mlx-fast-gpu"] == workers["mlx-nn-gpu"], workers
+    assert implementation_of("t.py::test_x[shape0-mlx-nn-gpu]", ids) == "mlx-nn-gpu"
+    assert implementation_of("t.py::test_x[mlx-nn]", ids) is None
