@@ -57,8 +57,9 @@ ACCELERATOR = re.compile(r"-(gpu|cuda\d*|metal|mps|xpu|rocm)$")
 def pytest_addoption(parser):
     group = parser.getgroup("rmsnorm-conformance")
     group.addoption("--impl", action="append", default=[], metavar="ID",
-                    help="implementation id (or glob) to test; repeatable; default: all installed "
-                         f"in entry-point group {registry.GROUP}")
+                    help="implementation id (or glob) to test; repeatable; default: every one "
+                         f"installed in entry-point group {registry.GROUP} (those of "
+                         f"{registry.OPT_IN_GROUP} only when selected)")
     group.addoption("--clause", action="append", default=[], metavar="ID",
                     help="SPEC.md clause id (or glob, e.g. 'ACC-*') to check; repeatable; "
                          "default: all")

@@ -214,13 +214,20 @@ def test_scale_covariance_of_dx(impl, plan):
                       context=f"c = 2**{k}: dweight(c x)")
 
 
+#: pinned: the thorough profile's GRAD-8 differences on MLX (CPU), both with mean(x^2) above
+#: 2**80 at one of the two points, outside the clause's domain (1/n^3 subnormal in float32)
+PINNED_BEYOND_N3 = [anchor("float32", 2, lead=(1,), exp=e, spread=0, kind="spike", spike_exp=s,
+                           seed=seed, weight="ones") for seed, e, s in ((62, 36, 39), (0, 31, 43))]
+
+
 @pytest.mark.clause("GRAD-8")
 @VJP
 @given(plan=cs.plans(**GRAD))
-@anchors(SMALL_ANCHORS)
+@anchors(SMALL_ANCHORS + PINNED_BEYOND_N3)
 def test_scale_covariance_of_dx_bitwise(impl, plan):
     """SHOULD: dx(c x, c^2 eps) * c == dx(x, eps) bit for bit for c = 2**k (MLX measured so),
-    where both are normal numbers of dx's type (subnormal results lose bits when scaled)."""
+    where both are normal numbers of dx's type (subnormal results lose bits when scaled), on rows
+    with mean(x^2) + eps <= 2**80 at both points (beyond it n^3 is subnormal in float32)."""
     case, scaled, k = scaled_by_seed(_case(plan, impl), plan.seed)
     dx, _ = vjp(impl, case)
     dxs, _ = vjp(impl, scaled)
@@ -228,7 +235,12 @@ def test_scale_covariance_of_dx_bitwise(impl, plan):
     tiny = info(dx.dtype).tiny * 2.0 ** abs(k)
     top = info(dx.dtype).max / 2.0 ** abs(k)
     normal = lambda v: (np.abs(v) >= tiny) & (np.abs(v) <= top)   # noqa: E731
-    differ = (a != b) & normal(a) & normal(b)
+    # GRAD-10's domain at both points: beyond Q_MAX, n^3 leaves float32's normal range (GRAD-11)
+    inside = np.ones(dx.shape, bool)
+    for c in (case, scaled):
+        q = np.mean(np.square(c.x.astype(np.float64)), axis=-1, keepdims=True) + c.eps
+        inside &= q <= Q_MAX
+    differ = (a != b) & normal(a) & normal(b) & inside
     back = b.astype(dx.dtype)
     if differ.any():
         i = tuple(int(j) for j in np.argwhere(differ)[0])
