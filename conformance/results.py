@@ -4,7 +4,9 @@ atomic writing, and what the tools built on it share (columns, status ranking, c
 The document's format is fixed by the JSON Schema shipped beside this module
 (``conformance/schema/results-v1.schema.json``, draft 2020-12); ``schema()`` returns it. Every
 problem with a document is reported as one :class:`ResultsError` line that says what is wrong and
-where (a JSON path such as ``$.results[3].status``), never a traceback.
+where (a JSON path such as ``$.results[3].status``), never a traceback. A path ending in ``.gz``
+is written gzip-compressed, and ``load`` reads compressed files whatever their name (kept
+results, such as docs/history/, are about a tenth of the size).
 
 A *column* is one implementation as run on one host and device: ``Column(impl, host, device)``,
 with the device from the implementation's ``environment``. Results files from several hosts (a CI
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gzip
 import importlib.resources
 import json
 import os
@@ -191,6 +194,11 @@ def load(path: str | os.PathLike) -> dict:
         raise ResultsError(f"{p} is a directory, not a results file") from None
     except OSError as e:
         raise ResultsError(f"{p}: cannot read ({e.strerror or e})") from None
+    if raw[:2] == b"\x1f\x8b":          # gzip's magic number
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ResultsError(f"{p} is not a readable gzip file ({e})") from None
     try:
         doc = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -245,8 +253,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_atomic(path: str | os.PathLike, doc: dict) -> None:
     """Validate ``doc`` (ResultsError if invalid, and nothing is written), then write it as JSON
-    atomically: an interrupted write leaves ``path`` as it was."""
+    atomically: an interrupted write leaves ``path`` as it was. A path ending in ``.gz`` gets
+    gzip-compressed JSON (with no timestamp in the header, so equal documents give equal bytes)."""
     validate(doc)
+    if os.fspath(path).endswith(".gz"):
+        text = json.dumps(doc, indent=1) + "\n"
+        write_bytes_atomic(path, gzip.compress(text.encode("utf-8"), mtime=0))
+        return
     with _replacing(path, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")

@@ -213,6 +213,22 @@ def test_load_round_trips_write_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
+def test_gzipped_results_round_trip_and_are_deterministic(tmp_path):
+    doc = good()
+    a, b = tmp_path / "a.json.gz", tmp_path / "b.json.gz"
+    results.write_atomic(a, doc)
+    results.write_atomic(b, doc)
+    assert a.read_bytes()[:2] == b"\x1f\x8b" and a.read_bytes() == b.read_bytes()
+    assert results.load(a) == doc
+    renamed = tmp_path / "plain-name.json"          # compressed whatever the name says
+    renamed.write_bytes(a.read_bytes())
+    assert results.load(renamed) == doc
+    broken = tmp_path / "broken.json.gz"
+    broken.write_bytes(a.read_bytes()[:40])
+    with pytest.raises(results.ResultsError, match="broken.json.gz is not a readable gzip"):
+        results.load(broken)
+
+
 # --------------------------------------------------------------------------------------------
 # atomic writing
 

@@ -388,6 +388,18 @@ def test_sweep_runs_each_release_and_writes_the_history(capsys, tmp_path, monkey
     assert page.count("The new kernel accumulates in blocks.") == 2     # fast and nn
     assert "Fixed in 0.32 (PR 2)." in page and "MLX 0.30.0 broke leading shapes" in page
 
+    # results kept gzipped, without the manifest (as in docs/history/): the same page
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for v in ("0.29.0", "0.30.0", "0.32.4"):
+        results.write_atomic(kept / f"mlx-{v}.json.gz", results.load(out / f"mlx-{v}.json"))
+    rc, _, err = run_cli(capsys, "sweep", "--no-run", "--out-dir", kept, "--history",
+                         docs / "KEPT.md", "--notes", docs / "history-notes.md")
+    assert rc == 0, err
+    kept_page = (docs / "KEPT.md").read_text(encoding="utf-8")
+    assert "[../kept/mlx-0.32.4.json.gz](../kept/mlx-0.32.4.json.gz)" in kept_page
+    assert kept_page.count("The new kernel accumulates in blocks.") == 2
+
 
 def test_parse_notes():
     from conformance.tools import _history

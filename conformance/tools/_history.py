@@ -59,6 +59,12 @@ def _keys(change: diff.Change, v1: str, v2: str) -> list[tuple[str, str, str]]:
     return [(change.clause or impl, v1, v2)]
 
 
+def _exit(doc: dict) -> str:
+    """How the run ended, from the results document itself (when no sweep record says more)."""
+    status = doc["run"].get("exit_status")
+    return "pytest exit status not recorded" if status is None else f"pytest exit {status}"
+
+
 def render(releases: list[Release], notes: dict, margin: diff.Margin | None = None,
            notes_name: str = "docs/history-notes.md", generated_by: str = "") -> tuple[str, int]:
     """The page, and how many changes have no explanation."""
@@ -79,8 +85,7 @@ def render(releases: list[Release], notes: dict, margin: diff.Margin | None = No
         rows.append([md(r.version), f"[{md(r.path)}]({r.path})", md(", ".join(sorted(envs)) or "-"),
                      md(r.doc["host"]["name"]),
                      md(f"{r.doc['suite']['version']}, {r.doc['run']['profile']}"),
-                     md(f"{r.doc['run']['duration_s']:.0f} s" + (f"; {r.message}"
-                                                                   if r.message else ""))])
+                     md(f"{r.doc['run']['duration_s']:.0f} s; " + (r.message or _exit(r.doc)))])
     out += md_table(["release", "results", "framework", "host", "suite, profile", "run"], rows)
 
     impls = sorted({c.impl for m in merged.values() for c in m.columns})

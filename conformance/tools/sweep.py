@@ -15,7 +15,8 @@ DIR/logs/mlx-VERSION.log; DIR/sweep.json records how each run went. Then the his
 worst error), and every change between neighbouring releases (status, worst error beyond the
 diff margin) with its explanation from the hand-written notes file (--notes, default
 docs/history-notes.md beside the page): see that file's format in docs/TOOLS.md. ``--no-run``
-regenerates the page from the results already in DIR.
+regenerates the page from the results already in DIR (mlx-VERSION.json, or gzipped
+mlx-VERSION.json.gz, as kept in docs/history/).
 
 exit status: 0 every release gave results and the page was written; 1 some release gave no
 results (the page is still written, saying why); 2 bad usage.
@@ -27,6 +28,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -43,6 +45,8 @@ HELP = "run the suite against MLX releases in fresh venvs; write the release his
 DEFAULT_TIME_LIMIT = 1800.0
 #: MLX's eager CPU implementations (the compiled ones are opt-in: g++ builds every kernel)
 DEFAULT_IMPL = ("mlx-fast-cpu", "mlx-nn-cpu")
+#: a release's results in the output folder: mlx-VERSION.json, or kept compressed (.json.gz)
+RESULTS_NAME = re.compile(r"mlx-(.+)\.json(?:\.gz)?")
 MLX_SPEC = "mlx[cpu]=={version}" if sys.platform.startswith("linux") else "mlx=={version}"
 
 
@@ -257,6 +261,8 @@ def collect(versions: list[str], out_dir: pathlib.Path,
     releases = []
     for v in versions:
         path = out_dir / f"mlx-{v}.json"
+        if not path.exists() and path.with_name(path.name + ".gz").exists():   # kept compressed
+            path = path.with_name(path.name + ".gz")
         record = manifest.get(v, {})
         message = record.get("message", "")
         try:
@@ -306,8 +312,9 @@ def run(args) -> int:
         raise ToolError("--margin-ratio must be >= 1 and --margin-ulps >= 0")
     versions = list(dict.fromkeys(args.versions))
     if args.no_run and not versions:      # every release run before (sweep.json) or present
-        versions = sorted(set(_manifest(out_dir)) | {p.name[4:-5]
-                                                     for p in out_dir.glob("mlx-*.json")})
+        versions = sorted(set(_manifest(out_dir)) | {RESULTS_NAME.fullmatch(p.name)[1]
+                                                     for p in out_dir.glob("mlx-*.json*")
+                                                     if RESULTS_NAME.fullmatch(p.name)})
     if not versions:
         raise ToolError("name at least one MLX release (e.g. 0.32.4)" if not args.no_run
                         else f"no mlx-*.json results in {out_dir}")
