@@ -97,10 +97,12 @@ def test_matrix_rows_cells_notes_and_header(capsys, tmp_path):
     assert list(rows) == ["TOL-1", "FWD-1", "FWD-5", "ACC-1", "ACC-5", "ACC-10", "ZZZ-1"]
     head = next(line for line in out.split("## Clause x implementation")[1].splitlines()
                 if line.startswith("| clause"))
-    assert head == "| clause | level | title | (suite) | mlx-fast-cpu | mlx-fast-gpu |"
-    assert rows["ACC-1"][3:] == ["-", "pass 2.1", "skip [1]"]     # the GPU's reason is note 1
+    # the unavailable GPU column is only in the header, with its reason (note 1)
+    assert head == "| clause | level | title | (suite) | mlx-fast-cpu |"
+    assert "Not in this table: mlx-fast-gpu (unavailable" in out
+    assert "| unavailable [1] |" in out
+    assert rows["ACC-1"][3:] == ["-", "pass 2.1"]
     assert rows["ACC-5"][4] == "unmet 40 [2]"                      # numbered in row order
-    assert rows["FWD-1"][5] == "skip [1]"                            # identical reasons share
     assert rows["ZZZ-1"][4] == "FAIL [3]"
     notes = out.split("## Notes")[1]
     assert "1. no GPU here" in notes and "3. x \\| y broke" in notes and "2. ACC-5 unmet" in notes
@@ -108,8 +110,29 @@ def test_matrix_rows_cells_notes_and_header(capsys, tmp_path):
     assert "| mlx-fast-cpu | impl.mlx_fast:cpu (rmsnorm-conformance 0.2.0) | mlx 0.32.4 | cpu |" \
         in out
     assert "rmsnorm-default" in out and "0.2.0 (3923f8d01234)" in out
-    assert '- mlx-fast-cpu: `{"simd": "avx2"}`' in out
-    assert "| unavailable [1] |" in out
+    assert "| column | simd |" in out and "| mlx-fast-cpu | avx2 |" in out
+
+    # --all-columns keeps it; identical reasons share a number
+    rc, out, err = run_cli(capsys, "matrix", p, "--all-columns")
+    rows = table_rows(out)
+    assert rows["ACC-1"][3:] == ["-", "pass 2.1", "skip [1]"] and rows["FWD-1"][5] == "skip [1]"
+
+
+def test_matrix_fingerprint_conclusions_and_reasons_without_the_impl_id(capsys, tmp_path):
+    fp = {"weight_order": "round-then-weight", "reduction": "sequential", "mean": "s*(1/d)",
+          "eps_add": "float32", "seconds": 0.1, "evidence": {"huge": list(range(50))}}
+    doc = document([result("ACC-1", status="skip", reason="mlx-fast-cpu does not declare "
+                                                           "capability layouts"),
+                    result("MET-7", status="skip", reason="mlx-fast-cpu: no layouts")],
+                   impls={"mlx-fast-cpu": implementation("cpu", fingerprint=fp)})
+    rc, out, err = run_cli(capsys, "matrix", write(tmp_path / "a.json", doc))
+    assert rc == 0, err
+    assert "| column | weight order | reduction | mean | eps add |" in out
+    assert "| mlx-fast-cpu | round-then-weight | sequential | s\\*(1/d) | float32 |" in out \
+        or "| mlx-fast-cpu | round-then-weight | sequential | s*(1/d) | float32 |" in out
+    assert "huge" not in out
+    notes = out.split("## Notes")[1]
+    assert "1. does not declare capability layouts" in notes and "2. no layouts" in notes
 
 
 def test_matrix_several_hosts_keep_columns_apart_and_out_is_written(capsys, tmp_path):

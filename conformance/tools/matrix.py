@@ -4,8 +4,11 @@ Rows are SPEC.md's clauses in section order (TOL, REF, FWD, DTY, ACC, MOD, VAL, 
 GRAD, then unknown sections), columns the implementations; each cell is the status and, for
 clauses judged by an error bound, the worst error in ulps of the output dtype (``pass 2.1``).
 Every non-pass cell's reason is a numbered note under the table (identical reasons share a
-number). A header lists each column's implementation, framework, device, host, suite version,
-profile and fingerprint.
+number; a reason's leading implementation id is dropped, the column says it). A header lists
+each column's implementation, framework, device, host, suite version, profile and state, then
+the rounding-order fingerprints (the conclusions; the evidence stays in the results file).
+Columns whose implementation was unavailable (no GPU on that host, a framework not installed)
+appear in the header with the reason but not in the clause table, unless ``--all-columns``.
 
 Several files merge into one table: columns from different hosts or devices stay apart (then
 labelled ``impl @ host (device)``); the same column in two files is an error unless identical.
@@ -27,6 +30,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="results files")
     parser.add_argument("--out", metavar="PATH",
                         help="write the Markdown here (atomically) instead of standard output")
+    parser.add_argument("--all-columns", action="store_true",
+                        help="keep the columns of unavailable implementations in the clause "
+                             "table (all skip)")
 
 
 class Notes:
@@ -46,7 +52,34 @@ def _suite(doc: dict) -> str:
     return s["version"] + (f" ({s['commit'][:12]})" if s["commit"] else "")
 
 
-def render(merged: results.Merged) -> str:
+#: the fingerprint's conclusions, in table order (anything else it reports follows)
+FINGERPRINT_KEYS = ("weight_order", "reduction", "mean", "eps_add")
+
+
+def _reason(text: str, impl: str) -> str:
+    """A reason without its leading implementation id (the column names it)."""
+    for prefix in (f"{impl}: ", f"{impl} "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+def _fingerprints(cols, merged, label) -> list[str]:
+    prints = [(c, merged.columns[c].implementation["fingerprint"]) for c in cols
+              if (merged.columns[c].implementation or {}).get("fingerprint")]
+    if not prints:
+        return []
+    extra = sorted({k for _, fp in prints for k in fp}
+                   - set(FINGERPRINT_KEYS) - {"evidence", "seconds"})
+    keys = [k for k in FINGERPRINT_KEYS if any(k in fp for _, fp in prints)] + extra
+    rows = [[md(label[c])] + [md(json.dumps(fp[k]) if not isinstance(fp.get(k, ""), str)
+                                 else fp.get(k, "-")) for k in keys] for c, fp in prints]
+    return (["", "Rounding-order fingerprints (informative, never judged; the evidence is in "
+                 "the results file):", ""]
+            + md_table(["column"] + [k.replace("_", " ") for k in keys], rows))
+
+
+def render(merged: results.Merged, all_columns: bool = False) -> str:
     notes = Notes()
     cols = merged.column_list()
     label = merged.labels()
@@ -65,7 +98,7 @@ def render(merged: results.Merged) -> str:
             what = impl["entry_point"] + (f" ({dist['name']} {dist['version']})" if dist else "")
             state = impl["state"]
             if impl["reason"]:
-                state += f" [{notes.ref(impl['reason'])}]"
+                state += f" [{notes.ref(_reason(impl['reason'], col.impl))}]"
         host = doc["host"]
         rows.append([md(label[col]), md(what), md(framework), md(col.device or "-"),
                      md(f"{host['name']} ({host['platform']}, Python {host['python']})"),
@@ -73,13 +106,15 @@ def render(merged: results.Merged) -> str:
                      md(f"{info.path} ({doc['created']})")])
     out += md_table(["column", "implementation", "framework", "device", "host", "suite",
                      "profile", "state", "file"], rows)
-    prints = [(col, merged.columns[col].implementation["fingerprint"]) for col in cols
-              if (merged.columns[col].implementation or {}).get("fingerprint")]
-    if prints:
-        out += ["", "Fingerprints (informative, never judged):", ""]
-        out += [f"- {md(label[c])}: `{json.dumps(fp, sort_keys=True)}`" for c, fp in prints]
+    out += _fingerprints(cols, merged, label)
 
+    hidden = [] if all_columns else [
+        c for c in cols if (merged.columns[c].implementation or {}).get("state") == "unavailable"]
+    cols = [c for c in cols if c not in hidden]
     out += ["", "## Clause x implementation", ""]
+    if hidden:
+        out += [f"Not in this table: {', '.join(md(label[c]) for c in hidden)} (unavailable "
+                "where the results were made; reasons above; `--all-columns` shows them).", ""]
     rows = []
     for cid in merged.clause_ids():
         level, title = merged.clauses[cid]
@@ -88,7 +123,7 @@ def render(merged: results.Merged) -> str:
             r = merged.cells.get((cid, col))
             text = cell_text(r)
             if r is not None and r["status"] != "pass" and r["reason"]:
-                text += f" [{notes.ref(r['reason'])}]"
+                text += f" [{notes.ref(_reason(r['reason'], col.impl))}]"
             row.append(md(text))
         rows.append(row)
     out += md_table(["clause", "level", "title"] + [md(label[c]) for c in cols], rows)
@@ -107,5 +142,5 @@ def render(merged: results.Merged) -> str:
 
 def run(args) -> int:
     merged = results.load_merged(args.files)
-    emit(render(merged), args.out)
+    emit(render(merged, args.all_columns), args.out)
     return 0
