@@ -293,10 +293,28 @@ def eps_values(min_eps: float = 1e-12, max_eps: float = 1.0) -> st.SearchStrateg
     return st.one_of(st.sampled_from(common), spread) if common else spread
 
 
+@st.composite
+def _leading_shape(draw, max_dims: int, min_rows: int, cap: int) -> tuple:
+    ndims = draw(st.integers(1 if min_rows > 1 else 0, max_dims))
+    rows = draw(st.one_of(st.integers(min_rows, min(cap, max(min_rows, 6))),
+                          st.integers(min_rows, cap))) if ndims else 1
+    dims, left = [], rows
+    for i in range(ndims - 1):        # factor rows into ndims dimensions (any order)
+        f = draw(st.sampled_from([k for k in (1, 2, 3, 4, 5, 7) if left % k == 0]))
+        dims.append(f)
+        left //= f
+    dims.append(left)
+    if min_rows == 0 and ndims and draw(st.integers(0, 4)) == 0:
+        dims[draw(st.integers(0, ndims - 1))] = 0          # a zero-size dimension
+    return tuple(draw(st.permutations(dims))) if ndims > 1 else tuple(dims)
+
+
 def leading_shapes(d: int, max_dims: int = 3, min_rows: int = 1,
                    max_elements: int = MAX_ELEMENTS) -> st.SearchStrategy[tuple]:
     """Leading dimensions (0 to max_dims of them) holding at least ``min_rows`` rows (0: zero-size
-    dimensions allowed) and at most max_elements elements in all; many rows and few."""
+    dimensions allowed) and at most max_elements elements in all; many rows and few. (One
+    composite defined once: ``plans`` asks for this per drawn d, and Hypothesis inspects a
+    composite's source each time one is defined.)"""
     if not (isinstance(max_dims, int) and 0 <= max_dims <= 3):
         raise InvalidArgument(f"max_dims must be an integer 0..3, got {max_dims!r}")
     if not (isinstance(min_rows, int) and min_rows >= 0):
@@ -305,23 +323,7 @@ def leading_shapes(d: int, max_dims: int = 3, min_rows: int = 1,
     if min_rows > cap or (min_rows > 1 and max_dims == 0):
         raise InvalidArgument(f"min_rows={min_rows} does not fit max_elements={max_elements} "
                               f"with d={d} and max_dims={max_dims}; lower min_rows")
-
-    @st.composite
-    def shape(draw):
-        ndims = draw(st.integers(1 if min_rows > 1 else 0, max_dims))
-        rows = draw(st.one_of(st.integers(min_rows, min(cap, max(min_rows, 6))),
-                              st.integers(min_rows, cap))) if ndims else 1
-        dims, left = [], rows
-        for i in range(ndims - 1):        # factor rows into ndims dimensions (any order)
-            f = draw(st.sampled_from([k for k in (1, 2, 3, 4, 5, 7) if left % k == 0]))
-            dims.append(f)
-            left //= f
-        dims.append(left)
-        if min_rows == 0 and ndims and draw(st.integers(0, 4)) == 0:
-            dims[draw(st.integers(0, ndims - 1))] = 0          # a zero-size dimension
-        return tuple(draw(st.permutations(dims))) if ndims > 1 else tuple(dims)
-
-    return shape()
+    return _leading_shape(max_dims, min_rows, cap)
 
 
 def dtype_pairs(dtypes=ALL_DTYPES, mixed=True) -> st.SearchStrategy[tuple]:
@@ -374,11 +376,12 @@ def plans(*, dtypes=ALL_DTYPES, mixed: bool = True, min_d: int = 1, max_d: int =
         raise InvalidArgument(f"min_rows * min_d = {min_rows * min_d} exceeds max_elements="
                               f"{max_elements}")
     eps_st = eps if eps is not None else eps_values()
+    pairs_st, d_st = dtype_pairs(dtypes, mixed), axis_lengths(min_d, max_d)
 
     @st.composite
     def plan(draw):
-        x_dt, w_dt = draw(dtype_pairs(dtypes, mixed))
-        d = draw(axis_lengths(min_d, max_d))
+        x_dt, w_dt = draw(pairs_st)
+        d = draw(d_st)
         lead = draw(leading_shapes(d, max_dims, min_rows, max_elements))
         e = draw(eps_st)
         kind = draw(st.sampled_from(kinds))
