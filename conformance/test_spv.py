@@ -140,9 +140,16 @@ def test_rows_never_affect_each_other(impl, plan):
     _check_other_rows(impl, poisoned, got, row)
 
 
+#: pinned: XLA on the CPU vectorises mean(x*x) differently for 207 rows of 27 than for one row
+#: (docs/notes/frameworks.md, 7); generated plans for implementations that compile per shape
+#: have 3 rows, so this shape is kept explicitly
+PINNED_BATCH = [anchor("float32", 27, lead=(207,), spread=2)]
+
+
 @pytest.mark.clause("SPV-8")
 @given(plan=cs.plans(min_rows=2, max_d=8193, max_elements=1 << 15))
-@anchors([anchor(t, d, lead=(3,)) for t in cs.ALL_DTYPES for d in (7, 257, 4097)])
+@anchors([anchor(t, d, lead=(3,)) for t in cs.ALL_DTYPES for d in (7, 257, 4097)]
+         + PINNED_BATCH)
 def test_row_alone_equals_row_in_batch(impl, plan):
     """SHOULD: a row's output is bit-identical whether computed alone or in a batch."""
     case = plan.build(impl.capabilities)
