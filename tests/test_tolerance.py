@@ -397,3 +397,29 @@ def test_hugging_face_order_with_a_wider_weight_is_outside_the_bound(x_name):
     mlx_order = (x32 * n).astype(x.dtype) * same
     fb = forward_bound(x, same, 1e-5, x.dtype)
     assert np.all(np.abs(mlx_order.astype(np.float64) - fb.ref) <= fb.bound)
+
+
+def test_recorded_worst_leaves_out_what_an_exception_accepted():
+    """An output accepted as an allowed zero (ACC-4: the float32 sum of squares overflowed, MLX
+    gives zeros) is not an error measured against the bound: the ledger's worst error (reported
+    as 'pass 1.2e+07' before) ignores it, and still records the elements judged by the bound."""
+    from conformance import ledger
+    from conformance.assertions import assert_within
+    from conformance.cases import Case
+
+    x = np.array([[3e38], [1.0]], np.float32)             # row 0: x^2 overflows float32
+    case = Case(x, np.ones(1, np.float32), 1e-5)
+    fb = forward_bound(case.x, case.weight, case.eps, np.dtype(np.float32))
+    assert fb.zero_ok[0, 0] and not fb.zero_ok[1, 0]
+    got = np.array([[0.0], [fb.ref[1, 0]]], np.float32)    # MLX's zero, and a correct row
+    book = ledger.Ledger()
+    with ledger.active(book):
+        book.begin_example()
+        assert_within(None, case, got, fb)
+    assert book.worst is not None and book.worst.error_ulps < 1     # row 1 only, not 1.2e+07
+    book = ledger.Ledger()
+    with ledger.active(book):
+        book.begin_example()
+        assert_within(None, case, got[:1], forward_bound(case.x[:1], case.weight, case.eps,
+                                                          np.dtype(np.float32)))
+    assert book.worst is None                          # nothing judged by the bound
