@@ -77,3 +77,21 @@ def test_a_planted_fault_against_the_clean_baseline_names_the_clause(clean, tmp_
     assert "FWD-3" in out, out
     got = {r["clause"]: r["status"] for r in json.loads(faulty.read_text())["results"]}
     assert got["FWD-3"] == "FAIL" and got["DTY-1"] == "pass"
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["mlx-0.32.4-cpu.json.gz", "all-cpu.json.gz"])
+def test_committed_baselines_are_valid_and_name_only_current_clauses(name):
+    """The committed baselines load (schema, semantic checks), were made with the default
+    profile, and name only clauses SPEC.md still has (a renamed or withdrawn clause would make
+    every later diff report it as removed)."""
+    from conformance import clauses
+
+    doc = results.load(ROOT / "baselines" / name)
+    assert doc["run"]["profile"] == "rmsnorm-default"
+    known = set(clauses.load())
+    assert {r["clause"] for r in doc["results"]} <= known
+    impls = {r["impl"] for r in doc["results"]}
+    assert {"mlx-fast-cpu", "mlx-nn-cpu"} <= impls

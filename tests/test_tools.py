@@ -322,6 +322,10 @@ def test_plot_writes_a_png(capsys, tmp_path):
     assert set(data) == {"float32", "bfloat16"}
     (fast,) = [v for c, v in data["float32"].items() if c.impl == "mlx-fast-cpu"]
     assert [d for d, _, _ in fast] == [1, 8, 64, 4096]
+    only = plot.series(results.load_merged([p]), "ACC-1", "output", ("mlx-n*",))
+    assert {c.impl for per in only.values() for c in per} == {"mlx-nn-cpu"}
+    rc, _, err = run_cli(capsys, "plot", p, "--out", png, "--impl", "torch-*")
+    assert rc == 2 and "of torch-*" in err
 
 
 def test_plot_without_by_d_is_bad_input(capsys, tmp_path):

@@ -12,6 +12,7 @@ the clause and label asked for, matplotlib not installed).
 
 from __future__ import annotations
 
+import fnmatch
 import io
 
 from conformance import results
@@ -29,13 +30,18 @@ def add_arguments(parser) -> None:
                         help="the clause whose by_d data to plot (default ACC-1)")
     parser.add_argument("--label", default="output",
                         help="which value: output, dx, dweight, tangent, 'H v' (default output)")
+    parser.add_argument("--impl", action="append", default=[], metavar="ID",
+                        help="plot only these implementations (id or glob; repeatable; default: "
+                             "every column in the files)")
 
 
-def series(merged: results.Merged, clause: str, label: str) -> dict:
-    """{dtype: {column: [(d, error_ulps, bound_ulps), ...] sorted by d}}."""
+def series(merged: results.Merged, clause: str, label: str, impls=()) -> dict:
+    """{dtype: {column: [(d, error_ulps, bound_ulps), ...] sorted by d}}, for the columns whose
+    implementation matches one of ``impls`` (all when empty)."""
     found: dict[str, dict] = {}
     for (cid, col), r in merged.cells.items():
-        if cid != clause:
+        if cid != clause or (impls and not any(fnmatch.fnmatchcase(col.impl, p)
+                                               for p in impls)):
             continue
         for rec in r.get("by_d") or ():
             if rec["label"] == label:
@@ -53,7 +59,7 @@ def _available(merged: results.Merged) -> str:
     return ", ".join(f"{c} {lab}" for c, lab in pairs) or "none"
 
 
-def render_png(merged: results.Merged, clause: str, label: str) -> bytes:
+def render_png(merged: results.Merged, clause: str, label: str, impls=()) -> bytes:
     try:
         import matplotlib
     except ImportError:
@@ -61,9 +67,10 @@ def render_png(merged: results.Merged, clause: str, label: str) -> bytes:
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
 
-    data = series(merged, clause, label)
+    data = series(merged, clause, label, impls)
     if not data:
-        raise ToolError(f"no per-d accuracy data (results[].by_d) for {clause} {label!r} in "
+        raise ToolError(f"no per-d accuracy data (results[].by_d) for {clause} {label!r}"
+                        + (f" of {', '.join(impls)}" if impls else "") + " in "
                         f"{', '.join(p for p, _ in merged.sources)}; present: "
                         f"{_available(merged)}")
     names = merged.labels()
@@ -72,8 +79,13 @@ def render_png(merged: results.Merged, clause: str, label: str) -> bytes:
                                          else 9, t))
     cols = sorted({c for per in data.values() for c in per})
     colours = {c: f"C{k % 10}" for k, c in enumerate(cols)}
-    fig = Figure(figsize=(5.2 * len(dtypes), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(dtypes), squeeze=False)[0]
+    ncols = min(3, len(dtypes))                   # panels in rows of three
+    nrows = -(-len(dtypes) // ncols)
+    fig = Figure(figsize=(5.2 * ncols, 4.2 * nrows), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[len(dtypes):]:
+        ax.set_visible(False)
     for ax, dt in zip(axes, dtypes):
         bounds = {tuple((d, b) for d, _, b in pts) for pts in data[dt].values()}
         for col in cols:
@@ -108,7 +120,7 @@ def render_png(merged: results.Merged, clause: str, label: str) -> bytes:
 
 def run(args) -> int:
     merged = results.load_merged(args.files)
-    png = render_png(merged, args.clause, args.label)
+    png = render_png(merged, args.clause, args.label, tuple(args.impl))
     try:
         results.write_bytes_atomic(args.out, png)
     except OSError as e:
