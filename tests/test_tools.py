@@ -570,3 +570,15 @@ def test_bench_unknown_impl_is_a_usage_error(capsys):
     assert rc == 2 and "unknown --impl 'no-such-*'; installed:" in err
     rc, _, err = run_cli(capsys, "bench", "--shapes", "4xq")
     assert rc == 2 and "bad shape '4xq'" in err
+
+
+def test_bench_discover_loads_the_entry_points_it_selects():
+    """The bench imports what it times (registry entries are loaded lazily): a selected id comes
+    back loaded, with its capabilities; an unknown one is a usage error."""
+    from conformance.tools import bench
+    from conformance.tools._common import ToolError
+
+    (t,) = bench.discover(["numpy-textbook"])
+    assert t.skip is None and "float32" in t.impl.capabilities.dtypes
+    with pytest.raises(ToolError, match="unknown --impl 'no-such'"):
+        bench.discover(["no-such"])

@@ -144,6 +144,7 @@ def discover(patterns: list[str]) -> list[Target]:
             raise ToolError(f"unknown --impl {', '.join(map(repr, unknown))}; installed: "
                             f"{', '.join(e.id for e in entries) or '(none)'}")
         entries = [e for e in entries if any(fnmatch.fnmatchcase(e.id, p) for p in patterns)]
+    entries = [e.load(isolation="none") for e in entries]      # imported here, in-process
     return [Target(e.id, e.impl, f"broken: {e.error}" if e.error else e.unavailable)
             for e in entries]
 
