@@ -610,11 +610,11 @@ class _Misread(Mutant):
             return super().view(x, weight, layout)
         return self.misread(layout, x, weight)
 
-    @staticmethod
-    def _flat(source, shape):
-        """The first prod(shape) elements of source's buffer in memory order."""
-        n = int(np.prod(shape, dtype=np.int64))
-        return np.ascontiguousarray(source).reshape(-1)[:n].reshape(shape)
+    def misread(self, layout, x, weight):
+        """By default: the first prod(shape) elements of the view's source buffer, in memory
+        order, as if the view were a contiguous array starting there."""
+        n = int(np.prod(layout.shape, dtype=np.int64))
+        return np.ascontiguousarray(layout.source).reshape(-1)[:n].reshape(layout.shape), weight
 
 
 class TransposedReadInMemoryOrder(_Misread):
@@ -623,9 +623,6 @@ class TransposedReadInMemoryOrder(_Misread):
     target = "MET-7"
     kind = "transposed"
 
-    def misread(self, layout, x, weight):
-        return self._flat(layout.source, layout.shape), weight
-
 
 class StridedReadContiguously(_Misread):
     """A strided view (every other element) is read contiguously: the skipped elements are
@@ -633,9 +630,6 @@ class StridedReadContiguously(_Misread):
 
     target = "MET-7"
     kind = "strided"
-
-    def misread(self, layout, x, weight):
-        return self._flat(layout.source, layout.shape), weight
 
 
 class BroadcastReadAsContiguous(_Misread):
@@ -659,18 +653,12 @@ class OffsetIgnored(_Misread):
     target = "MET-7"
     kind = "offset"
 
-    def misread(self, layout, x, weight):
-        return self._flat(layout.source, layout.shape), weight
-
 
 class PaddedRowStrideIgnored(_Misread):
     """Rows padded beyond d (row stride > d) are read with row stride d."""
 
     target = "MET-7"
     kind = "padded"
-
-    def misread(self, layout, x, weight):
-        return self._flat(layout.source, layout.shape), weight
 
 
 class NegativeStrideMisread(_Misread):
