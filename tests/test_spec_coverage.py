@@ -68,16 +68,39 @@ NOT_CLAUSES = {"TST-7", "TST-8", "TST-9", "ACC-9", "ACC-10", "ACC-99"}
 CLAUSE_ID = re.compile(r"\b(?:TOL|REF|COV|FWD|DTY|ACC|MOD|VAL|SPV|MET|IMP|GRAD)-\d+\b")
 
 
+def _withdrawn():
+    """The ids listed (one bullet each, in bold) under SPEC.md's "Withdrawn clauses"."""
+    text = (ROOT / "SPEC.md").read_text(encoding="utf-8")
+    section = text[text.index("## Withdrawn clauses"):].split("\n## ", 1)[0]
+    return set(re.findall(r"^- \*\*([A-Z]+-\d+)\*\*", section, flags=re.M))
+
+
 @pytest.mark.clause("IMP-3")
 def test_every_clause_id_in_the_code_exists():
     """A clause id cited anywhere in the code or the docs (comments, docstrings, messages) is
     defined in SPEC.md, or withdrawn there: no stale ids."""
     spec = clauses.load()
-    text = (ROOT / "SPEC.md").read_text(encoding="utf-8")
-    withdrawn = set(CLAUSE_ID.findall(text[text.index("## Withdrawn clauses"):]))
+    withdrawn = _withdrawn()
     files = [p for folder in ("conformance", "impl", "reference", "tests", "rmsnorm_conformance")
              for p in (ROOT / folder).rglob("*.py")] + [ROOT / "README.md"]
     stale = sorted({f"{p.relative_to(ROOT)}: {cid}" for p in files
                     for cid in CLAUSE_ID.findall(p.read_text(encoding="utf-8"))
                     if cid not in spec and cid not in withdrawn and cid not in NOT_CLAUSES})
     assert not stale, stale
+
+
+#: Clauses SPEC.md withdrew, with the reason there: their ids are never reused for another clause
+#: and no test may still claim to check them.
+WITHDRAWN = {"MET-6"}
+
+
+@pytest.mark.clause("IMP-3")
+def test_withdrawn_clauses_stay_withdrawn(request):
+    """SPEC.md's withdrawn list is exactly WITHDRAWN, none of them is defined again as a live
+    clause, and no collected test names one."""
+    listed = _withdrawn()
+    assert listed == WITHDRAWN, f"SPEC.md withdraws {sorted(listed)}; update WITHDRAWN"
+    assert not WITHDRAWN & set(clauses.load()), "a withdrawn id is defined again as a clause"
+    claiming = sorted(i.nodeid for i in _items(request)
+                      for m in i.iter_markers("clause") if m.args[0] in WITHDRAWN)
+    assert not claiming, f"tests still naming withdrawn clauses: {claiming}"
