@@ -50,15 +50,6 @@ def name(dtype) -> str:
     return np.dtype(dtype).name
 
 
-def result_dtype(x_dtype, w_dtype) -> np.dtype:
-    """DTY-1..3: same dtype -> that dtype; no weight -> x's; otherwise the smallest float type
-    that holds both exactly (float16 with bfloat16 -> float32)."""
-    a = name(x_dtype)
-    if w_dtype is None or name(w_dtype) == a:
-        return DTYPES[a]
-    return DTYPES["float32"]
-
-
 def ulp(values, dtype) -> np.ndarray:
     """The spacing of ``dtype`` at |values| (float64 array), subnormal spacing below tiny."""
     fi = info(dtype)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata as md
-import json
 import os
 import pathlib
 import platform

@@ -34,8 +34,6 @@ SCHEMA_FILE = "results-v1.schema.json"
 STATUSES = ("CRASH", "TIMEOUT", "ERROR", "FAIL", "unmet", "pass", "skip")
 #: Higher is worse: CRASH > TIMEOUT > ERROR > FAIL > unmet > pass > skip.
 RANK = {s: len(STATUSES) - 1 - k for k, s in enumerate(STATUSES)}
-#: Statuses of a clause that was checked (everything but skip).
-CHECKED = frozenset(STATUSES) - {"skip"}
 LEVELS = ("MUST", "SHOULD", "MAY")
 STATES = ("ok", "unavailable", "broken")
 #: SPEC.md's section order; clauses of other sections sort after these.
@@ -290,11 +288,6 @@ def _fsync_dir(directory: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # what the tools share
-
-def worst_status(statuses: Iterable[str]) -> str | None:
-    """The worst of ``statuses`` by RANK, None for none."""
-    return max(statuses, key=RANK.__getitem__, default=None)
-
 
 def clause_sort_key(clause: str) -> tuple:
     """SPEC.md order: by section (SECTIONS; unknown sections last, alphabetically), then

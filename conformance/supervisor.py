@@ -232,7 +232,6 @@ class Supervised(Implementation):
         self.spec = spec
         self.timeout = timeout
         self.capabilities = Capabilities()
-        self.limit_reason = "--call-timeout"
         self.hung = False
         self.slowest = 0.0
         self._limit: tuple[float, str] | None = None

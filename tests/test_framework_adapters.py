@@ -25,7 +25,7 @@ import reference
 from conformance.registry import discover
 from conformance.tolerance import forward_bound
 from impl import jax_rmsnorm, torch_rmsnorm
-from impl.protocol import DTYPES, LAYOUTS, Layout
+from impl.protocol import DTYPES, Layout
 
 pytestmark = pytest.mark.clause("IMP-1")
 

@@ -74,7 +74,6 @@ CLAUSES = ("IMP-1", "ACC-1", "DTY-1", "FWD-1")
 PROPERTIES = {"ACC-1": "test_error_bound_whole_range", "DTY-1": "test_same_dtype_output",
               "FWD-1": "test_output_shape_any_leading_shape"}
 SEP = "RMSNorm conformance: clause x implementation"
-DIED_SEP = "crashed and timed-out calls (each with its input)"
 PREFIX = len(f"{'clause':<8} {'level':<6} {'':<44} ")
 
 

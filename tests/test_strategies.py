@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
 from hypothesis.errors import InvalidArgument
 
 from conformance import plugin, strategies as cs, test_dty, test_met, test_mod

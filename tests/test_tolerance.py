@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 from conformance import tolerance as tol
-from conformance.dtypes import F32, INFO, info, result_dtype, ulp
+from conformance.dtypes import F32, INFO, info, ulp
 from conformance.tolerance import forward_bound
-from impl.protocol import DTYPES
+from impl.protocol import DTYPES, Capabilities
 from reference import gamma, reference_error
 from tests import fakes
 
@@ -37,7 +37,7 @@ NAMES = ("float32", "float16", "bfloat16")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
-# ---- dtypes.py: FloatInfo, result_dtype, ulp ----------------------------------------------
+# ---- dtypes.py: FloatInfo, ulp; output dtypes ----------------------------------------------
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -59,8 +59,12 @@ def test_float_info_matches_numpy(name):
     ("bfloat16", "float32", "float32"), ("float32", "bfloat16", "float32"),
     ("float16", "bfloat16", "float32"), ("bfloat16", "float16", "float32"),
 ])
-def test_result_dtype(x, w, want):
-    assert result_dtype(DTYPES[x], None if w is None else DTYPES[w]) == DTYPES[want]
+def test_declared_output_dtype(x, w, want):
+    """DTY-1..3 as Capabilities declares them: MLX's promotion by default; with
+    ``mixed="input"`` (PyTorch's rule) mixed dtypes give x's."""
+    w_dt = None if w is None else DTYPES[w]
+    assert Capabilities().output_dtype(DTYPES[x], w_dt) == DTYPES[want]
+    assert Capabilities(mixed="input").output_dtype(DTYPES[x], w_dt) == DTYPES[x]
 
 
 @pytest.mark.parametrize("name, at_one", [("float32", 2.0 ** -23), ("float16", 2.0 ** -10),
