@@ -34,6 +34,7 @@ from conformance import clauses
 from conformance.assertions import ARTIFACTS_ENV, Nonconformance, assert_within, \
     check_accuracy, fail
 from conformance.cases import Case
+from conformance.test_met import layout_for
 from conformance.tolerance import forward_bound, vjp_bounds
 from impl.numpy_textbook import NumpyTextbook
 from impl.protocol import Implementation
@@ -249,25 +250,6 @@ def test_dropping_shrink_keeps_the_examples_up_to_the_first_failure(cls, tmp_pat
 
 # ---- regime-specific mutants are wrong in their regime, and only there ---------------------
 
-def _layout(kind, x, w):
-    """A Layout of ``kind`` whose view equals x (and w), built as impl/protocol.py describes."""
-    from impl.protocol import Layout
-
-    if kind == "offset":
-        return Layout(kind, np.concatenate([np.full(3, np.nan, x.dtype), x.ravel()]), x.shape,
-                      offset=3)
-    if kind == "padded":
-        src = np.full(x.shape[:-1] + (x.shape[-1] + 5,), np.nan, x.dtype)
-        src[..., :x.shape[-1]] = x
-        return Layout(kind, src, x.shape)
-    if kind == "reversed":
-        return Layout(kind, np.ascontiguousarray(x[..., ::-1]), x.shape)
-    assert kind == "weight_strided"
-    ws = np.full(2 * w.shape[0], np.nan, w.dtype)
-    ws[::2] = w
-    return Layout(kind, None, x.shape, weight_source=ws)
-
-
 def _rng_case(shape, x_dtype=np.float32, w_dtype=np.float32, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(x_dtype)
@@ -278,8 +260,8 @@ def _rng_case(shape, x_dtype=np.float32, w_dtype=np.float32, seed=0):
 
 def _layout_witness(kind):
     def check(impl):
-        case = _rng_case((3, 37))
-        check_accuracy(impl, case, layout=_layout(kind, case.x, case.weight))
+        case, layout = layout_for(kind, _rng_case((3, 37)), seed=2)
+        check_accuracy(impl, case, layout=layout)
     return check
 
 

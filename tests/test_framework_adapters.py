@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 import reference
+from conformance.cases import Case
 from conformance.registry import discover
+from conformance.test_met import layout_for
 from conformance.tolerance import forward_bound
 from impl import jax_rmsnorm, torch_rmsnorm
 from impl.protocol import DTYPES, Layout
@@ -158,7 +160,8 @@ def test_torch_layouts_are_views(kind):
     strides the layout means; and "reversed" is not declared because torch can't build it."""
     x = _x((3, 4, 6), "float32")
     w = np.linspace(0.5, 2, 6).astype(np.float32)
-    layout = _layout(kind, x, w)
+    case, layout = layout_for(kind, Case(x, w, 1e-5, ""), seed=4)   # offset 5, padding 5
+    x, w = case.x, case.weight
     xv, wv = torch_rmsnorm._tensors(x, w, "cpu", layout)
     assert np.array_equal(xv.numpy(), x) and np.array_equal(wv.numpy(), w)
     view, source = (wv, layout.weight_source) if kind == "weight_strided" else (xv, layout.source)
@@ -184,28 +187,6 @@ def test_torch_has_no_reversed_view():
     assert "reversed" not in torch_rmsnorm.functional_cpu.capabilities.layouts
     with pytest.raises(ValueError, match="step must be greater than zero"):
         torch.ones(4)[::-1]
-
-
-def _layout(kind, x, w):
-    if kind == "transposed":
-        return Layout(kind, np.ascontiguousarray(np.swapaxes(x, -1, -2)), x.shape)
-    if kind == "strided":
-        src = np.full(x.shape[:-1] + (2 * x.shape[-1],), np.nan, x.dtype)
-        src[..., ::2] = x
-        return Layout(kind, src, x.shape)
-    if kind == "broadcast":
-        x[...] = x[:1, :1]
-        return Layout(kind, np.ascontiguousarray(x[:1, :1]), x.shape)
-    if kind == "offset":
-        return Layout(kind, np.concatenate([np.full(5, np.nan, x.dtype), x.ravel()]), x.shape,
-                      offset=5)
-    if kind == "padded":
-        src = np.full(x.shape[:-1] + (x.shape[-1] + 5,), np.nan, x.dtype)
-        src[..., :x.shape[-1]] = x
-        return Layout(kind, src, x.shape)
-    src = np.full(2 * w.size, np.nan, w.dtype)
-    src[::2] = w
-    return Layout(kind, None, x.shape, weight_source=src)
 
 
 # --- capabilities match the frameworks ------------------------------------------------------------
