@@ -1,8 +1,9 @@
-"""This checkout's own runs (suite and self-tests) use the suite's profile everywhere, so the
-self-tests' Hypothesis examples are derandomised too; --hypothesis-profile still overrides."""
+"""This checkout's own runs (suite and self-tests) use the suite's default profile everywhere, so
+the self-tests' Hypothesis examples are derandomised too; --hypothesis-profile still overrides."""
 
 from hypothesis import settings
 
-import conformance.plugin
+from rmsnorm_conformance.conformance import profiles
 
-settings.load_profile(conformance.plugin.PROFILE)
+profiles.register()
+settings.load_profile(profiles.DEFAULT)

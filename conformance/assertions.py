@@ -15,34 +15,28 @@ import pathlib
 
 import numpy as np
 
-from conformance import cases as cases_mod, ledger
-from conformance.cases import PRINT_LIMIT, Case
-from conformance.dtypes import info, ulp
-from conformance.tolerance import Bound, forward_bound
+from rmsnorm_conformance.conformance import cases as cases_mod, ledger
+from rmsnorm_conformance.conformance.cases import PRINT_LIMIT, Case
+from rmsnorm_conformance.conformance.errors import (AdapterError, BadResult,  # noqa: F401
+                                                     ImplementationDied, Nonconformance,
+                                                     SuiteError)
+from rmsnorm_conformance.conformance.dtypes import info, ulp
+from rmsnorm_conformance.conformance.tolerance import Bound, forward_bound
 
+#: Where large failing inputs are saved, whatever else says (the plugin's --rmsnorm-artifacts
+#: and the current ledger's folder, or ``.rmsnorm-conformance/`` in the working directory).
 ARTIFACTS_ENV = "RMSNORM_CONFORMANCE_ARTIFACTS"
-#: Where large failing inputs are saved; the plugin sets it from --conformance-artifacts (default
-#: ``.rmsnorm-conformance/`` under pytest's rootdir), the environment variable overrides.
-ARTIFACTS = {"dir": pathlib.Path(".rmsnorm-conformance").resolve()}
 
-
-class Nonconformance(AssertionError):
-    """A clause is not met. ``summary`` is one line; the message holds everything needed to
-    reproduce it."""
-
-    def __init__(self, message: str, summary: str):
-        super().__init__(message)
-        self.summary = summary
-
-
-class AdapterError(Exception):
-    """The adapter's plumbing is broken (it declares a capability it does not implement): an
-    ERROR of the run, not a verdict on the implementation."""
 
 
 def artifacts_dir() -> pathlib.Path:
+    """The folder for large failing inputs: the environment variable, else the running test
+    item's (its ledger's, from --rmsnorm-artifacts or the rootdir), else the working
+    directory's ``.rmsnorm-conformance/``."""
     env = os.environ.get(ARTIFACTS_ENV)
-    return pathlib.Path(env).resolve() if env else ARTIFACTS["dir"]
+    book = ledger.current()
+    folder = env or (book.artifacts if book is not None else None) or ".rmsnorm-conformance"
+    return pathlib.Path(folder).resolve()
 
 
 def _is_final_run() -> bool:
@@ -74,7 +68,7 @@ def repro(case: Case, impl, force: bool = False) -> str:
     if not (force or _is_final_run()):
         return "(saved on Hypothesis' final run)"
     path = save_case(case, getattr(impl, "id", "case"))
-    return f"from conformance.cases import load\ncase = load({str(path)!r})"
+    return f"from rmsnorm_conformance.conformance.cases import load\ncase = load({str(path)!r})"
 
 
 def fail(impl, case: Case | None, message: str, summary: str | None = None) -> None:
@@ -102,9 +96,9 @@ def check_result(impl, case: Case, out, expect_shape, expect_dtype, what="rms_no
 
 
 def call(impl, case: Case | None, fn, *args, what: str):
-    """Run ``fn(*args)``; an exception becomes a clause failure naming the implementation."""
-    from conformance.supervisor import BadResult, ImplementationDied
-
+    """Run ``fn(*args)``; an exception the implementation raised becomes a clause failure
+    naming it. A crash or hang keeps its type (CRASH, TIMEOUT) with the exact input; a defect of
+    the suite's own making on the way stays an ERROR (``SuiteError``)."""
     if ledger.current() is not None:
         ledger.current().note_call(what, case)
     try:
@@ -114,6 +108,8 @@ def call(impl, case: Case | None, fn, *args, what: str):
         if case is not None:
             lines += [f"case: {case.describe()}", "repro:", repro(case, impl, force=True)]
         raise type(e)("\n".join(lines), summary=e.summary) from None
+    except SuiteError:
+        raise
     except BadResult as e:
         fail(impl, case, f"{what} {e}")
     except NotImplementedError as e:
@@ -122,6 +118,24 @@ def call(impl, case: Case | None, fn, *args, what: str):
     except Exception as e:   # noqa: BLE001 - any adapter error is a finding, not a suite error
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         fail(impl, case, f"{what} raised {type(e).__name__}: {first}")
+
+
+def expect_value_error(impl, fn, *args, what: str, detail: str = "") -> None:
+    """``fn(*args)`` must raise ValueError (argument validation: VAL, MOD-4). Another exception
+    from the implementation, or none, fails the clause; a crash, hang or defect of the suite
+    keeps its own status."""
+    if ledger.current() is not None:
+        ledger.current().note_call(what, None)
+    try:
+        fn(*args)
+    except ValueError:
+        return
+    except SuiteError:
+        raise
+    except Exception as e:   # noqa: BLE001 - any other exception is the finding
+        fail(impl, None, f"{what}: raised {type(e).__name__}: {e}; expected ValueError"
+                         + (f"\n{detail}" if detail else ""))
+    fail(impl, None, f"{what}: no error; expected ValueError" + (f"\n{detail}" if detail else ""))
 
 
 def forward(impl, case: Case, layout=None) -> np.ndarray:

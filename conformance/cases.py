@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from impl.protocol import DTYPES
+from rmsnorm_conformance.protocol import DTYPES
 
 #: Arrays with at most this many elements are printed in full (exact bytes).
 PRINT_LIMIT = 64
@@ -39,7 +39,7 @@ class Case:
     def repro(self) -> str:
         """Python that rebuilds this exact case."""
         extras = ", ".join(f"{k!r}: {encode(v)}" for k, v in self.extras.items())
-        return (f"from conformance.cases import Case, decode\n"
+        return (f"from rmsnorm_conformance.conformance.cases import Case, decode\n"
                 f"case = Case(x={encode(self.x)}, weight={encode(self.weight)}, "
                 f"eps={self.eps!r}" + (f", extras={{{extras}}})" if extras else ")"))
 
@@ -84,7 +84,7 @@ def scaled_by_seed(case: Case, seed: int) -> tuple[Case, Case, int]:
 def scaled_pair(case: Case, k: int) -> tuple[Case, Case]:
     """(case', case' scaled): x * 2**k with eps * 4**k, extras kept. case' zeroes elements below
     16 * tiny and clips at max / 16 so that the scaling by 2**k (|k| <= 4) is exact."""
-    from conformance.dtypes import info
+    from rmsnorm_conformance.conformance.dtypes import info
 
     fi = info(case.x.dtype)
     x = case.x.astype(np.float64)
@@ -100,7 +100,7 @@ def sequence_case(plans, built) -> Case:
     """The sequence as one Case to report: the first call's arrays, and a recipe that replays
     every call (``Plan.build`` is exact)."""
     first = built[0]
-    recipe = ("replay: from conformance.strategies import Plan; calls = [(c.x, c.weight, c.eps) "
+    recipe = ("replay: from rmsnorm_conformance.conformance.strategies import Plan; calls = [(c.x, c.weight, c.eps) "
               "for c in (p.build(impl.capabilities) for p in [" + ", ".join(map(repr, plans))
               + "])]")
     return Case(first.x, first.weight, first.eps, recipe, dict(first.extras))

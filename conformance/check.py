@@ -2,7 +2,7 @@
 
 A failure prints its case (``Case(x=decode(...), ...)`` or ``load('....npz')``); after a fix,
 
-    from conformance.check import check_case
+    from rmsnorm_conformance.conformance.check import check_case
     check_case(impl, case)          # [(clause, status, reason), ...]
 
 or ``rmsnorm-conformance check --impl ID --repro-file failure.txt`` judges that exact case again
@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance import clauses
-from conformance.assertions import Nonconformance, assert_bitwise, assert_within, call, \
+from rmsnorm_conformance.conformance import clauses, errors
+from rmsnorm_conformance.conformance.assertions import assert_bitwise, assert_within, call, \
     check_accuracy, check_result, forward
-from conformance.cases import Case, scaled_pair
-from conformance.supervisor import ImplementationDied
-from conformance.tolerance import hvp_bound, jvp_bound, vjp_bounds
+from rmsnorm_conformance.conformance.cases import Case, scaled_pair
+from rmsnorm_conformance.conformance.supervisor import ImplementationDied
+from rmsnorm_conformance.conformance.tolerance import hvp_bound, jvp_bound, vjp_bounds
 
 
 def exact_sum(x: np.ndarray) -> bool:
@@ -103,14 +103,10 @@ def check_case(impl, case: Case) -> list[tuple[str, str, str]]:
     spec = clauses.load()
     verdicts = []
     for cid, check in [*_forward_checks(impl, case), *_gradient_checks(impl, case)]:
-        level = spec[cid].level
         try:
             check()
-            verdicts.append((cid, "pass", ""))
-        except Nonconformance as e:
-            verdicts.append((cid, "FAIL" if level == "MUST" else "unmet", e.summary))
-        except ImplementationDied as e:
-            verdicts.append((cid, "CRASH" if e.kind == "crashed" else "TIMEOUT", e.summary))
-        except Exception as e:   # noqa: BLE001 - reported as what it is
-            verdicts.append((cid, "ERROR", f"{type(e).__name__}: {e}"))
+            raised = None
+        except (Exception, ImplementationDied) as e:   # noqa: BLE001 - judged by errors.verdict
+            raised = e
+        verdicts.append((cid, *errors.verdict(raised, spec[cid].level)))
     return verdicts

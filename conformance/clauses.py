@@ -1,7 +1,7 @@
 """SPEC.md's clauses as data: id -> level and title, parsed from the specification itself.
 
 A clause heading in SPEC.md reads ``### FWD-1 (MUST): Output shape``. Tests name the clause
-they check with ``@pytest.mark.clause("FWD-1")``; tests/test_spec_coverage.py checks that the two
+they check with ``@clause("FWD-1")``; tests/test_spec_coverage.py checks that the two
 agree both ways.
 """
 
@@ -13,6 +13,7 @@ import pathlib
 import re
 
 HEADING = re.compile(r"^###\s+([A-Z]+-\d+)\s+\((MUST|SHOULD|MAY)\):\s*(.+?)\s*$")
+SECTION = re.compile(r"^##\s+([A-Z]+):\s")
 LEVELS = ("MUST", "SHOULD", "MAY")
 
 
@@ -24,11 +25,12 @@ class Clause:
 
 
 def spec_path() -> pathlib.Path:
-    here = pathlib.Path(__file__).resolve().parent
-    for candidate in (here / "SPEC.md", here.parent / "SPEC.md"):   # wheel, then checkout
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError("SPEC.md not found beside the conformance package")
+    """SPEC.md: at the repository root in a checkout, inside ``rmsnorm_conformance/`` in the
+    wheel; one folder above this package either way."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "SPEC.md"
+    if not path.is_file():
+        raise FileNotFoundError(f"SPEC.md not found at {path}")
+    return path
 
 
 def parse(text: str) -> dict[str, Clause]:
@@ -44,6 +46,18 @@ def parse(text: str) -> dict[str, Clause]:
 
 
 @functools.lru_cache(maxsize=None)
+def _text() -> str:
+    return spec_path().read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=None)
 def load() -> dict[str, Clause]:
-    return parse(spec_path().read_text(encoding="utf-8"))
+    """Every clause of SPEC.md, in the document's order."""
+    return parse(_text())
+
+
+@functools.lru_cache(maxsize=None)
+def sections() -> tuple[str, ...]:
+    """SPEC.md's sections of clauses (``## FWD: ...``), in the document's order."""
+    return tuple(m.group(1) for line in _text().splitlines() if (m := SECTION.match(line)))
 

@@ -1,4 +1,4 @@
-"""What the properties really send to an implementation (``--conformance-coverage``): per
+"""What the properties really send to an implementation (``--rmsnorm-coverage``): per
 property the examples, how many are informative, and across the run the regions reached.
 
 An example is *informative* when at least one of its calls has a non-empty x and weight that
@@ -15,9 +15,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from conformance import clauses
-from conformance.dtypes import INFO, F32
-from conformance.ledger import dtype_key
+from rmsnorm_conformance.conformance import clauses
+from rmsnorm_conformance.conformance.dtypes import INFO, F32
+from rmsnorm_conformance.conformance.ledger import dtype_key
 
 #: Clauses that judge no values (shapes, dtypes, argument validation, module defaults).
 NOT_NUMERICAL = {"FWD-1", "FWD-5", "DTY-1", "DTY-2", "DTY-3", "MOD-1", "MOD-2", "MOD-4",

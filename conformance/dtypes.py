@@ -7,7 +7,7 @@ import dataclasses
 import ml_dtypes
 import numpy as np
 
-from impl.protocol import DTYPES
+from rmsnorm_conformance.protocol import DTYPES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,7 +63,7 @@ from collections.abc import Callable
 import ml_dtypes
 import numpy as np
 
-from conformance.supervisor import ImplementationDied
+from rmsnorm_conformance.conformance.supervisor import ImplementationDied
 
 F32 = np.float32
 F64 = np.float64

@@ -9,24 +9,29 @@ test item (``rmsnorm-conformance check``) there is no ledger and nothing is reco
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import pathlib
 
 import numpy as np
 
-_CURRENT: list["Ledger"] = []
+_CURRENT: contextvars.ContextVar["Ledger | None"] = contextvars.ContextVar(
+    "rmsnorm_conformance_ledger", default=None)
 
 
 def current() -> "Ledger | None":
-    return _CURRENT[-1] if _CURRENT else None
+    """The ledger of the test item running now, or None (outside a test item)."""
+    return _CURRENT.get()
 
 
 @contextlib.contextmanager
 def active(ledger: "Ledger"):
-    _CURRENT.append(ledger)
+    """``ledger`` is the current one within the block."""
+    token = _CURRENT.set(ledger)
     try:
         yield ledger
     finally:
-        _CURRENT.remove(ledger)
+        _CURRENT.reset(token)
 
 
 def dtype_key(case) -> str:
@@ -61,8 +66,9 @@ class DtypeEntry:
 class Ledger:
     """Examples, per-dtype counts and the worst error/bound ratio of one test item."""
 
-    def __init__(self, record_calls: bool = False):
+    def __init__(self, record_calls: bool = False, artifacts: pathlib.Path | None = None):
         self.examples = 0
+        self.artifacts = artifacts       # where large failing inputs are saved (None: default)
         self.by_dtype: dict[str, DtypeEntry] = {}
         self.worst: Worst | None = None
         self.record_calls = record_calls

@@ -3,8 +3,8 @@
 ``discover`` lists the entry points without importing anything, so that selecting, collecting
 and parametrizing cost nothing and an xdist controller (which runs no test) never imports a
 framework. ``Entry.load`` imports one when a test first needs it: in a supervised child process
-(``--isolation process``: a crash or hang while importing is an IMP-1 finding, not the end of the
-run) or in-process (``--isolation none``).
+(``--rmsnorm-isolation process``: a crash or hang while importing is an IMP-1 finding, not the end of the
+run) or in-process (``--rmsnorm-isolation none``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import copy
 import dataclasses
 import importlib.metadata as md
 
-from conformance.supervisor import LoadError, Supervised, describe_loaded, load_entry
-from impl.protocol import Implementation
+from rmsnorm_conformance.conformance.supervisor import LoadError, Supervised, describe_loaded, load_entry
+from rmsnorm_conformance.protocol import Implementation
 
 from rmsnorm_conformance import GROUP, OPT_IN_GROUP   # noqa: E402 - the public names
 

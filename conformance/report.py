@@ -1,5 +1,5 @@
 """Results per clause x implementation: the end-of-run table, the exit status and the results
-document (``--conformance-results``; its format is ``conformance/schema/results-v1.json``).
+document (``--rmsnorm-results``; its format is ``conformance/schema/results-v1.json``).
 
 Every test report of a clause carries, in ``user_properties``, its status and one-line reason,
 what its ledger measured and the state of its implementation; the controller's ``Collector``
@@ -21,19 +21,26 @@ import time
 
 import pytest
 
-from conformance import clauses, results
-from conformance.assertions import save_case
-from conformance.cases import PRINT_LIMIT
+from rmsnorm_conformance.conformance import clauses, results
+from rmsnorm_conformance.conformance.assertions import save_case
+from rmsnorm_conformance.conformance.cases import PRINT_LIMIT
 
 #: Worst first: the status of a cell checked by several tests is its worst test's.
 RANK = results.RANK
 LEGEND = ("pass; FAIL = a MUST clause not met (fails the run); unmet = a SHOULD/MAY clause not "
-          "met (fails only with --strict-should); CRASH / TIMEOUT = the implementation's process "
+          "met (fails only with --rmsnorm-strict-should); CRASH / TIMEOUT = the implementation's process "
           "died or hung (its input is listed below; the clause's level decides the exit status); "
           "ERROR = a defect of the suite or of the adapter's plumbing (always fails the run); "
           "skip = not applicable here; - = not checked (deselected, or the implementation is "
           "not selected)")
 SUITE = results.SUITE_IMPL
+#: Keys of what each test report carries in ``user_properties`` (xdist forwards them): the
+#: clause, level and implementation of its cell, its status and one-line reason, details of a
+#: failure, what its ledger measured, coverage, the implementation's state and fingerprint.
+CLAUSE, LEVEL, IMPL, STATUS, DETAILS = ("rmsnorm.clause", "rmsnorm.level", "rmsnorm.impl",
+                                        "rmsnorm.status", "rmsnorm.details")
+LEDGER, COVERAGE, ENTRY, FINGERPRINT = ("rmsnorm.ledger", "rmsnorm.coverage", "rmsnorm.entry",
+                                        "rmsnorm.fingerprint")
 #: A worst case is saved as a file (when too large to print) only if it failed or used more
 #: than this fraction of its bound; otherwise its description (with its exact recipe) is kept.
 SAVE_RATIO = 0.5
@@ -61,7 +68,7 @@ def _case_ref(case, config, keep_file: bool) -> dict:
     if all(a is None or a.size <= PRINT_LIMIT for a in arrays):
         ref["repro"] = case.repro()
         return ref
-    results = config.getoption("conformance_results")
+    results = config.getoption("rmsnorm_results")
     if results and keep_file:
         path = pathlib.Path(results)
         folder = path.with_name(path.stem + ".cases")
@@ -91,10 +98,10 @@ def short_failure(item, status: str, exc) -> str:
     """The failure as the user needs it: clause, implementation and the clause's own message
     (the suite's traceback and Hypothesis' draws only with -v)."""
     props = dict(item.user_properties)
-    cid = props["clause"]
+    cid = props[CLAUSE]
     spec = clauses.load()
     title = spec[cid].title if cid in spec else ""
-    return (f"{cid} ({props['level']}) {title}\n{status} for implementation {props['impl']}"
+    return (f"{cid} ({props[LEVEL]}) {title}\n{status} for implementation {props[IMPL]}"
             f"  [{item.nodeid}]\n{exc}\n(-v shows the traceback and Hypothesis' draws)")
 
 
@@ -117,12 +124,14 @@ def _suite_info() -> dict:
 
 
 class Collector:
-    """Registered by the plugin on every process; the controller's instance sees every report
-    and prints the table."""
+    """Made by the plugin on every process of a run that runs the suite; the controller's
+    instance sees every report and prints the table. ``load(entry)`` loads an implementation
+    (for the results document, which describes every selected one)."""
 
-    def __init__(self, config, entries):
+    def __init__(self, config, entries, load):
         self.config = config
         self.entries = entries
+        self.load = load
         self.cells: dict[tuple[str, str], dict] = {}
         self.impls: dict[str, dict] = {}      # id -> entry_summary
         self.coverage: dict[tuple[str, str], list] = {}
@@ -132,33 +141,33 @@ class Collector:
         self._seen: set[tuple] = set()
 
     # ---- merging reports --------------------------------------------------------------------
-    def pytest_runtest_logreport(self, report):
+    def logreport(self, report):
         props = dict(report.user_properties)
-        if "clause" not in props:
+        if CLAUSE not in props:
             head = str(report.longrepr)[:300] if report.failed else ""
             if "worker" in head and "crashed" in head and report.nodeid not in self.lost:
                 self.lost.append(report.nodeid)
             return
-        if "entry" in props:
-            info = props["entry"]
+        if ENTRY in props:
+            info = props[ENTRY]
             if self.impls.get(info["id"], {}).get("state") in (None, "not loaded") \
                     or info["state"] != "not loaded":
                 self.impls[info["id"]] = info
-        if "fingerprint" in props:
-            self.fingerprints[props["impl"]] = props["fingerprint"]
-        if "status" not in props:
+        if FINGERPRINT in props:
+            self.fingerprints[props[IMPL]] = props[FINGERPRINT]
+        if STATUS not in props:
             return
-        status, reason = props["status"]
+        status, reason = props[STATUS]
         reason = (str(reason).strip().splitlines() or [None])[0] if reason else None  # one line
-        key = (props["clause"], props["impl"])
+        key = (props[CLAUSE], props[IMPL])
         spec = clauses.load()
         cell = self.cells.setdefault(key, {
             "clause": key[0], "title": spec[key[0]].title if key[0] in spec else key[0],
-            "impl": key[1], "level": props["level"], "status": status, "reason": None,
+            "impl": key[1], "level": props[LEVEL], "status": status, "reason": None,
             "tests": 0, "examples": 0, "time_s": 0.0, "worst": None, "dtypes": {},
             "details": None, "by_d": {}})
-        if "details" in props and RANK[status] >= RANK[cell["status"]]:
-            cell["details"] = props["details"]
+        if DETAILS in props and RANK[status] >= RANK[cell["status"]]:
+            cell["details"] = props[DETAILS]
         if (report.nodeid, key) not in self._seen:
             self._seen.add((report.nodeid, key))
             cell["tests"] += 1
@@ -167,10 +176,10 @@ class Collector:
             cell["status"], cell["reason"] = status, reason or None
         elif status == cell["status"] != "pass" and cell["reason"] is None:
             cell["reason"] = reason or None
-        if "ledger" in props:
-            self._merge_ledger(cell, props["ledger"], status)
-        if "coverage" in props:
-            self.coverage.setdefault(key, []).append(props["coverage"])
+        if LEDGER in props:
+            self._merge_ledger(cell, props[LEDGER], status)
+        if COVERAGE in props:
+            self.coverage.setdefault(key, []).append(props[COVERAGE])
 
     @staticmethod
     def _merge_ledger(cell, book, status):
@@ -247,7 +256,7 @@ class Collector:
                 f"{c} {cell['status']}" for c, cell in suite))
         return lines
 
-    def pytest_terminal_summary(self, terminalreporter):
+    def terminal_summary(self, terminalreporter):
         lines = self.table()
         if not lines:
             return
@@ -271,16 +280,16 @@ class Collector:
         for line in self._nothing_tested():
             terminalreporter.write_line(line, red=True)
         if self.fingerprints:
-            from conformance.fingerprint import describe
+            from rmsnorm_conformance.conformance.fingerprint import describe
             terminalreporter.write_sep("-", "rounding-order fingerprints (reported, never judged)")
             for impl_id, fp in sorted(self.fingerprints.items()):
                 terminalreporter.write_line(f"{impl_id}: {describe(fp)}")
-        if self.config.getoption("conformance_coverage") and self.coverage:
-            from conformance import coverage
+        if self.config.getoption("rmsnorm_coverage") and self.coverage:
+            from rmsnorm_conformance.conformance import coverage
             terminalreporter.write_sep("=", "RMSNorm conformance: coverage of the inputs")
             for line in coverage.table(self.coverage):
                 terminalreporter.write_line(line)
-        path = self.config.getoption("conformance_results")
+        path = self.config.getoption("rmsnorm_results")
         if path and getattr(self, "write_error", None):
             terminalreporter.write_line(f"results NOT written to {path}: {self.write_error}",
                                         red=True)
@@ -290,7 +299,7 @@ class Collector:
     # ---- exit status and results ------------------------------------------------------------
     def _nothing_tested(self) -> list[str]:
         """Why the run must not pass: every selected implementation skipped everything (or did
-        not load), or one named exactly with --impl did; [] otherwise."""
+        not load), or one named exactly with --rmsnorm-impl did; [] otherwise."""
         impls = {i for (_, i) in self.cells if i != SUITE}
         if not impls:
             return []
@@ -301,7 +310,7 @@ class Collector:
             return any(c["status"] != "skip" for c in judged)
 
         ran = {i for i in impls if ran(i)}
-        named = [w for w in self.config.getoption("impl") if not any(ch in w for ch in "*?[")]
+        named = [w for w in self.config.getoption("rmsnorm_impl") if not any(ch in w for ch in "*?[")]
         idle = sorted(impls - ran)
         problems = []
         if idle and (not (impls & ran) or any(w in idle for w in named)):
@@ -311,13 +320,12 @@ class Collector:
                 problems.append(f"NOTHING TESTED for {i}: {why}")
         return problems
 
-    @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session, exitstatus):
+    def sessionfinish(self, session):
         if hasattr(self.config, "workerinput"):
             return
         if self._nothing_tested() and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
-        path = self.config.getoption("conformance_results")
+        path = self.config.getoption("rmsnorm_results")
         if path:
             try:
                 results.write_atomic(path, self.document(session))
@@ -333,11 +341,11 @@ class Collector:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "suite": _suite_info(),
             "run": {"profile": cfg.getoption("hypothesis_profile", None) or "rmsnorm-default",
-                    "options": {"impl": list(cfg.getoption("impl")),
-                                "clause": list(cfg.getoption("clause")),
-                                "strict_should": bool(cfg.getoption("strict_should")),
-                                "isolation": cfg.getoption("isolation"),
-                                "call_timeout": float(cfg.getoption("call_timeout")),
+                    "options": {"impl": list(cfg.getoption("rmsnorm_impl")),
+                                "clause": list(cfg.getoption("rmsnorm_clause")),
+                                "strict_should": bool(cfg.getoption("rmsnorm_strict_should")),
+                                "isolation": cfg.getoption("rmsnorm_isolation"),
+                                "call_timeout": float(cfg.getoption("rmsnorm_call_timeout")),
                                 "workers": int(workers) if isinstance(workers, int) else 0},
                     "duration_s": round(time.time() - self.started, 3),
                     "exit_status": int(session.exitstatus)},
@@ -354,8 +362,7 @@ class Collector:
         if info is None or info["state"] == "not loaded":
             # never used by any test here (all its tests deselected, or run on workers that
             # did not report it): load it now so that the document says what it is
-            from conformance import plugin
-            info = entry_summary(plugin.load(self.config, entry))
+            info = entry_summary(self.load(entry))
         info = dict(info)
         info.pop("id", None)
         if info["reason"]:

@@ -1,4 +1,4 @@
-"""The results document (``pytest --conformance-results PATH``): its schema, validation, loading,
+"""The results document (``pytest --rmsnorm-results PATH``): its schema, validation, loading,
 atomic writing, and what the tools built on it share (columns, status ranking, clause order).
 
 The document's format is fixed by the JSON Schema shipped beside this module
@@ -165,7 +165,7 @@ def check(doc: Any, where: str = "document") -> dict:
                            f"document), got {_JSON_TYPES.get(type(doc), 'a value')}")
     if doc.get("schema") != SCHEMA_ID:
         raise ResultsError(f"{where} is not a rmsnorm-conformance results document: "
-                           f"{_foreign(doc)}; write one with pytest --conformance-results PATH")
+                           f"{_foreign(doc)}; write one with pytest --rmsnorm-results PATH")
     version = doc.get("schema_version")
     if version != SCHEMA_VERSION or isinstance(version, bool):
         hint = ("upgrade rmsnorm-conformance to read it"

@@ -25,9 +25,9 @@ from hypothesis import example, strategies as st
 from hypothesis.errors import InvalidArgument, UnsatisfiedAssumption
 from hypothesis.extra import numpy as hnp
 
-from conformance.cases import Case
-from conformance.dtypes import INFO, info
-from impl.protocol import DTYPES
+from rmsnorm_conformance.conformance.cases import Case
+from rmsnorm_conformance.conformance.dtypes import INFO, info
+from rmsnorm_conformance.protocol import DTYPES
 
 #: Axis lengths where kernels switch code paths (MLX's GPU kernels: simd width 32, block sizes
 #: 256..1024, the looped kernel above 4096; row tiling) and their neighbours. Every run reaches

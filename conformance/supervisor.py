@@ -11,7 +11,7 @@ the framework's import (once per implementation and pytest process, again only a
 hang); a call about half a millisecond of pickling.
 
 The parent waits at most the call's limit. A hung child writes its stacks to a file that the
-report includes. The limit is ``--call-timeout``, or a clause's own (``time_limit``), and after an
+report includes. The limit is ``--rmsnorm-call-timeout``, or a clause's own (``time_limit``), and after an
 implementation's first time-out each later call of it is limited to
 ``max(AFTER_HANG_MIN, AFTER_HANG_FACTOR x its slowest completed call)`` (at most the call
 timeout), so that an implementation that hangs on every call of one kind costs seconds per
@@ -38,51 +38,28 @@ import socket
 import tempfile
 import time
 import traceback
+from collections import OrderedDict
 
 import numpy as np
 
-from impl.protocol import Capabilities, Implementation, ModuleInfo, as_implementation
+from rmsnorm_conformance import protocol
+from rmsnorm_conformance.conformance.errors import (BadResult, ImplementationCrashed,  # noqa: F401
+                                                     ImplementationDied, ImplementationTimedOut,
+                                                     LoadError, Relayed, SuiteError, add_note)
+from rmsnorm_conformance.protocol import Capabilities, Implementation, ModuleInfo, as_implementation
 
 #: A result larger than this is not sent back: it is described instead (IMP-5).
 MAX_RESULT_BYTES = 256 * 1024 * 1024
-CALLS = ("rms_norm", "rms_norm_sequence", "vjp", "vjp_sequence", "jvp", "hvp", "module_info",
-         "functional", "functional_vjp")
 AFTER_HANG_MIN = 1.0
 AFTER_HANG_FACTOR = 10.0
-
-
-class ImplementationDied(BaseException):
-    """The implementation's process crashed or hung. BaseException: not shrunk by Hypothesis."""
-
-    kind = "died"
-
-    def __init__(self, message: str, summary: str | None = None):
-        super().__init__(message)
-        self.summary = summary or message.splitlines()[0]
-
-
-class ImplementationCrashed(ImplementationDied):
-    kind = "crashed"
-
-
-class ImplementationTimedOut(ImplementationDied):
-    kind = "timed out"
-
-
-class BadResult(Exception):
-    """The adapter returned something that is not plain data (IMP-5): a clause failure."""
-
-
-class LoadError(Exception):
-    """The entry point could not be loaded (IMP-1): the message says why, in one line."""
 
 
 class _SafeUnpickler(pickle.Unpickler):
     """Rebuilds only plain data: nothing from the child may run code in the suite's process."""
 
     ALLOWED = ("numpy", "ml_dtypes")
-    CLASSES = (("impl.protocol", "ModuleInfo"), ("impl.protocol", "Capabilities"),
-               ("builtins", "complex"), ("builtins", "slice"), ("collections", "OrderedDict"))
+    CLASSES = frozenset((c.__module__, c.__qualname__)
+                        for c in (ModuleInfo, Capabilities, complex, slice, OrderedDict))
 
     def find_class(self, module, name):
         if module.split(".")[0] in self.ALLOWED or (module, name) in self.CLASSES:
@@ -199,19 +176,20 @@ def _child(conn, spec: str, stack_file: str):
 
 
 def _rebuild_exception(names: list, message: str, tb: str) -> Exception:
-    """The child's exception as the nearest builtin type, named like the original, with the
-    child's traceback as a note (so ValueError subclasses still satisfy VAL clauses)."""
+    """The child's exception as the nearest builtin type, named like the original and marked
+    ``Relayed``, with the child's traceback as a note (so ValueError subclasses still satisfy
+    VAL clauses)."""
     for base_name in names:
         base = getattr(builtins, base_name, None)
         if isinstance(base, type) and issubclass(base, Exception):
-            cls = base if base_name == names[0] else type(names[0], (base,), {})
+            cls = type(names[0], (base, Relayed), {})
             try:
                 exc = cls(message)
             except TypeError:      # constructors with other signatures (UnicodeDecodeError)
                 continue
-            exc.add_note("in the implementation's process:\n" + tb)
+            add_note(exc, "in the implementation's process:\n" + tb)
             return exc
-    return RuntimeError(f"{names[0]}: {message}")
+    return type("RuntimeError", (RuntimeError, Relayed), {})(f"{names[0]}: {message}")
 
 
 def _signal_name(code: int) -> str:
@@ -243,7 +221,7 @@ class Supervised(Implementation):
     def _start(self):
         ctx = mp.get_context("forkserver")
         # Preload only what is fork-safe: the adapter's framework is imported after the fork.
-        ctx.set_forkserver_preload(["numpy", "ml_dtypes", "impl.protocol"])
+        ctx.set_forkserver_preload(["numpy", "ml_dtypes", protocol.__name__])
         parent, child = ctx.Pipe()
         fd, self._stack_file = tempfile.mkstemp(prefix=f"rmsnorm-{self.id}-", suffix=".stack")
         os.close(fd)
@@ -253,7 +231,7 @@ class Supervised(Implementation):
         self._proc.start()
         child.close()
         self._conn = parent
-        return self._receive("loading", self.timeout, "--call-timeout", started=time.monotonic())
+        return self._receive("loading", self.timeout, "--rmsnorm-call-timeout", started=time.monotonic())
 
     def load(self):
         """Start the child, which imports the entry point: (capabilities, unavailable reason,
@@ -280,8 +258,20 @@ class Supervised(Implementation):
             self._proc.join(5)
         self._proc = self._conn = None
 
+    @contextlib.contextmanager
+    def limited(self, seconds: float, why: str):
+        """Within the block, calls time out after at most ``seconds`` (a clause's own limit for
+        calls that have no work to do, e.g. zero-size inputs); ``why`` names the limit in the
+        report."""
+        saved = self._limit
+        self._limit = (min(self.timeout, seconds), why)
+        try:
+            yield
+        finally:
+            self._limit = saved
+
     def _current_limit(self) -> tuple[float, str]:
-        limit, why = self._limit or (self.timeout, "--call-timeout")
+        limit, why = self._limit or (self.timeout, "--rmsnorm-call-timeout")
         if self.hung:
             short = min(limit, max(AFTER_HANG_MIN, AFTER_HANG_FACTOR * self.slowest))
             if short < limit:
@@ -329,6 +319,18 @@ class Supervised(Implementation):
         return ""
 
     def _call(self, name, *args):
+        """Run ``name(*args)`` in the child: its value, or what it raised (``Relayed``); a crash
+        or hang raises ImplementationDied, garbage BadResult, and an exception of the suite's
+        own making on the way (sending, receiving, rebuilding) SuiteError."""
+        try:
+            return self._relay(name, *args)
+        except (ImplementationDied, BadResult, LoadError, Relayed):
+            raise
+        except Exception as e:   # noqa: BLE001 - the suite's own defect: never a verdict
+            raise SuiteError(f"relaying {self.id}'s {name} failed: {type(e).__name__}: {e}") \
+                from e
+
+    def _relay(self, name, *args):
         if self._proc is None or not self._proc.is_alive():
             self.close()
             reply = self._start()
@@ -349,29 +351,41 @@ class Supervised(Implementation):
             raise _rebuild_exception(*reply[1:])
         raise BadResult(reply[1])   # not plain data, or enormous: a clause failure
 
+    # ---- the protocol's calls, each run in the child (``_call``) ------------------------------
+    def rms_norm(self, x, weight, eps, layout=None):
+        return self._call("rms_norm", x, weight, eps, layout)
+
+    def rms_norm_sequence(self, calls):
+        return self._call("rms_norm_sequence", calls)
+
+    def vjp(self, x, weight, eps, g):
+        return self._call("vjp", x, weight, eps, g)
+
+    def vjp_sequence(self, calls):
+        return self._call("vjp_sequence", calls)
+
+    def jvp(self, x, weight, eps, tx, tweight):
+        return self._call("jvp", x, weight, eps, tx, tweight)
+
+    def hvp(self, x, weight, eps, g, v):
+        return self._call("hvp", x, weight, eps, g, v)
+
+    def module_info(self, dims, eps=None):
+        return self._call("module_info", dims, eps)
+
+    def functional(self, x, weight, eps):
+        return self._call("functional", x, weight, eps)
+
+    def functional_vjp(self, x, weight, eps, g):
+        return self._call("functional_vjp", x, weight, eps, g)
+
 
 @contextlib.contextmanager
 def time_limit(impl, seconds: float, why: str):
     """Within the block, calls of a supervised implementation time out after at most ``seconds``
-    (for calls that have no work to do, e.g. zero-size inputs); ``why`` names the limit in the
-    report."""
+    (``Supervised.limited``); an in-process one is not limited."""
     if not isinstance(impl, Supervised):
         yield
         return
-    saved = impl._limit
-    impl._limit = (min(impl.timeout, seconds), why)
-    try:
+    with impl.limited(seconds, why):
         yield
-    finally:
-        impl._limit = saved
-
-
-def _forward(name):
-    def method(self, *args):
-        return self._call(name, *args)
-    method.__name__ = name
-    return method
-
-
-for _name in CALLS:
-    setattr(Supervised, _name, _forward(_name))

@@ -1,12 +1,12 @@
 """SPEC.md section ACC: accuracy against the float64 reference under the tolerance model."""
 
-import pytest
 from hypothesis import given
 
-from conformance import strategies as cs
-from conformance.assertions import assert_within, check_accuracy, forward
-from conformance.strategies import anchor, anchors, regime_anchors
-from conformance.tolerance import forward_bound
+from rmsnorm_conformance.conformance import strategies as cs
+from rmsnorm_conformance.conformance.assertions import assert_within, check_accuracy, forward
+from rmsnorm_conformance.conformance.strategies import anchor, anchors, regime_anchors
+from rmsnorm_conformance.conformance.tolerance import forward_bound
+from rmsnorm_conformance.conformance.marks import clause, requires
 
 HALVES = ("float16", "bfloat16")
 MIXED_ANCHORS = [anchor(x, d, w_dtype=w) for x, w in cs.MIXED_PAIRS for d in (33, 4097)]
@@ -14,7 +14,7 @@ SHAPE_ANCHORS = [anchor("float32", 33, lead=()), anchor("bfloat16", 257, lead=(2
                  anchor("float16", 31, lead=(2, 2, 3), weight="none")]
 
 
-@pytest.mark.clause("ACC-1")
+@clause("ACC-1")
 @given(plan=cs.plans(weights=("ones", "random", "none")))
 @anchors(regime_anchors() + MIXED_ANCHORS + SHAPE_ANCHORS)
 def test_error_bound_whole_range(impl, plan):
@@ -24,8 +24,8 @@ def test_error_bound_whole_range(impl, plan):
     check_accuracy(impl, plan.build(impl.capabilities))
 
 
-@pytest.mark.clause("ACC-2")
-@pytest.mark.requires(dtypes="float16")
+@clause("ACC-2")
+@requires(dtypes="float16")
 @given(plan=cs.plans(dtypes=("float16",), magnitudes="half_overflow", spread=3,
                      weights=("ones", "random")))
 @anchors([anchor("float16", d, exp=e, spread=3) for d in (1, 257, 4097, 65536)
@@ -37,7 +37,7 @@ def test_half_squares_overflowing_half_type(impl, plan):
     check_accuracy(impl, plan.build(impl.capabilities))
 
 
-@pytest.mark.clause("ACC-3")
+@clause("ACC-3")
 @given(plan=cs.plans(kinds=("exact",), weights=("ones", "random", "ints", "none")))
 @anchors(regime_anchors(kind="exact") + [anchor(x, d, kind="exact", w_dtype="float32")
                                          for x in HALVES for d in (1, 257, 4097, 65536)])
@@ -54,8 +54,8 @@ OVERFLOW_ANCHORS = [anchor(t, d, exp=e, spread=0) for t in ("float32", "bfloat16
                     for d, e in ((1, 66), (257, 62), (4097, 126))]
 
 
-@pytest.mark.clause("ACC-4")
-@pytest.mark.requires(dtypes=("float32", "bfloat16"))
+@clause("ACC-4")
+@requires(dtypes=("float32", "bfloat16"))
 @given(plan=cs.plans(**OVERFLOW))
 @anchors(OVERFLOW_ANCHORS)
 def test_accumulator_out_of_range(impl, plan):
@@ -65,8 +65,8 @@ def test_accumulator_out_of_range(impl, plan):
     check_accuracy(impl, plan.build(impl.capabilities))
 
 
-@pytest.mark.clause("ACC-5")
-@pytest.mark.requires(dtypes=("float32", "bfloat16"))
+@clause("ACC-5")
+@requires(dtypes=("float32", "bfloat16"))
 @given(plan=cs.plans(**OVERFLOW))
 @anchors(OVERFLOW_ANCHORS)
 def test_accurate_beyond_float32_accumulator(impl, plan):
@@ -78,7 +78,7 @@ def test_accurate_beyond_float32_accumulator(impl, plan):
     assert_within(impl, case, got, fb)
 
 
-@pytest.mark.clause("ACC-6")
+@clause("ACC-6")
 @given(plan=cs.plans(min_d=4096, max_d=65536, max_dims=2))
 @anchors(regime_anchors(d_values=[d for d in cs.D_TARGETS if d >= 4096], lead=(2,))
          + [anchor(x, 65536, w_dtype="float32", lead=(2,)) for x in HALVES])
@@ -88,8 +88,8 @@ def test_long_rows(impl, plan):
     check_accuracy(impl, plan.build(impl.capabilities))
 
 
-@pytest.mark.clause("ACC-7")
-@pytest.mark.requires(dtypes=("float32", "bfloat16"))
+@clause("ACC-7")
+@requires(dtypes=("float32", "bfloat16"))
 @given(plan=cs.plans(dtypes=("float32", "bfloat16"), magnitudes="underflow",
                      weights=("ones", "random"), max_elements=1 << 15))
 @anchors([anchor(t, d, exp=e, eps=eps) for t in ("float32", "bfloat16")

@@ -1,16 +1,16 @@
 """SPEC.md section DTY: output dtypes (the values are ACC's business)."""
 
-import pytest
 from hypothesis import given
 
-from conformance import strategies as cs
-from conformance.assertions import forward
-from conformance.strategies import anchor, anchors
+from rmsnorm_conformance.conformance import strategies as cs
+from rmsnorm_conformance.conformance.assertions import forward
+from rmsnorm_conformance.conformance.strategies import anchor, anchors
+from rmsnorm_conformance.conformance.marks import clause, requires
 
 SMALL = dict(max_d=40, max_dims=1, elementwise=False)
 
 
-@pytest.mark.clause("DTY-1")
+@clause("DTY-1")
 @given(plan=cs.plans(mixed=False, weights=("ones", "random"), **SMALL))
 @anchors([anchor(t, 8) for t in cs.ALL_DTYPES])
 def test_same_dtype_output(impl, plan):
@@ -18,8 +18,8 @@ def test_same_dtype_output(impl, plan):
     forward(impl, plan.build(impl.capabilities))
 
 
-@pytest.mark.clause("DTY-2")
-@pytest.mark.requires(mixed="promote")
+@clause("DTY-2")
+@requires(mixed="promote")
 @given(plan=cs.plans(mixed="only", weights=("ones", "random"), **SMALL))
 @anchors([anchor(x, 8, w_dtype=w) for x, w in cs.MIXED_PAIRS])
 def test_mixed_dtype_output(impl, plan):
@@ -28,8 +28,8 @@ def test_mixed_dtype_output(impl, plan):
     forward(impl, plan.build(impl.capabilities))
 
 
-@pytest.mark.clause("DTY-3")
-@pytest.mark.requires(weight_none=True)
+@clause("DTY-3")
+@requires(weight_none=True)
 @given(plan=cs.plans(mixed=False, weights=("none",), **SMALL))
 @anchors([anchor(t, 8, weight="none") for t in cs.ALL_DTYPES])
 def test_weight_none_output(impl, plan):

@@ -1,22 +1,22 @@
 """SPEC.md section FWD: the formula, the axis, shapes, and calls in sequence."""
 
 import numpy as np
-import pytest
 from hypothesis import given
 
-from conformance import strategies as cs
-from conformance.assertions import assert_within, call, check_accuracy, check_result, fail, \
+from rmsnorm_conformance.conformance import strategies as cs
+from rmsnorm_conformance.conformance.assertions import assert_within, call, check_accuracy, check_result, fail, \
     forward
-from conformance.cases import Case
-from conformance.cases import sequence_case
-from conformance.strategies import anchor, anchors, regime_anchors, sequences
-from conformance.supervisor import time_limit
-from conformance.tolerance import forward_bound
+from rmsnorm_conformance.conformance.cases import Case
+from rmsnorm_conformance.conformance.cases import sequence_case
+from rmsnorm_conformance.conformance.strategies import anchor, anchors, regime_anchors, sequences
+from rmsnorm_conformance.conformance.supervisor import time_limit
+from rmsnorm_conformance.conformance.tolerance import forward_bound
+from rmsnorm_conformance.conformance.marks import clause
 
 EMPTY_AXIS_SECONDS = 5.0
 
 
-@pytest.mark.clause("FWD-1")
+@clause("FWD-1")
 @given(plan=cs.plans(max_d=64, min_rows=0, max_elements=4096))
 @anchors([anchor("float32", 8, lead=lead) for lead in
           [(), (0,), (1,), (3, 0), (2, 0, 4), (1, 1, 1), (2, 3, 4), (0, 5, 1)]])
@@ -25,7 +25,7 @@ def test_output_shape_any_leading_shape(impl, plan):
     forward(impl, plan.build(impl.capabilities))   # checks type, shape and dtype
 
 
-@pytest.mark.clause("FWD-2")
+@clause("FWD-2")
 @given(plan=cs.plans(min_rows=2, row_spread=40, weights=("ones", "random", "none")))
 @anchors(regime_anchors(d_values=(7, 256, 1024, 4097, 16385), lead=(4,), row_spread=20))
 def test_normalises_last_axis_only(impl, plan):
@@ -35,7 +35,7 @@ def test_normalises_last_axis_only(impl, plan):
     check_accuracy(impl, plan.build(impl.capabilities))
 
 
-@pytest.mark.clause("FWD-3")
+@clause("FWD-3")
 @given(plan=cs.plans(magnitudes="eps_comparable", spread=0, weights=("ones", "random")))
 @anchors([anchor(t, d, exp=e, eps=eps, spread=0) for t in cs.ALL_DTYPES
           for d, e, eps in ((1, -9, 1e-5), (257, -18, 1e-12), (4097, -3, 1e-3),
@@ -47,7 +47,7 @@ def test_eps_inside_square_root(impl, plan):
     check_accuracy(impl, plan.build(impl.capabilities))
 
 
-@pytest.mark.clause("FWD-4")
+@clause("FWD-4")
 @given(plan=cs.plans(min_d=1, max_d=1, weights=("ones", "random", "none")))
 @anchors([anchor(t, 1, lead=(5,), weight=w) for t in cs.ALL_DTYPES for w in ("random", "none")])
 def test_axis_length_one(impl, plan):
@@ -55,7 +55,7 @@ def test_axis_length_one(impl, plan):
     check_accuracy(impl, plan.build(impl.capabilities))
 
 
-@pytest.mark.clause("FWD-5")
+@clause("FWD-5")
 def test_empty_normalised_axis(impl):
     """d = 0: an array of shape (..., 0) comes back empty with the same shape, promptly (there is
     no work: a call over EMPTY_AXIS_SECONDS is reported as timed out)."""
@@ -70,7 +70,7 @@ def _sequence_anchor(t):
                                                 (7, (3,))]))
 
 
-@pytest.mark.clause("FWD-6")
+@clause("FWD-6")
 @given(plan=sequences())
 @anchors([_sequence_anchor(t) for t in cs.ALL_DTYPES])
 def test_calls_in_sequence(impl, plan):

@@ -5,22 +5,23 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-import reference
-from conformance import strategies as cs
-from conformance.assertions import assert_bitwise, assert_within, call, check_result, fail, \
+from rmsnorm_conformance import reference
+from rmsnorm_conformance.conformance import strategies as cs
+from rmsnorm_conformance.conformance.assertions import assert_bitwise, assert_within, call, check_result, fail, \
     forward
-from conformance.cases import Case, scaled_by_seed, sequence_case
-from conformance.dtypes import info
-from conformance.strategies import anchor, anchors, gradient_case, regime_anchors, sequences
-from conformance.tolerance import Bound, Q_MAX, forward_bound, hvp_bound, jvp_bound, vjp_bounds
-from impl.protocol import DTYPES
+from rmsnorm_conformance.conformance.cases import Case, scaled_by_seed, sequence_case
+from rmsnorm_conformance.conformance.dtypes import info
+from rmsnorm_conformance.conformance.strategies import anchor, anchors, gradient_case, regime_anchors, sequences
+from rmsnorm_conformance.conformance.tolerance import Bound, Q_MAX, forward_bound, hvp_bound, jvp_bound, vjp_bounds
+from rmsnorm_conformance.protocol import DTYPES
+from rmsnorm_conformance.conformance.marks import clause, requires
 
 F64_SLACK = 2.0 ** -50   # float64 evaluation of the identities' own sums (d <= 65536 terms)
 #: exp <= 38 keeps mean(x^2) + eps <= 2**80 (Q_MAX): n^3 within float32's range
 GRAD = dict(max_exp=38, max_d=4096, max_elements=1 << 15)
 GRAD_ANCHORS = regime_anchors()
 SMALL_ANCHORS = regime_anchors(d_values=(1, 33, 257, 4097))
-VJP = pytest.mark.requires(gradients="vjp")
+VJP = requires(gradients="vjp")
 
 
 def _case(plan, impl, **kw):
@@ -69,7 +70,7 @@ def _check_vjp(impl, case, beyond_range=False, exact=False, context=""):
     return dx, dw, bdx, bdw
 
 
-@pytest.mark.clause("GRAD-1")
+@clause("GRAD-1")
 @VJP
 @given(plan=cs.plans(**GRAD))
 @anchors(GRAD_ANCHORS + [anchor(x, d, w_dtype=w) for x, w in cs.MIXED_PAIRS for d in (7, 4097)])
@@ -79,8 +80,8 @@ def test_vjp_against_reference(impl, plan):
     _check_vjp(impl, _case(plan, impl))
 
 
-@pytest.mark.clause("GRAD-2")
-@pytest.mark.requires(gradients="jvp")
+@clause("GRAD-2")
+@requires(gradients="jvp")
 @given(plan=cs.plans(**GRAD))
 @anchors(GRAD_ANCHORS)
 def test_jvp_against_reference(impl, plan):
@@ -91,7 +92,7 @@ def test_jvp_against_reference(impl, plan):
                                             case.extras.get("tw"), ty.dtype), label="tangent")
 
 
-@pytest.mark.clause("GRAD-3")
+@clause("GRAD-3")
 @VJP
 @given(plan=cs.plans(max_d=64, min_rows=0, max_elements=4096))
 @anchors([anchor("float32", 8, lead=lead) for lead in [(0,), (2, 0, 3), ()]])
@@ -123,7 +124,7 @@ def _identity_bound(case, dx, bdx):
         np.float64)), axis=-1)
 
 
-@pytest.mark.clause("GRAD-4")
+@clause("GRAD-4")
 @VJP
 @given(plan=cs.plans(**GRAD))
 @anchors(SMALL_ANCHORS)
@@ -140,7 +141,7 @@ def test_identity_x_dot_dx(impl, plan):
                          f"{float(want[i])!r}, allowed difference {float(allowed[i]):.4g}")
 
 
-@pytest.mark.clause("GRAD-5")
+@clause("GRAD-5")
 @VJP
 @given(plan=cs.plans(eps=st.just(1e-12), **GRAD))
 @anchors(SMALL_ANCHORS)
@@ -163,7 +164,7 @@ def test_dx_orthogonal_to_x_as_eps_vanishes(impl, plan):
                          f"{float(allowed[i]):.4g}")
 
 
-@pytest.mark.clause("GRAD-6")
+@clause("GRAD-6")
 @VJP
 @given(plan=cs.plans(weights=("ones", "random"), **GRAD))
 @anchors(SMALL_ANCHORS)
@@ -187,7 +188,7 @@ def test_dweight_is_g_times_unit_output(impl, plan):
                          f", allowed {float(allowed[j]):.4g}")
 
 
-@pytest.mark.clause("GRAD-7")
+@clause("GRAD-7")
 @VJP
 @given(plan=cs.plans(**GRAD))
 @anchors(SMALL_ANCHORS)
@@ -220,7 +221,7 @@ PINNED_BEYOND_N3 = [anchor("float32", 2, lead=(1,), exp=e, spread=0, kind="spike
                            seed=seed, weight="ones") for seed, e, s in ((62, 36, 39), (0, 31, 43))]
 
 
-@pytest.mark.clause("GRAD-8")
+@clause("GRAD-8")
 @VJP
 @given(plan=cs.plans(**GRAD))
 @anchors(SMALL_ANCHORS + PINNED_BEYOND_N3)
@@ -253,9 +254,9 @@ def test_scale_covariance_of_dx_bitwise(impl, plan):
 PINNED_OVERFLOW = [anchor("float16", d, exp=-30, spread=0, eps=1e-9) for d in (1, 8)]
 
 
-@pytest.mark.clause("GRAD-9")
+@clause("GRAD-9")
 @VJP
-@pytest.mark.requires(gradients="jvp")
+@requires(gradients="jvp")
 @given(plan=cs.plans(**GRAD))
 @anchors(SMALL_ANCHORS + PINNED_OVERFLOW)
 def test_adjoint_consistency(impl, plan):
@@ -298,7 +299,7 @@ EXTREME_ANCHORS = (
        for d in (1, 8)])                                             # many rows
 
 
-@pytest.mark.clause("GRAD-10")
+@clause("GRAD-10")
 @VJP
 @given(plan=cs.plans(max_exp=38, max_elements=1 << 16))
 @anchors(EXTREME_ANCHORS)
@@ -309,9 +310,9 @@ def test_vjp_extreme_magnitudes_and_half_precision(impl, plan):
     _check_vjp(impl, _case(plan, impl))
 
 
-@pytest.mark.clause("GRAD-11")
+@clause("GRAD-11")
 @VJP
-@pytest.mark.requires(dtypes=("float32", "bfloat16"))
+@requires(dtypes=("float32", "bfloat16"))
 @given(plan=cs.plans(dtypes=("float32", "bfloat16"), magnitudes="any", max_d=1024,
                      max_elements=1 << 14, spread=0, weights=("random", "none")))
 @anchors([anchor(t, d, exp=e, spread=0) for t in ("float32", "bfloat16")
@@ -324,8 +325,8 @@ def test_vjp_beyond_cubed_range(impl, plan):
     _check_vjp(impl, _case(plan, impl), beyond_range=True)
 
 
-@pytest.mark.clause("GRAD-12")
-@pytest.mark.requires(gradients="hvp")
+@clause("GRAD-12")
+@requires(gradients="hvp")
 @given(plan=cs.plans(**{**GRAD, "max_d": 1024, "max_exp": 22}))
 @anchors(SMALL_ANCHORS)
 def test_second_order(impl, plan):
@@ -339,8 +340,8 @@ def test_second_order(impl, plan):
                   label="H v")
 
 
-@pytest.mark.clause("GRAD-13")
-@pytest.mark.requires(functional=True, gradients="vjp")
+@clause("GRAD-13")
+@requires(functional=True, gradients="vjp")
 @given(plan=cs.plans(weights=("ones", "random"), **{**GRAD, "max_d": 1024}))
 @anchors(SMALL_ANCHORS)
 def test_module_gradients_equal_functional(impl, plan):
@@ -355,7 +356,7 @@ def test_module_gradients_equal_functional(impl, plan):
         assert_bitwise(impl, case, a, b, f"module {name} differs from functional")
 
 
-@pytest.mark.clause("GRAD-14")
+@clause("GRAD-14")
 @VJP
 @given(plan=cs.plans(max_d=8, max_elements=1 << 16, min_rows=1))
 @anchors([anchor(t, d, lead=(65536 // d,)) for t in cs.ALL_DTYPES for d in (1, 8)]
@@ -389,7 +390,7 @@ def test_dweight_exact_batch_sum(impl, plan):
                   context="the float32 batch sum of g * (x n) = g * (+-1) is exact")
 
 
-@pytest.mark.clause("GRAD-15")
+@clause("GRAD-15")
 @VJP
 @given(plan=cs.plans(kinds=("exact",), weights=("ints", "ones", "none")))
 @anchors(regime_anchors(kind="exact", weight="ints")
@@ -403,7 +404,7 @@ def test_vjp_tight_where_dot_products_are_exact(impl, plan):
     _check_vjp(impl, _case(plan, impl, exact=True), exact=True)
 
 
-@pytest.mark.clause("GRAD-16")
+@clause("GRAD-16")
 @VJP
 @given(plan=sequences(max_d=4097, grad=True))
 @anchors([tuple(anchor(t, d, lead=lead, seed=i) for i, (d, lead) in
@@ -429,9 +430,9 @@ def test_vjp_calls_in_sequence(impl, plan):
             assert_within(impl, head, dw, bdw, label="dweight", context=context)
 
 
-@pytest.mark.clause("GRAD-17")
-@pytest.mark.requires(dtypes="float16")
-@pytest.mark.requires(gradients=("vjp", "jvp"))
+@clause("GRAD-17")
+@requires(dtypes="float16")
+@requires(gradients=("vjp", "jvp"))
 @given(plan=cs.plans(dtypes=("float16",), mixed=False, magnitudes="any", max_d=4096,
                      eps=st.sampled_from([1e-12, 1e-10, 1e-9]), weights=("random",),
                      spread=0, max_elements=1 << 14))

@@ -3,15 +3,15 @@ related inputs (not with the reference, which ACC already uses): sign, scale, we
 permutation and memory layout."""
 
 import numpy as np
-import pytest
 from hypothesis import given
 
-from conformance import strategies as cs
-from conformance.assertions import assert_bitwise, assert_within, forward
-from conformance.cases import Case, scaled_by_seed
-from conformance.strategies import anchor, anchors, regime_anchors
-from conformance.tolerance import Bound, self_bound
-from impl.protocol import Layout
+from rmsnorm_conformance.conformance import strategies as cs
+from rmsnorm_conformance.conformance.assertions import assert_bitwise, assert_within, forward
+from rmsnorm_conformance.conformance.cases import Case, scaled_by_seed
+from rmsnorm_conformance.conformance.strategies import anchor, anchors, regime_anchors
+from rmsnorm_conformance.conformance.tolerance import Bound, self_bound
+from rmsnorm_conformance.protocol import Layout
+from rmsnorm_conformance.conformance.marks import clause, requires
 
 EXACT = dict(kinds=("exact",), weights=("ones", "random", "none"))
 EXACT_ANCHORS = regime_anchors(d_values=(1, 33, 257, 4097, 65536), kind="exact")
@@ -25,7 +25,7 @@ def _self_within(impl, case, got, want, context):
     assert_within(impl, case, got, fb, context=context)
 
 
-@pytest.mark.clause("MET-1")
+@clause("MET-1")
 @given(plan=cs.plans(weights=("ones", "random")))
 @anchors(regime_anchors(d_values=(1, 33, 257, 4097, 65536)))
 def test_sign_symmetry(impl, plan):
@@ -39,7 +39,7 @@ def test_sign_symmetry(impl, plan):
     assert_bitwise(impl, case, neg_w, -y, "f(x, -w) != -f(x, w)")
 
 
-@pytest.mark.clause("MET-2")
+@clause("MET-2")
 @given(plan=cs.plans(**EXACT))
 @anchors(EXACT_ANCHORS)
 def test_scale_covariance(impl, plan):
@@ -50,7 +50,7 @@ def test_scale_covariance(impl, plan):
     _self_within(impl, scaled, ys, y, f"f(2**{k} x, 4**{k} eps) vs f(x, eps)")
 
 
-@pytest.mark.clause("MET-3")
+@clause("MET-3")
 @given(plan=cs.plans())
 @anchors(regime_anchors(d_values=(7, 257, 4097)))
 def test_scale_covariance_bitwise(impl, plan):
@@ -60,7 +60,7 @@ def test_scale_covariance_bitwise(impl, plan):
                    f"f(2**{k} x, 4**{k} eps) != f(x, eps)")
 
 
-@pytest.mark.clause("MET-4")
+@clause("MET-4")
 @given(plan=cs.plans(kinds=("exact",), weights=("random", "ints")))
 @anchors(regime_anchors(d_values=(1, 33, 257, 4097, 65536), kind="exact"))
 def test_linear_in_weight(impl, plan):
@@ -74,7 +74,7 @@ def test_linear_in_weight(impl, plan):
     _self_within(impl, case, y, product, "f(x, w) vs f(x, ones) * w")
 
 
-@pytest.mark.clause("MET-5")
+@clause("MET-5")
 @given(plan=cs.plans(**EXACT))
 @anchors(EXACT_ANCHORS)
 def test_permutation_equivariance(impl, plan):
@@ -139,8 +139,8 @@ LAYOUT_ANCHORS = [anchor(t, d, kind="exact", seed=s) for t in cs.ALL_DTYPES
                   for d in (1, 33, 4097) for s in range(7)]
 
 
-@pytest.mark.clause("MET-7")
-@pytest.mark.requires(layouts=True)
+@clause("MET-7")
+@requires(layouts=True)
 @given(plan=cs.plans(kinds=("exact",), max_elements=1 << 15, weights=("ones", "random")))
 @anchors(LAYOUT_ANCHORS)
 def test_layout_independence(impl, plan):
@@ -152,8 +152,8 @@ def test_layout_independence(impl, plan):
                  f"{kind} view vs contiguous")
 
 
-@pytest.mark.clause("MET-8")
-@pytest.mark.requires(layouts=True)
+@clause("MET-8")
+@requires(layouts=True)
 @given(plan=cs.plans(max_elements=1 << 15, weights=("ones", "random")))
 @anchors([anchor(t, d, seed=s) for t in cs.ALL_DTYPES for d in (33, 4097) for s in range(7)])
 def test_layout_bitwise(impl, plan):

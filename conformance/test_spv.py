@@ -2,15 +2,15 @@
 other."""
 
 import numpy as np
-import pytest
 from hypothesis import given
 
-from conformance import strategies as cs
-from conformance.assertions import assert_bitwise, assert_within, fail, forward
-from conformance.cases import Case
-from conformance.dtypes import INFO
-from conformance.strategies import anchor, anchors
-from conformance.tolerance import forward_bound
+from rmsnorm_conformance.conformance import strategies as cs
+from rmsnorm_conformance.conformance.assertions import assert_bitwise, assert_within, fail, forward
+from rmsnorm_conformance.conformance.cases import Case
+from rmsnorm_conformance.conformance.dtypes import INFO
+from rmsnorm_conformance.conformance.strategies import anchor, anchors
+from rmsnorm_conformance.conformance.tolerance import forward_bound
+from rmsnorm_conformance.conformance.marks import clause, requires
 
 #: batches of several rows, informative, moderate sizes (each row is poisoned or checked)
 BATCH = dict(min_rows=2, max_d=4096, max_elements=1 << 15, weights=("ones", "random"))
@@ -33,7 +33,7 @@ def _check_other_rows(impl, case, got, row):
     assert_within(impl, case, got[keep], fb, context=f"rows other than the poisoned row {row}")
 
 
-@pytest.mark.clause("SPV-1")
+@clause("SPV-1")
 @given(plan=cs.plans(**BATCH))
 @anchors(BATCH_ANCHORS)
 def test_zero_rows_give_zero(impl, plan):
@@ -48,8 +48,8 @@ def test_zero_rows_give_zero(impl, plan):
     _check_other_rows(impl, zeroed, got, 0)
 
 
-@pytest.mark.clause("SPV-2")
-@pytest.mark.requires(nonpositive_eps=True)
+@clause("SPV-2")
+@requires(nonpositive_eps=True)
 def test_zero_row_zero_eps_is_nan(impl):
     """SHOULD: with eps = 0 an all-zero row is NaN (0/0), as in MLX."""
     case = Case(np.zeros((2, 4), np.float32), np.ones(4, np.float32), 0.0)
@@ -58,7 +58,7 @@ def test_zero_row_zero_eps_is_nan(impl):
         fail(impl, case, f"eps = 0 zero rows gave {got.ravel()[:8]}, expected NaN")
 
 
-@pytest.mark.clause("SPV-3")
+@clause("SPV-3")
 @given(plan=cs.plans(**BATCH))
 @anchors(BATCH_ANCHORS)
 def test_nan_propagates_to_its_row_only(impl, plan):
@@ -70,7 +70,7 @@ def test_nan_propagates_to_its_row_only(impl, plan):
     _check_other_rows(impl, case, got, row)
 
 
-@pytest.mark.clause("SPV-4")
+@clause("SPV-4")
 @given(plan=cs.plans(**BATCH))
 @anchors(BATCH_ANCHORS)
 def test_inf_gives_nan_at_inf_and_zero_or_nan_elsewhere(impl, plan):
@@ -86,7 +86,7 @@ def test_inf_gives_nan_at_inf_and_zero_or_nan_elsewhere(impl, plan):
     _check_other_rows(impl, case, got, row)
 
 
-@pytest.mark.clause("SPV-5")
+@clause("SPV-5")
 @given(plan=cs.plans(**BATCH))
 @anchors(BATCH_ANCHORS)
 def test_inf_row_exactly_as_mlx(impl, plan):
@@ -99,7 +99,7 @@ def test_inf_row_exactly_as_mlx(impl, plan):
         fail(impl, case, f"inf at ({row}, {col}): finite positions gave {others[:8]}")
 
 
-@pytest.mark.clause("SPV-6")
+@clause("SPV-6")
 @given(plan=cs.plans(magnitudes="subnormal", spread=2, weights=("ones", "random"),
                      max_d=4096, max_elements=1 << 15))
 @anchors([anchor(t, d, exp=cs.INFO[t].emin - 3, spread=2, eps=eps) for t in cs.ALL_DTYPES
@@ -123,7 +123,7 @@ def _rows_anchors():
     return bands + many
 
 
-@pytest.mark.clause("SPV-7")
+@clause("SPV-7")
 @given(plan=cs.plans(min_rows=2, weights=("ones", "random")))
 @anchors(_rows_anchors())
 def test_rows_never_affect_each_other(impl, plan):
@@ -146,7 +146,7 @@ def test_rows_never_affect_each_other(impl, plan):
 PINNED_BATCH = [anchor("float32", 27, lead=(207,), spread=2)]
 
 
-@pytest.mark.clause("SPV-8")
+@clause("SPV-8")
 @given(plan=cs.plans(min_rows=2, max_d=8193, max_elements=1 << 15))
 @anchors([anchor(t, d, lead=(3,)) for t in cs.ALL_DTYPES for d in (7, 257, 4097)]
          + PINNED_BATCH)
@@ -161,7 +161,7 @@ def test_row_alone_equals_row_in_batch(impl, plan):
         assert_bitwise(impl, case, alone[0], flat[r], f"row {r} alone vs in the batch")
 
 
-@pytest.mark.clause("SPV-9")
+@clause("SPV-9")
 @given(plan=cs.plans(weights=("zeros",), max_elements=1 << 15))
 @anchors([anchor(t, d, weight="zeros") for t in cs.ALL_DTYPES for d in (1, 257, 4097)])
 def test_zero_weight_gives_zero(impl, plan):

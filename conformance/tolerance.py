@@ -11,9 +11,9 @@ import dataclasses
 
 import numpy as np
 
-import reference
-from conformance.dtypes import F32, info, ulp
-from reference import gamma
+from rmsnorm_conformance import reference
+from rmsnorm_conformance.conformance.dtypes import F32, info, ulp
+from rmsnorm_conformance.reference import gamma
 
 U32 = F32.u            # unit roundoff of the float32 accumulator
 TAU = F32.tiny         # float32's smallest normal: the flush-to-zero threshold (SPEC.md, TOL)

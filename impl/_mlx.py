@@ -12,7 +12,7 @@ import importlib.util
 import ml_dtypes
 import numpy as np
 
-from impl.protocol import Layout
+from rmsnorm_conformance.protocol import Layout
 
 # ---- What differs between MLX releases -----------------------------------------------------
 # Checked on every release with a Linux CPU wheel, 0.26.5 to 0.32.4. Everything else the

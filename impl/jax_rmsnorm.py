@@ -21,7 +21,7 @@ import importlib.util
 
 import numpy as np
 
-from impl.protocol import DTYPES, Capabilities, Implementation, ModuleInfo
+from rmsnorm_conformance.protocol import DTYPES, Capabilities, Implementation, ModuleInfo
 
 EXTRA = "pip install 'rmsnorm-conformance[jax]'"
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from impl import _mlx
-from impl.mlx_fast import MLXFast
-from impl.mlx_nn import MLXModule, forward_fn as module_forward, make_module, \
+from rmsnorm_conformance.impl import _mlx
+from rmsnorm_conformance.impl.mlx_fast import MLXFast
+from rmsnorm_conformance.impl.mlx_nn import MLXModule, forward_fn as module_forward, make_module, \
     vjp_fn as module_vjp
 
 

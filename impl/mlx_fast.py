@@ -3,8 +3,8 @@ through ``mx.vjp`` and ``mx.jvp`` (second order: ``mx.jvp`` of ``mx.vjp``)."""
 
 from __future__ import annotations
 
-from impl import _mlx
-from impl.protocol import DTYPES, LAYOUTS, Capabilities, Implementation
+from rmsnorm_conformance.impl import _mlx
+from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Capabilities, Implementation
 
 
 class MLXFast(Implementation):

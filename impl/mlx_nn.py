@@ -7,8 +7,8 @@ Its VJP goes through ``nn.value_and_grad`` (weight) and ``mx.grad`` (x) of ``sum
 
 from __future__ import annotations
 
-from impl import _mlx
-from impl.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
+from rmsnorm_conformance.impl import _mlx
+from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
 
 
 def forward_fn(module):

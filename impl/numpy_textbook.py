@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from impl.protocol import DTYPES, LAYOUTS, Capabilities, Implementation
+from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Capabilities, Implementation
 
 F32 = np.float32
 

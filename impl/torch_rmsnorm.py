@@ -23,7 +23,7 @@ import importlib.util
 import ml_dtypes
 import numpy as np
 
-from impl.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
+from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
 
 EXTRA = "pip install 'rmsnorm-conformance[torch]'"
 #: torch.nn.functional.rms_norm and torch.nn.RMSNorm first shipped in torch 2.4.

@@ -16,8 +16,8 @@ import re
 import ml_dtypes
 import numpy as np
 
-from impl.numpy_textbook import F32, NumpyTextbook
-from impl.protocol import DTYPES, LAYOUTS, Capabilities, ModuleInfo
+from rmsnorm_conformance.impl.numpy_textbook import F32, NumpyTextbook
+from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Capabilities, ModuleInfo
 
 HALF_NAMES = ("float16", "bfloat16")
 SUM_ORDERS = ("sequential", "pairwise", "reversed", "blocked")

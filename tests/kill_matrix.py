@@ -8,10 +8,9 @@
     python -m tests.kill_matrix -- -n 2          # extra arguments for pytest after --
     python -m tests.kill_matrix --timings        # the in-process kill tests' cost per mutant
 
-The run is ``pytest conformance --impl 'mutant-*' --impl 'numpy-textbook*' -n auto`` from the
-repository root with ``tests/mutants_dist`` on PYTHONPATH and a results file
-(``--conformance-results`` where the plugin has it, else ``--conformance-report``; when the
-plugin writes none, the table it printed is read instead); the correct numpy-textbook variants
+The run is ``pytest conformance --rmsnorm-impl 'mutant-*' --rmsnorm-impl 'numpy-textbook*' -n
+auto`` from the repository root with ``tests/mutants_dist`` on PYTHONPATH and a results file
+(``--rmsnorm-results``); the correct numpy-textbook variants
 run beside the mutants as controls. It runs under the profile ``rmsnorm-default-noshrink``
 (``tests/kill_profile.py``): the default profile without shrinking, so the same examples up to
 each first failure and the same verdicts, about 3x faster; ``--shrink`` runs the default
@@ -62,15 +61,6 @@ def base_of(cls) -> str:
     return "numpy-textbook-module" if issubclass(cls, fakes.ModuleMutant) else "numpy-textbook"
 
 
-def _results_option() -> str:
-    """--conformance-results (results document v1) where the plugin offers it, else the older
-    --conformance-report."""
-    helptext = subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=ROOT,
-                              capture_output=True, text=True, env=_env()).stdout
-    return "--conformance-results" if "--conformance-results" in helptext \
-        else "--conformance-report"
-
-
 def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(DIST), env.get("PYTHONPATH")]))
@@ -81,9 +71,9 @@ def run_suite(results: pathlib.Path, extra: list[str], shrink: bool) -> tuple[in
     with tempfile.TemporaryDirectory(prefix="rmsnorm-mutants-") as artifacts:
         env = _env()
         env["RMSNORM_CONFORMANCE_ARTIFACTS"] = artifacts
-        cmd = [sys.executable, "-m", "pytest", "conformance", "--impl", "mutant-*",
-               "--impl", "numpy-textbook*", "-n", "auto", "-q", "-p", "no:cacheprovider",
-               _results_option(), str(results), *extra]
+        cmd = [sys.executable, "-m", "pytest", "conformance", "--rmsnorm-impl", "mutant-*",
+               "--rmsnorm-impl", "numpy-textbook*", "-n", "auto", "-q", "-p", "no:cacheprovider",
+               "--rmsnorm-results", str(results), *extra]
         if not shrink:
             cmd += ["-p", "tests.kill_profile", "--hypothesis-profile", kill_profile.NAME]
         print("running:", " ".join(cmd), f"(output: {KEEP / 'mutants-run.log'})",
@@ -186,9 +176,9 @@ def render(cells, meta: str) -> str:
         "points of the fixture distribution `tests/mutants_dist` (not installed: the default run",
         "never tests them). To run the suite against one, from the repository root:",
         "",
-        "    PYTHONPATH=tests/mutants_dist pytest conformance --impl mutant-half-accumulation",
+        "    PYTHONPATH=tests/mutants_dist pytest conformance --rmsnorm-impl mutant-half-accumulation",
         "",
-        "`--impl 'mutant-*'` runs all of them; `numpy-textbook-<order>` (sequential, pairwise,",
+        "`--rmsnorm-impl 'mutant-*'` runs all of them; `numpy-textbook-<order>` (sequential, pairwise,",
         "reversed, blocked, torch) and `numpy-textbook-module` are the correct variants.",
         "After adding a mutant, regenerate the entry points with",
         "`python -m tests.kill_matrix --entry-points` and this page with",
@@ -196,12 +186,12 @@ def render(cells, meta: str) -> str:
         "",
         "The default run checks the same thing in-process (`tests/test_catches_faults.py`,",
         "`tests/test_catches_gradient_faults.py`): each mutant's target clause, its properties run",
-        "exactly as shipped (`conformance.plugin.shipped_settings()`, the same derandomised",
+        "exactly as shipped (`conformance.profiles.shipped_settings()`, the same derandomised",
         "examples), must fail with a `Nonconformance` naming the mutant.",
         "",
         "A clause *kills* a mutant when its cell is FAIL, CRASH or TIMEOUT (MUST) or unmet",
         "(SHOULD, MAY) and the correct implementation it derives from does better there.",
-        "*Run fails*: `pytest conformance --impl <mutant>` exits non-zero (a MUST clause fails).",
+        "*Run fails*: `pytest conformance --rmsnorm-impl <mutant>` exits non-zero (a MUST clause fails).",
         "",
         "| mutant | kind | bug | target | by the target | also killed by | run fails |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -10,10 +10,11 @@ runs the mutants under it.
 
 from hypothesis import Phase, settings
 
-from conformance.plugin import PROFILE
+from rmsnorm_conformance.conformance import profiles
 
 NAME = "rmsnorm-default-noshrink"
 
-_default = settings.get_profile(PROFILE)
+profiles.register()
+_default = settings.get_profile(profiles.DEFAULT)
 settings.register_profile(NAME, _default, report_multiple_bugs=False,
                           phases=[p for p in _default.phases if p is not Phase.shrink])

@@ -2,7 +2,7 @@
 ``tests/grad_fakes.py``, by id (``mutant-<name>``), each with the clause that must catch it.
 
 The same ids are the entry points of the fixture distribution ``tests/mutants_dist`` (so that
-``PYTHONPATH=tests/mutants_dist pytest conformance --impl mutant-<name>`` runs the suite against
+``PYTHONPATH=tests/mutants_dist pytest conformance --rmsnorm-impl mutant-<name>`` runs the suite against
 one), and the rows of ``docs/MUTANTS.md``.
 
 ``SURVIVES_TODAY`` lists the mutants that the shipped run's examples cannot catch yet, and why:

@@ -15,7 +15,7 @@ TITLES = {"FWD-1": "Output shape, for any leading shape", "FWD-5": "Empty normal
 def worst(error, bound=9.5, dtype="float32", label="output"):
     return {"error_ulps": error, "bound_ulps": bound, "ratio": error / bound, "dtype": dtype,
             "label": label, "case": {"describe": f"x: {dtype}[2, 7] weight: None eps: 1e-05",
-                                     "repro": "from conformance.cases import Case, decode\n"
+                                     "repro": "from rmsnorm_conformance.conformance.cases import Case, decode\n"
                                               "case = Case(...)", "file": None}}
 
 
@@ -38,7 +38,7 @@ def result(clause, impl="mlx-fast-cpu", status="pass", *, level="MUST", reason=N
 
 def implementation(device="cpu", *, framework="mlx", version="0.32.4", state="ok", reason=None,
                    fingerprint=None, entry_point=None):
-    return {"entry_point": entry_point or f"impl.mlx_fast:{device}",
+    return {"entry_point": entry_point or f"rmsnorm_conformance.impl.mlx_fast:{device}",
             "distribution": {"name": "rmsnorm-conformance", "version": "0.2.0"},
             "state": state, "reason": reason,
             "environment": {"framework": framework, "version": version, "device": device},

@@ -1,10 +1,10 @@
 """Run a conformance property in-process exactly as the shipped run does.
 
-The default run (``pytest -n auto``) applies ``conformance.plugin.shipped_settings()`` to every
-property and wraps its body for the item's ledger (``plugin.ship``), skips an implementation
-lacking a capability the property requires (``@pytest.mark.requires``), and calls it with the
-implementation fixture inside an active ledger (whose error/bound ratios steer Hypothesis'
-targeting) and ``plugin.same_examples_everywhere()`` (no local constants). ``run`` does exactly
+The default run (``pytest -n auto``) applies ``profiles.shipped_settings()`` to every property
+and wraps its body for the item's ledger (``profiles.ship``), skips an implementation lacking a
+capability the property requires (``@requires``), and calls it with the implementation fixture
+inside an active ledger (whose error/bound ratios steer Hypothesis' targeting) and
+``profiles.same_examples_everywhere()`` (no local constants). ``run`` does exactly
 that with an implementation object: the property from ``conformance/test_*.py``, called with
 the implementation as its only argument (whatever else the property draws, Hypothesis draws), so
 it meets the shipped run's examples in the shipped order, anchors first.
@@ -28,16 +28,20 @@ import importlib
 import inspect
 import itertools
 import pkgutil
+import sys
 import time
 
 import numpy as np
 import pytest
 from hypothesis import Phase, settings
 
-import conformance
-from conformance import clauses, ledger, plugin
-from conformance.assertions import Nonconformance, missing_capability
-from conformance.plugin import PROFILE, shipped_settings
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+from rmsnorm_conformance import conformance
+from rmsnorm_conformance.conformance import clauses, ledger, marks, profiles
+from rmsnorm_conformance.conformance.assertions import Nonconformance, missing_capability
+from rmsnorm_conformance.conformance.profiles import DEFAULT as PROFILE, shipped_settings
 
 #: The calls an implementation receives (counted, and recorded for the shipped-run check).
 CALLS = ("rms_norm", "rms_norm_sequence", "vjp", "vjp_sequence", "jvp", "hvp", "module_info",
@@ -45,15 +49,11 @@ CALLS = ("rms_norm", "rms_norm_sequence", "vjp", "vjp_sequence", "jvp", "hvp", "
 
 
 def property_modules():
-    return [importlib.import_module(f"conformance.{m.name}")
+    return [importlib.import_module(f"{conformance.__name__}.{m.name}")
             for m in pkgutil.iter_modules(conformance.__path__) if m.name.startswith("test_")]
 
 
-def _clause_of(fn) -> str | None:
-    for mark in getattr(fn, "pytestmark", []):
-        if mark.name == "clause":
-            return mark.args[0]
-    return None
+_clause_of = marks.clause_of
 
 
 def properties(clause: str | None = None) -> list:
@@ -82,12 +82,8 @@ def impl_argument(fn) -> str | None:
 
 
 def requirements(fn) -> list[dict]:
-    """The capabilities ``@pytest.mark.requires`` asks for, on the function and its module."""
-    module = importlib.import_module(fn.__module__)
-    marks = list(getattr(fn, "pytestmark", []))
-    module_marks = getattr(module, "pytestmark", [])
-    marks += module_marks if isinstance(module_marks, list) else [module_marks]
-    return [m.kwargs for m in marks if m.name == "requires"]
+    """The capabilities ``@requires`` asks for, on the function and its module."""
+    return marks.requirements_of(fn, importlib.import_module(fn.__module__))
 
 
 def parameter_sets(fn) -> list[dict]:
@@ -118,26 +114,35 @@ def shipped(shrink: bool) -> settings:
 
 
 @contextlib.contextmanager
-def as_shipped(fn, shrink: bool = False):
-    """Within the block, ``fn`` runs as the plugin runs it: shipped (``plugin.ship``: settings
-    and the ledger's wrapper, once, as the plugin does at collection), with a ledger active and
-    no local constants; its settings are ``shipped(shrink)`` for the block only (the settings
-    object is swapped where ``settings(...)(fn)`` put it: applying settings twice is an
-    error)."""
-    book = ledger.Ledger()
+def as_shipped(fn, shrink: bool = True):
+    """Within the block, ``fn`` runs as the plugin runs it: shipped (``profiles.ship``: settings
+    and the ledger's wrapper, once, as the plugin does at collection), with a ledger active (an
+    enclosing one, or a fresh one) and no local constants; its settings are ``shipped(shrink)``
+    for the block only (the settings object is swapped where ``settings(...)(fn)`` put it:
+    applying settings twice is an error)."""
+    book = ledger.current() or ledger.Ledger()
     if not hasattr(fn, "hypothesis"):
-        with ledger.active(book), plugin.same_examples_everywhere():
+        with ledger.active(book), profiles.same_examples_everywhere():
             yield
         return
     if getattr(fn, "_rmsnorm_profile", None) is None:
-        plugin.ship(fn)
+        profiles.ship(fn)
     saved = fn._hypothesis_internal_use_settings
     fn._hypothesis_internal_use_settings = shipped(shrink)
     try:
-        with ledger.active(book), plugin.same_examples_everywhere():
+        with ledger.active(book), profiles.same_examples_everywhere():
             yield
     finally:
         fn._hypothesis_internal_use_settings = saved
+
+
+def run_shipped(fn, **kwargs):
+    """Call a conformance property exactly as the default run does (the shipped settings, the
+    same examples, a ledger steering hypothesis.target as in a run), e.g.
+    ``run_shipped(test_acc.test_error_bound_whole_range, impl=adapter)``. An enclosing ledger
+    (``ledger.active``) is used if open."""
+    with as_shipped(fn):
+        return fn(**kwargs)
 
 
 @dataclasses.dataclass
@@ -223,7 +228,8 @@ def run(fn, impl, shrink: bool = False, record: bool = False) -> tuple[Outcome, 
     if why:
         outcome.status, outcome.message = "skipped", f"{impl.id} {why}"
         return outcome, []
-    with _Instrument(impl, record) as inst, as_shipped(fn, shrink):
+    with ledger.active(ledger.Ledger()), _Instrument(impl, record) as inst, \
+            as_shipped(fn, shrink):
         try:
             for params in parameter_sets(fn):
                 fn(**{arg: impl}, **params)

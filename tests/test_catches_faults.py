@@ -3,7 +3,7 @@
 Each mutant of ``tests/fakes.py`` (forward, validation and module bugs; the gradient ones are in
 ``test_catches_gradient_faults.py``) is run through the properties of its target clause exactly
 as the default run (``pytest -n auto``) runs them: the property function from
-``conformance/test_*.py`` under ``conformance.plugin.shipped_settings()``, the same derandomised
+``conformance/test_*.py`` under ``conformance.profiles.shipped_settings()``, the same derandomised
 examples in the same order, called in-process with the mutant as the implementation
 (``tests/shipped.py``). It must fail with the clause's own failure: a ``Nonconformance`` with a
 one-line summary and, where it describes a case, a repro (never another exception). Mutants the
@@ -30,14 +30,15 @@ import sys
 import numpy as np
 import pytest
 
-from conformance import clauses
-from conformance.assertions import ARTIFACTS_ENV, Nonconformance, assert_within, \
+from rmsnorm_conformance.conformance import clauses
+from rmsnorm_conformance.conformance.assertions import ARTIFACTS_ENV, Nonconformance, assert_within, \
     check_accuracy, fail
-from conformance.cases import Case
-from conformance.test_met import layout_for
-from conformance.tolerance import forward_bound, vjp_bounds
-from impl.numpy_textbook import NumpyTextbook
-from impl.protocol import Implementation
+from rmsnorm_conformance.conformance.cases import Case
+from rmsnorm_conformance.conformance.test_met import layout_for
+from rmsnorm_conformance.conformance.tolerance import forward_bound, vjp_bounds
+from rmsnorm_conformance.impl.numpy_textbook import NumpyTextbook
+from rmsnorm_conformance.protocol import Implementation
+from rmsnorm_conformance.conformance.marks import clause
 from tests import fakes, grad_fakes, kill_matrix, shipped
 from tests.mutants import MUTANTS, SURVIVES_TODAY, bug
 
@@ -55,7 +56,7 @@ def kill_params(module):
         if cls.__module__ != module.__name__:
             continue
         for cid in (cls.target, *cls.also):
-            marks = [pytest.mark.clause("COV-2")]
+            marks = [clause("COV-2")]
             if cid == cls.target and mid in SURVIVES_TODAY:
                 marks.append(pytest.mark.xfail(raises=Survived, strict=True,
                                                reason=SURVIVES_TODAY[mid]))
@@ -91,7 +92,7 @@ def pass_params(variants, where):
             continue
         for v in variants:
             out.append(pytest.param(v, fn, id=f"{v.id}-{fn.__name__}",
-                                    marks=pytest.mark.clause("TOL-1")))
+                                    marks=clause("TOL-1")))
     return out
 
 
@@ -106,12 +107,12 @@ VARIANTS = [v for v in fakes.textbook_variants() if v.order != "pairwise"]
 
 
 def _not_grad(fn):
-    return fn.__module__ != "conformance.test_grad"
+    return fn.__module__ != "rmsnorm_conformance.conformance.test_grad"
 
 
 @pytest.mark.parametrize("variant, fn", pass_params(VARIANTS, _not_grad)
                          + pass_params([fakes.TextbookModule()],
-                                       lambda fn: fn.__module__ == "conformance.test_mod"))
+                                       lambda fn: fn.__module__ == "rmsnorm_conformance.conformance.test_mod"))
 def test_correct_implementation_passes(variant, fn, tmp_path, monkeypatch):
     monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path))
     assert_passes(variant, fn)
@@ -119,7 +120,7 @@ def test_correct_implementation_passes(variant, fn, tmp_path, monkeypatch):
 
 # ---- the catalogue -------------------------------------------------------------------------
 
-@pytest.mark.clause("COV-2")
+@clause("COV-2")
 def test_catalogue():
     """At least 40 mutants, each documented, targeting a clause that has a property in this
     checkout or expected to survive (with the reason) until one exists."""
@@ -145,7 +146,7 @@ def test_catalogue():
 NOT_TARGETED = {"MET-2", "MET-5", "IMP-1"}
 
 
-@pytest.mark.clause("COV-2")
+@clause("COV-2")
 def test_every_must_clause_is_some_mutants_target():
     spec = clauses.load()
     with_property = {shipped.clause_of(fn) for fn in shipped.properties()} | {"IMP-1"}
@@ -154,7 +155,7 @@ def test_every_must_clause_is_some_mutants_target():
     assert must - targeted == NOT_TARGETED - targeted, sorted(must - targeted)
 
 
-@pytest.mark.clause("COV-2")
+@clause("COV-2")
 def test_fixture_distribution_registers_every_mutant():
     """tests/mutants_dist's entry points are tests/mutants.py's catalogue (regenerate them with
     ``python -m tests.kill_matrix --entry-points``), and each loads to its mutant."""
@@ -185,7 +186,7 @@ SHIPPED_CHECK = ["conformance/test_acc.py::test_error_bound_whole_range",
                  "conformance/test_grad.py::test_adjoint_consistency"]
 
 
-@pytest.mark.clause("COV-2")
+@clause("COV-2")
 def test_harness_meets_the_shipped_runs_examples(tmp_path):
     """A real ``pytest`` run (default profile, process isolation) of a recording numpy-textbook
     calls the implementation with exactly the arguments, in exactly the order, that
@@ -196,7 +197,7 @@ def test_harness_meets_the_shipped_runs_examples(tmp_path):
                                                         env.get("PYTHONPATH")])),
                RMSNORM_MUTANTS_RECORD=str(record), **{ARTIFACTS_ENV: str(tmp_path)})
     ids = [f"{node}[record-numpy-textbook]" for node in SHIPPED_CHECK]
-    proc = subprocess.run([sys.executable, "-m", "pytest", *ids, "--impl",
+    proc = subprocess.run([sys.executable, "-m", "pytest", *ids, "--rmsnorm-impl",
                            "record-numpy-textbook", "-p", "no:cacheprovider", "--assert=plain",
                            "-n", "0", "-q"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -227,7 +228,7 @@ def _final_replay(log) -> int:
     return 0
 
 
-@pytest.mark.clause("COV-2")
+@clause("COV-2")
 @pytest.mark.parametrize("cls", [fakes.EpsAddedToSum, grad_fakes.DxNotCastBack,
                                  grad_fakes.DweightWithoutWeight])
 def test_dropping_shrink_keeps_the_examples_up_to_the_first_failure(cls, tmp_path, monkeypatch):
@@ -314,7 +315,7 @@ WITNESSES = {
 }
 
 
-@pytest.mark.clause("COV-2")
+@clause("COV-2")
 @pytest.mark.parametrize("mid", sorted(WITNESSES))
 def test_regime_mutant_is_wrong_in_its_regime(mid, tmp_path, monkeypatch):
     """Each mutant whose bug lives in one regime (many rows, mixed dtypes, a layout, a sequence

@@ -15,11 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import test_grad
-from conformance.assertions import ARTIFACTS_ENV, Nonconformance, assert_within
-from conformance.cases import Case
-from conformance.tolerance import vjp_bounds
-from impl.numpy_textbook import NumpyTextbook
+from rmsnorm_conformance.conformance import test_grad
+from rmsnorm_conformance.conformance.assertions import ARTIFACTS_ENV, Nonconformance, assert_within
+from rmsnorm_conformance.conformance.cases import Case
+from rmsnorm_conformance.conformance.tolerance import vjp_bounds
+from rmsnorm_conformance.impl.numpy_textbook import NumpyTextbook
+from rmsnorm_conformance.conformance.marks import clause
 from tests import grad_fakes as gf, shipped
 from tests.test_catches_faults import VARIANTS, assert_killed, assert_passes, kill_params, \
     pass_params
@@ -32,13 +33,13 @@ def test_gradient_mutant_is_killed_as_shipped(cls, cid, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("variant, fn", pass_params(
-    VARIANTS, lambda fn: fn.__module__ == "conformance.test_grad"))
+    VARIANTS, lambda fn: fn.__module__ == "rmsnorm_conformance.conformance.test_grad"))
 def test_correct_gradients_pass(variant, fn, tmp_path, monkeypatch):
     monkeypatch.setenv(ARTIFACTS_ENV, str(tmp_path))
     assert_passes(variant, fn)
 
 
-@pytest.mark.clause("GRAD-11")
+@clause("GRAD-11")
 def test_forming_n_cubed_fails_beyond_its_range(tmp_path, monkeypatch):
     """SHOULD clause GRAD-11 discriminates: a backward that forms n^3 explicitly (as MLX does)
     loses dx for rows with mean(x^2) + eps > 2**84, where numpy-textbook's (x n)(n^2 p) does
@@ -78,19 +79,19 @@ def _passes(fn, impl):
     return outcome.status == "survived" or outcome.message
 
 
-@pytest.mark.clause("GRAD-4")
+@clause("GRAD-4")
 def test_identity_tolerates_dx_beyond_the_output_range(monkeypatch):
     _fixed_case(monkeypatch, lambda: _zero_row_f16(1e-12))
     assert _passes(test_grad.test_identity_x_dot_dx, NumpyTextbook()) is True
 
 
-@pytest.mark.clause("GRAD-7")
+@clause("GRAD-7")
 def test_scale_covariance_tolerates_overflow_at_the_scaled_point(monkeypatch):
     _fixed_case(monkeypatch, lambda: _zero_row_f16(1e-9))
     assert _passes(test_grad.test_scale_covariance_of_dx, NumpyTextbook()) is True
 
 
-@pytest.mark.clause("GRAD-7")
+@clause("GRAD-7")
 def test_scale_covariance_tolerates_subnormal_dx_at_the_scaled_point(monkeypatch):
     _fixed_case(monkeypatch, lambda: Case(
         np.array([0.25, 1.0], np.float16), None, 1e-5, "explicit",
@@ -98,7 +99,7 @@ def test_scale_covariance_tolerates_subnormal_dx_at_the_scaled_point(monkeypatch
     assert _passes(test_grad.test_scale_covariance_of_dx, NumpyTextbook()) is True
 
 
-@pytest.mark.clause("GRAD-1")
+@clause("GRAD-1")
 def test_dweight_failure_is_reported_not_crashed():
     x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(2, 8)
     g = np.zeros((2, 8), np.float32)
@@ -111,7 +112,7 @@ def test_dweight_failure_is_reported_not_crashed():
         assert_within(mutant, case, dw, bdw, label="dweight")
 
 
-@pytest.mark.clause("GRAD-11")
+@clause("GRAD-11")
 def test_beyond_cubed_range_is_satisfiable_by_float32_accumulation(tmp_path, monkeypatch):
     """GRAD-11's own suggestion, dx = n a - (x n)(n^2 p) (numpy-textbook's), meets it on an
     input that once failed it (d = 256, |x| about 2**60)."""

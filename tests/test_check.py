@@ -9,13 +9,13 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from conformance import cases
-from conformance.check import check_case, exact_sum
+from rmsnorm_conformance.conformance import cases
+from rmsnorm_conformance.conformance.check import check_case, exact_sum
+from rmsnorm_conformance.conformance.marks import clause
 from tests import fakes
 
-pytestmark = pytest.mark.clause("IMP-3")
+pytestmark = clause("IMP-3")
 FIXTURES = pathlib.Path(__file__).resolve().parent / "plugin_fixtures"
 
 
@@ -41,7 +41,7 @@ def test_check_case_gives_each_clause_its_verdict():
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "conformance.tools.cli", "check", *args],
+    return subprocess.run([sys.executable, "-m", "rmsnorm_conformance.conformance.tools.cli", "check", *args],
                           capture_output=True, text=True, timeout=120, env=env)
 
 

@@ -1,10 +1,10 @@
 """COV-1: the default run's examples are informative and reach every region SPEC.md promises.
 
-Every conformance property is run exactly as shipped (``plugin.run_shipped``: the default
+Every conformance property is run exactly as shipped (``tests/shipped.py``: the default
 profile, its seeds and anchors) against ``Recorder``, an implementation that declares every
 capability and answers with the float64 reference rounded to the output type (so it passes every
 clause and each property runs all its examples). ``conformance.coverage`` classifies what the
-properties sent. The same analysis backs ``pytest --conformance-coverage``.
+properties sent. The same analysis backs ``pytest --rmsnorm-coverage``.
 
 The check would fail if a strategy regressed: ``test_a_narrowed_strategy_fails_the_check`` runs
 ACC-1's body under deliberately narrowed strategies and shows the check failing.
@@ -15,15 +15,16 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-import pytest
 from hypothesis import given
 
-import reference
-from conformance import coverage, ledger, plugin, strategies as cs
-from conformance import test_acc, test_dty, test_fwd, test_grad, test_met, test_mod, test_spv
-from impl.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
+from rmsnorm_conformance import reference
+from rmsnorm_conformance.conformance import coverage, ledger, strategies as cs
+from rmsnorm_conformance.conformance import test_acc, test_dty, test_fwd, test_grad, test_met, test_mod, test_spv
+from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
+from rmsnorm_conformance.conformance.marks import CLAUSE, clause
+from tests import shipped
 
-pytestmark = pytest.mark.clause("COV-1")
+pytestmark = clause("COV-1")
 
 MODULES = (test_fwd, test_dty, test_acc, test_mod, test_spv, test_met, test_grad)
 
@@ -81,7 +82,7 @@ def properties():
         for name, fn in inspect.getmembers(module, inspect.isfunction):
             if name.startswith("test_") and hasattr(fn, "hypothesis") \
                     and fn.__module__ == module.__name__:
-                marks = [m for m in getattr(fn, "pytestmark", []) if m.name == "clause"]
+                marks = [m for m in getattr(fn, "pytestmark", []) if m.name == CLAUSE]
                 found.append((marks[0].args[0], fn))
     return sorted(found, key=lambda t: t[0])
 
@@ -90,7 +91,7 @@ def record(fn, impl) -> dict:
     """Run one property as shipped against ``impl``; its recorded calls as a coverage summary."""
     book = ledger.Ledger(record_calls=True)
     with ledger.active(book):
-        plugin.run_shipped(fn, impl=impl)
+        shipped.run_shipped(fn, impl=impl)
     return coverage.summarise(book)
 
 

@@ -22,13 +22,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from conformance import fingerprint as fpm
-from conformance.fingerprint import describe, fingerprint
-from impl.protocol import Capabilities, Implementation
+from rmsnorm_conformance.conformance import fingerprint as fpm
+from rmsnorm_conformance.conformance.fingerprint import describe, fingerprint
+from rmsnorm_conformance.protocol import Capabilities, Implementation
+from rmsnorm_conformance.conformance.marks import clause
 from tests.fakes import F32, FlattenedOutput, Raises, ReturnsList, TextbookFloat32
 
 # The fingerprint is reported with the results (IMP-3), never judged.
-pytestmark = pytest.mark.clause("IMP-3")
+pytestmark = clause("IMP-3")
 
 # order -> (weight_order, reduction label, reduction family)
 EXPECTED = {
@@ -363,7 +364,7 @@ CRASH_FIXTURES = pathlib.Path(__file__).resolve().parent / "plugin_fixtures_cras
 def test_supervised_crash_or_hang_stops_the_probes(attr, words, monkeypatch):
     """Through the supervisor (conformance/supervisor.py), a crash or hang is reported and the
     remaining probes are not run (one crash, one timeout), never an exception."""
-    from conformance.supervisor import Supervised
+    from rmsnorm_conformance.conformance.supervisor import Supervised
 
     monkeypatch.syspath_prepend(str(CRASH_FIXTURES))
     adapters = importlib.import_module("fake_crashers.adapters")
@@ -427,7 +428,7 @@ def test_mlx_cpu():
     generic CPU reduce, whose SIMD width is 1 on Linux (one accumulator: left to right);
     astype(out) then multiply by the weight in the output type."""
     pytest.importorskip("mlx.core")
-    from impl.mlx_fast import cpu
+    from rmsnorm_conformance.impl.mlx_fast import cpu
 
     fp = fingerprint(cpu)
     _check_serialisable(fp)

@@ -21,15 +21,16 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-import reference
-from conformance.cases import Case
-from conformance.registry import discover
-from conformance.test_met import layout_for
-from conformance.tolerance import forward_bound
-from impl import jax_rmsnorm, torch_rmsnorm
-from impl.protocol import DTYPES, Layout
+from rmsnorm_conformance import reference
+from rmsnorm_conformance.conformance.cases import Case
+from rmsnorm_conformance.conformance.registry import discover
+from rmsnorm_conformance.conformance.test_met import layout_for
+from rmsnorm_conformance.conformance.tolerance import forward_bound
+from rmsnorm_conformance.impl import jax_rmsnorm, torch_rmsnorm
+from rmsnorm_conformance.protocol import DTYPES, Layout
+from rmsnorm_conformance.conformance.marks import clause
 
-pytestmark = pytest.mark.clause("IMP-1")
+pytestmark = clause("IMP-1")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -77,9 +78,9 @@ def test_entry_points_registered_and_load():
 
 
 @pytest.mark.parametrize("blocked, module, attrs, extra", [
-    (("torch",), "impl.torch_rmsnorm", ("functional_cpu", "module_cuda"), "[torch]"),
-    (("jax", "flax"), "impl.jax_rmsnorm", ("numpy_cpu", "flax_cpu"), "[jax]"),
-    (("flax",), "impl.jax_rmsnorm", ("flax_cpu",), "[jax]"),
+    (("torch",), "rmsnorm_conformance.impl.torch_rmsnorm", ("functional_cpu", "module_cuda"), "[torch]"),
+    (("jax", "flax"), "rmsnorm_conformance.impl.jax_rmsnorm", ("numpy_cpu", "flax_cpu"), "[jax]"),
+    (("flax",), "rmsnorm_conformance.impl.jax_rmsnorm", ("flax_cpu",), "[jax]"),
 ])
 def test_imports_without_framework_and_names_the_extra(blocked, module, attrs, extra):
     """With the framework absent the adapter module still imports, and unavailable_reason()
@@ -122,7 +123,7 @@ def test_environment(adapter):
 # --- crossing the boundary ------------------------------------------------------------------------
 
 @needs_torch
-@pytest.mark.clause("DTY-1")
+@clause("DTY-1")
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_torch_round_trip_is_exact(dtype):
     """NumPy -> torch -> NumPy keeps every bit; bfloat16 over all 65536 patterns (torch cannot
@@ -140,7 +141,7 @@ def test_torch_round_trip_is_exact(dtype):
 
 
 @needs_jax
-@pytest.mark.clause("DTY-1")
+@clause("DTY-1")
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_jax_round_trip_is_exact(dtype):
     import jax.numpy as jnp
@@ -153,7 +154,7 @@ def test_jax_round_trip_is_exact(dtype):
 
 
 @needs_torch
-@pytest.mark.clause("MET-7")
+@clause("MET-7")
 @pytest.mark.parametrize("kind", torch_rmsnorm.TORCH_LAYOUTS)
 def test_torch_layouts_are_views(kind):
     """Each declared layout is a view of the source tensor (same storage, no copy), with the
@@ -195,7 +196,7 @@ MIXED = [("float16", "float32"), ("bfloat16", "float32"), ("float32", "float16")
          ("float16", "bfloat16")]
 
 
-@pytest.mark.clause("DTY-2")
+@clause("DTY-2")
 @pytest.mark.parametrize("adapter", ALL_CPU)
 @pytest.mark.parametrize("x_dt, w_dt", MIXED[:2])
 def test_declared_output_dtype_is_what_the_framework_returns(adapter, x_dt, w_dt):
@@ -204,7 +205,7 @@ def test_declared_output_dtype_is_what_the_framework_returns(adapter, x_dt, w_dt
     assert y.dtype == adapter.capabilities.output_dtype(DTYPES[x_dt], DTYPES[w_dt])
 
 
-@pytest.mark.clause("VAL-5")
+@clause("VAL-5")
 @pytest.mark.parametrize("adapter", ALL_CPU)
 def test_nonpositive_eps_accepted_as_declared(adapter):
     """eps = 0, < 0 and inf are computed, not rejected (capability nonpositive_eps)."""
@@ -217,7 +218,7 @@ def test_nonpositive_eps_accepted_as_declared(adapter):
 
 
 @needs_torch
-@pytest.mark.clause("VAL-2")
+@clause("VAL-2")
 @pytest.mark.parametrize("adapter", TORCH)
 def test_torch_argument_errors_are_value_errors(adapter):
     """torch's RuntimeErrors for bad shapes and dtypes come back as ValueError (protocol), and
@@ -232,7 +233,7 @@ def test_torch_argument_errors_are_value_errors(adapter):
     assert adapter.rms_norm(np.ones((2, 4), np.complex64), None, 1e-5).dtype == np.complex64
 
 
-@pytest.mark.clause("ACC-1")
+@clause("ACC-1")
 @pytest.mark.parametrize("adapter", ALL_CPU)
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_forward_within_bound(adapter, dtype):
@@ -247,7 +248,7 @@ def test_forward_within_bound(adapter, dtype):
 
 # --- gradients -------------------------------------------------------------------------------------
 
-@pytest.mark.clause("GRAD-3")
+@clause("GRAD-3")
 @pytest.mark.parametrize("adapter", ALL_CPU)
 @pytest.mark.parametrize("x_dt, w_dt, shape", [
     ("float32", "float32", (3, 5)), ("bfloat16", "float32", (3, 5)),   # same and mixed dtypes
@@ -271,7 +272,7 @@ def test_gradient_shapes_and_dtypes(adapter, x_dt, w_dt, shape):
     assert hv.shape == x.shape and hv.dtype == x.dtype
 
 
-@pytest.mark.clause("GRAD-1")
+@clause("GRAD-1")
 @pytest.mark.parametrize("adapter", ALL_CPU)
 def test_gradients_match_reference(adapter):
     """float32: dx, dweight, the tangent and H v agree with the float64 reference (so the
@@ -291,7 +292,7 @@ def test_gradients_match_reference(adapter):
 # --- modules ---------------------------------------------------------------------------------------
 
 @needs_torch
-@pytest.mark.clause("MOD-1")
+@clause("MOD-1")
 def test_torch_module_info():
     """torch.nn.RMSNorm holds its eps as given: None by default (torch then uses
     finfo(dtype).eps), and eps <= 0 is accepted; one float32 parameter, "weight"."""
@@ -308,7 +309,7 @@ def test_torch_module_info():
 
 
 @needs_flax
-@pytest.mark.clause("MOD-1")
+@clause("MOD-1")
 def test_flax_module_info():
     """flax.nnx.RMSNorm: epsilon 1e-6 by default, its parameter is "scale" (float32 ones), and
     a default module promotes float16 input to float32."""
@@ -322,7 +323,7 @@ def test_flax_module_info():
 
 
 @needs_flax
-@pytest.mark.clause("MOD-3")
+@clause("MOD-3")
 def test_flax_scale_replaced_and_linen_fallback(monkeypatch):
     """The given weight replaces the nnx layer's scale (the output scales with it); and where
     flax has no nnx the adapter runs flax.linen with the same results."""

@@ -26,7 +26,7 @@ crashers pass DTY-1 and FWD-1 and crash ACC-1 on an input that shows why, next t
 
 The inner runs use an empty ini, ``--assert=plain`` (no assertion rewriting of every pytest11
 distribution in each subprocess), a small Hypothesis profile without the shrink phase (garbage
-results fail every example; shrinking them only costs time) and ``--call-timeout 3``.
+results fail every example; shrinking them only costs time) and ``--rmsnorm-call-timeout 2``.
 Each test prints the wall and CPU time of its inner runs (``-rP`` shows them). The CPU time is
 that of the inner pytest process and its xdist workers; the supervised children are reaped by
 the forkserver, not by them, and are not included.
@@ -47,6 +47,8 @@ import time
 
 import pytest
 
+from rmsnorm_conformance.conformance.marks import clause
+
 FIXTURES = pathlib.Path(__file__).resolve().parent / "plugin_fixtures_crash"
 MLX = "mlx-fast-cpu"
 CALL_TIMEOUT = "2"
@@ -54,14 +56,18 @@ LONG_D = 100   # fake_crashers.adapters.LONG_D (not imported: the outer run must
 
 INNER_TESTS = '''
 # the real clause tests, collected here so that -k picks them exactly
-from conformance.test_imp import test_entry_point_loads
-from conformance.test_acc import test_error_bound_whole_range
-from conformance.test_dty import test_same_dtype_output
-from conformance.test_fwd import test_output_shape_any_leading_shape
+from rmsnorm_conformance.conformance.test_imp import test_entry_point_loads
+from rmsnorm_conformance.conformance.test_acc import test_error_bound_whole_range
+from rmsnorm_conformance.conformance.test_dty import test_same_dtype_output
+from rmsnorm_conformance.conformance.test_fwd import test_output_shape_any_leading_shape
 '''
 
 INNER_CONFTEST = '''
 from hypothesis import Phase, settings
+
+from rmsnorm_conformance.conformance import profiles
+
+profiles.register()
 
 settings.register_profile(
     "isolation-selftest", settings.get_profile("rmsnorm-default"), max_examples=10,
@@ -89,7 +95,7 @@ CRASHERS = {
     "crash-fpe": _died("CRASH", "the process running rms_norm died with signal SIGFPE (8)",
                        False),
     "crash-hang": _died("TIMEOUT", f"rms_norm did not return within {CALL_TIMEOUT} s "
-                                   f"(--call-timeout)", False),
+                                   f"(--rmsnorm-call-timeout)", False),
     "crash-segv": _died("CRASH", "the process running rms_norm died with signal SIGSEGV (11)",
                         True),
 }
@@ -153,7 +159,7 @@ def run_inner(folder: pathlib.Path, *args: str, label: str, log: pathlib.Path | 
     cwd = cwd or folder
     cwd.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pytest", "--rootdir", str(folder), "-c",
-           str(folder / "pytest.ini"), *BASE_ARGS, *args, "--conformance-results", str(report),
+           str(folder / "pytest.ini"), *BASE_ARGS, *args, "--rmsnorm-results", str(report),
            str(folder / "test_inner.py")]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -177,7 +183,7 @@ def run_inner(folder: pathlib.Path, *args: str, label: str, log: pathlib.Path | 
 
 
 def impl_args(*ids: str) -> list[str]:
-    return [a for i in ids for a in ("--impl", i)]
+    return [a for i in ids for a in ("--rmsnorm-impl", i)]
 
 
 # --- reading its output ---------------------------------------------------------------------------
@@ -241,7 +247,7 @@ def results(run: Inner, impl: str | None = None) -> dict[tuple[str, str], dict]:
 
 def no_internal_error(run: Inner):
     """The run ended normally: no internal error, no lost xdist worker, valid results written."""
-    from conformance import results as results_module
+    from rmsnorm_conformance.conformance import results as results_module
 
     assert "INTERNALERROR" not in run.out + run.err, run
     assert run.data is not None, f"no results written:\n{run!r}"
@@ -282,7 +288,7 @@ DIERS = (*CRASHERS, "hang-always", *LOADERS)
 XDIST_DIERS = ("crash-segv", "crash-hang", "load-segv")
 
 
-@pytest.mark.clause("IMP-4")
+@clause("IMP-4")
 @pytest.mark.parametrize("workers, diers", [("0", DIERS), ("2", XDIST_DIERS)],
                          ids=["serial", "xdist"])
 def test_crashes_and_hangs_are_reported_per_clause_and_the_run_goes_on(tmp_path, baseline,
@@ -294,7 +300,7 @@ def test_crashes_and_hangs_are_reported_per_clause_and_the_run_goes_on(tmp_path,
     without them."""
     log = tmp_path / "crash-calls.log"
     run = run_inner(tmp_path / "run", *impl_args(*diers, MLX), "-n", workers,
-                    "--call-timeout", CALL_TIMEOUT, log=log,
+                    "--rmsnorm-call-timeout", CALL_TIMEOUT, log=log,
                     label=f"crashers + {MLX}, -n {workers}")
     assert run.ret == pytest.ExitCode.TESTS_FAILED, run
     no_internal_error(run)
@@ -362,13 +368,13 @@ def test_crashes_and_hangs_are_reported_per_clause_and_the_run_goes_on(tmp_path,
 # --- IMP-5: garbage results ----------------------------------------------------------------------
 
 
-@pytest.mark.clause("IMP-5")
+@clause("IMP-5")
 def test_garbage_results_are_clause_failures_with_a_clear_message(tmp_path, baseline):
     """A string, a lambda, a lock, a 4 TiB array, an object that fails to unpickle and one whose
     unpickling would end the suite's process: each an ordinary FAIL of every clause, saying what
     came back, with the input; MLX unaffected."""
     run = run_inner(tmp_path / "run", *impl_args("garbage-*", "evil-unpickle-exit", MLX),
-                    "-n", "0", "--call-timeout", CALL_TIMEOUT, label=f"garbage + {MLX}, -n 0")
+                    "-n", "0", "--rmsnorm-call-timeout", CALL_TIMEOUT, label=f"garbage + {MLX}, -n 0")
     assert run.ret == pytest.ExitCode.TESTS_FAILED, run
     no_internal_error(run)
     expect = {(c, MLX): "pass" for c in CLAUSES}
@@ -384,23 +390,23 @@ def test_garbage_results_are_clause_failures_with_a_clear_message(tmp_path, base
     assert _comparable(results(run, MLX)) == _comparable(results(baseline, MLX))
 
 
-# --- --isolation none ----------------------------------------------------------------------------
+# --- --rmsnorm-isolation none ----------------------------------------------------------------------------
 
 
-@pytest.mark.clause("IMP-4")
+@clause("IMP-4")
 def test_isolation_none_gives_the_same_results_for_a_good_implementation(tmp_path, baseline):
-    """--isolation none (adapters loaded and called in-process) still runs a good
+    """--rmsnorm-isolation none (adapters loaded and called in-process) still runs a good
     implementation, with the same results as under process isolation; a passing run writes no
     artifacts."""
-    run = run_inner(tmp_path / "run", *impl_args(MLX), "-n", "0", "--isolation", "none",
-                    label=f"{MLX} alone, --isolation none, -n 0", cwd=tmp_path / "elsewhere")
+    run = run_inner(tmp_path / "run", *impl_args(MLX), "-n", "0", "--rmsnorm-isolation", "none",
+                    label=f"{MLX} alone, --rmsnorm-isolation none, -n 0", cwd=tmp_path / "elsewhere")
     assert run.ret == 0, run
     no_internal_error(run)
     assert table(run) == {(c, MLX): "pass" for c in CLAUSES}, run
     assert _comparable(results(run, MLX)) == _comparable(results(baseline, MLX))
     assert not (tmp_path / "run" / ".rmsnorm-conformance").exists()
     assert not (tmp_path / "elsewhere" / ".rmsnorm-conformance").exists()
-    print(f"baseline ({MLX} alone, --isolation process): wall {baseline.wall:.2f} s, "
+    print(f"baseline ({MLX} alone, --rmsnorm-isolation process): wall {baseline.wall:.2f} s, "
           f"CPU {baseline.cpu:.2f} s")
 
 
@@ -411,16 +417,17 @@ import os
 
 import pytest
 
-from conformance.test_dty import test_same_dtype_output  # noqa: F401  (a real clause test)
+from rmsnorm_conformance.conformance.test_dty import test_same_dtype_output  # noqa: F401  (a real clause test)
+from rmsnorm_conformance.conformance.marks import clause
 
 
-@pytest.mark.clause("IMP-4")
+@clause("IMP-4")
 def test_kills_its_worker():
     os._exit(7)
 '''
 
 
-@pytest.mark.clause("IMP-4")
+@clause("IMP-4")
 def test_summary_is_complete_when_an_xdist_worker_dies(tmp_path):
     """Not an implementation (those run in children) but the pytest worker itself dies: xdist
     replaces it, the table still holds every other result, and the death is listed in the
@@ -432,7 +439,7 @@ def test_summary_is_complete_when_an_xdist_worker_dies(tmp_path):
     (folder / "test_killer.py").write_text(WORKER_KILLER)
     report = folder / "results.json"
     proc = subprocess.run([sys.executable, "-m", "pytest", *BASE_ARGS, "-n", "2",
-                           *impl_args(MLX), "--conformance-results", str(report),
+                           *impl_args(MLX), "--rmsnorm-results", str(report),
                            "test_killer.py"], cwd=folder, env=_env(folder, None),
                           capture_output=True, text=True, timeout=150)
     assert proc.returncode == pytest.ExitCode.TESTS_FAILED, proc.stdout[-3000:]
@@ -443,3 +450,47 @@ def test_summary_is_complete_when_an_xdist_worker_dies(tmp_path):
     assert data["worker_crashes"] == ["test_killer.py::test_kills_its_worker"]
     assert [(r["clause"], r["impl"], r["status"]) for r in data["results"]] == \
         [("DTY-1", MLX, "pass")]
+
+
+# --- a defect of the suite's own making while relaying a result ----------------------------------
+
+def _failing_rebuild(names, message, tb):
+    """What Python 3.10 did to the suite before errors.add_note (BaseException.add_note is
+    3.11+): an AttributeError while rebuilding the implementation's exception."""
+    raise AttributeError("'ValueError' object has no attribute 'add_note'")
+
+
+@clause("IMP-2")
+@pytest.mark.parametrize("plant", ["rebuild", "receive"])
+def test_a_plumbing_failure_is_an_error_never_the_implementations_fail(plant, monkeypatch):
+    """A defect planted in the supervisor's relay (rebuilding the implementation's ValueError;
+    receiving its result) makes VAL-1 and ACC-1 an ERROR for a correct implementation, never
+    its FAIL, and the message says whose defect it is."""
+    from rmsnorm_conformance.conformance import errors, supervisor, test_acc, test_val
+    from rmsnorm_conformance.conformance.strategies import anchor
+
+    def broken_receive(self, *args, **kwargs):
+        raise KeyError("a bug in the suite's receive path")
+
+    impl = supervisor.Supervised("numpy-textbook",
+                                 "rmsnorm_conformance.impl.numpy_textbook:adapter", 30.0)
+    try:
+        impl.capabilities, _, _ = impl.load()
+        if plant == "rebuild":
+            monkeypatch.setattr(supervisor, "_rebuild_exception", _failing_rebuild)
+        else:
+            monkeypatch.setattr(supervisor.Supervised, "_receive", broken_receive)
+        checks = [("VAL-1", lambda: test_val.test_zero_dim_input_rejected(impl, None))]
+        if plant == "receive":
+            plan = anchor("float32", 8)
+            checks.append(("ACC-1", lambda: test_acc.test_error_bound_whole_range.hypothesis
+                           .inner_test(impl, plan)))
+        for cid, check in checks:
+            with pytest.raises(errors.SuiteError) as raised:
+                check()
+            status, reason = errors.verdict(raised.value, "MUST")
+            assert status == "ERROR", (cid, reason)
+            assert "a defect of the suite or of the adapter's plumbing" in reason
+    finally:
+        monkeypatch.undo()
+        impl.close()

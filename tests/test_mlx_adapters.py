@@ -21,12 +21,13 @@ import pytest
 
 mx = pytest.importorskip("mlx.core")
 
-from impl import _mlx, mlx_compiled, mlx_fast, mlx_nn  # noqa: E402
-from impl.protocol import DTYPES, LAYOUTS, Implementation, Layout  # noqa: E402
+from rmsnorm_conformance.impl import _mlx, mlx_compiled, mlx_fast, mlx_nn  # noqa: E402
+from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Implementation, Layout  # noqa: E402
 from rmsnorm_conformance import GROUP, OPT_IN_GROUP  # noqa: E402
+from rmsnorm_conformance.conformance.marks import clause
 
 #: the adapters load with well-formed, truthful declarations
-pytestmark = pytest.mark.clause("IMP-1")
+pytestmark = clause("IMP-1")
 
 IDS = [f"mlx-{kind}-{dev}" for kind in ("fast", "nn", "compiled-fast", "compiled-fast-shapeless",
                                         "compiled-nn", "compiled-nn-shapeless")

@@ -34,6 +34,8 @@ import sys
 
 import pytest
 
+from rmsnorm_conformance.conformance.marks import clause
+
 pytest_plugins = ["pytester"]
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "plugin_fixtures"
@@ -44,13 +46,14 @@ BROKEN_ERROR = "ModuleNotFoundError: No module named 'fake_rmsnorm_impls.missing
 INNER_TESTS = '''
 import pytest
 
-from conformance.assertions import fail
-from conformance.cases import Case
+from rmsnorm_conformance.conformance.assertions import fail
+from rmsnorm_conformance.conformance.cases import Case
+from rmsnorm_conformance.conformance.marks import clause
 
 # the real clause tests, collected here so that -k picks them exactly
-from conformance.test_imp import test_entry_point_loads
-from conformance.test_dty import test_same_dtype_output, test_mixed_dtype_output
-from conformance.test_acc import test_error_bound_whole_range
+from rmsnorm_conformance.conformance.test_imp import test_entry_point_loads
+from rmsnorm_conformance.conformance.test_dty import test_same_dtype_output, test_mixed_dtype_output
+from rmsnorm_conformance.conformance.test_acc import test_error_bound_whole_range
 
 
 def _case():
@@ -58,17 +61,17 @@ def _case():
     return Case(np.ones((1, 2), np.float32), None, 1e-5)
 
 
-@pytest.mark.clause("TST-7")
+@clause("TST-7")
 def test_suite_bug(impl):
     {}["a property's own bug"]
 
 
-@pytest.mark.clause("TST-8")
+@clause("TST-8")
 def test_should_clause(impl):
     fail(impl, _case(), "optional behaviour missing")
 
 
-@pytest.mark.clause("TST-9")
+@clause("TST-9")
 def test_may_clause(impl):
     fail(impl, _case(), "optional feature missing")
 '''
@@ -76,7 +79,11 @@ def test_may_clause(impl):
 INNER_CONFTEST = '''
 from hypothesis import Phase, settings
 
-from conformance import clauses
+from rmsnorm_conformance.conformance import profiles
+
+profiles.register()
+
+from rmsnorm_conformance.conformance import clauses
 
 # few examples and no explain phase: a failing property must take milliseconds, not seconds
 settings.register_profile(
@@ -126,7 +133,7 @@ def inner(pytester, monkeypatch):
 
 
 def impl_args(*ids):
-    return [a for i in ids for a in ("--impl", i)]
+    return [a for i in ids for a in ("--rmsnorm-impl", i)]
 
 
 def outcomes(result) -> dict[str, int]:
@@ -173,7 +180,7 @@ def failure_section(result, test_id: str) -> str:
 
 
 def results_doc(path: pathlib.Path) -> dict:
-    from conformance import results
+    from rmsnorm_conformance.conformance import results
     data = json.loads(path.read_text(encoding="utf-8"))
     results.validate(data)
     return data
@@ -182,28 +189,28 @@ def results_doc(path: pathlib.Path) -> dict:
 # --- IMP-1: loading and selecting -----------------------------------------------------------
 
 
-@pytest.mark.clause("IMP-1")
+@clause("IMP-1")
 def test_usage_errors_come_before_the_run(inner, pytester):
-    """An unknown --impl or --clause, and a results path that cannot be written, are usage
+    """An unknown --rmsnorm-impl or --rmsnorm-clause, and a results path that cannot be written, are usage
     errors before anything is collected, each naming what to pass instead."""
     result = inner(*impl_args("fake-good", "nope-*"), "test_inner.py")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    m = re.search(r"unknown --impl (.*); installed implementations: (.*)$",
+    m = re.search(r"unknown --rmsnorm-impl (.*); installed implementations: (.*)$",
                   result.stderr.str(), re.M)
     assert m and m.group(1) == "'nope-*'", result.stderr.str()
     assert {"fake-good", "fake-broken", "fake-unavailable"} <= set(m.group(2).split(", "))
-    result = inner("--clause", "ACC-99", "test_inner.py")
+    result = inner("--rmsnorm-clause", "ACC-99", "test_inner.py")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "unknown --clause 'ACC-99'; pass a SPEC.md clause id such as" in result.stderr.str()
+    assert "unknown --rmsnorm-clause 'ACC-99'; pass a SPEC.md clause id such as" in result.stderr.str()
     blocker = pytester.path / "not-a-dir"
     blocker.write_text("")
-    result = inner("--conformance-results", str(blocker / "r.json"), "test_inner.py")
+    result = inner("--rmsnorm-results", str(blocker / "r.json"), "test_inner.py")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "cannot write there" in result.stderr.str()
     assert "collected" not in result.stdout.str()
 
 
-@pytest.mark.clause("IMP-1")
+@clause("IMP-1")
 def test_broken_entry_point_alone_is_an_imp1_failure(inner):
     """Selected alone, a broken entry point fails IMP-1 (named with its distribution); its other
     clauses are skipped with that reason; no internal error."""
@@ -221,7 +228,7 @@ def test_broken_entry_point_alone_is_an_imp1_failure(inner):
     assert f"BROKEN implementation fake-broken = {BROKEN_VALUE}: {BROKEN_ERROR}" in out
 
 
-@pytest.mark.clause("IMP-1")
+@clause("IMP-1")
 def test_selected_implementation_that_cannot_run_fails_the_run(inner):
     """A CI job selecting an implementation that is unavailable here must not pass: exit 5
     (nothing tested) with the reason."""
@@ -230,10 +237,10 @@ def test_selected_implementation_that_cannot_run_fails_the_run(inner):
     assert "NOTHING TESTED for fake-unavailable: no fake accelerator here" in result.outlines
 
 
-@pytest.mark.clause("IMP-3")
+@clause("IMP-3")
 def test_clause_selection(inner):
-    """--clause (globs) and -k with a clause id select that clause's tests only."""
-    result = inner(*impl_args("fake-good"), "--clause", "DTY-*", "--co", "-q", "test_inner.py")
+    """--rmsnorm-clause (globs) and -k with a clause id select that clause's tests only."""
+    result = inner(*impl_args("fake-good"), "--rmsnorm-clause", "DTY-*", "--co", "-q", "test_inner.py")
     got = sorted(line for line in result.outlines if "::" in line)
     assert got == ["test_inner.py::test_mixed_dtype_output[fake-good]",
                    "test_inner.py::test_same_dtype_output[fake-good]"]
@@ -262,7 +269,7 @@ def repro_case(section: str):
     return namespace["case"]
 
 
-@pytest.mark.clause("IMP-2")
+@clause("IMP-2")
 def test_adapter_errors_fail_the_clause_with_a_short_repro(inner, monkeypatch):
     """Each broken adapter fails DTY-1 with the clause, the implementation, what went wrong and a
     runnable repro, and nothing of the suite's internals; the good one passes; plumbing that is
@@ -302,12 +309,12 @@ def test_adapter_errors_fail_the_clause_with_a_short_repro(inner, monkeypatch):
 SHOULD_MAY = ("-k", "TST-7 or TST-8 or TST-9")
 
 
-@pytest.mark.clause("IMP-3")
+@clause("IMP-3")
 def test_statuses_each_mean_one_thing(inner, pytester):
     """unmet (a SHOULD/MAY clause not met) carries its reason in the table, in -rx and in the
     results; a property's own bug in a SHOULD clause is an ERROR that fails the run."""
     path = pytester.path / "missing" / "dir" / "results.json"
-    result = inner(*impl_args("fake-good"), *SHOULD_MAY, "--conformance-results", str(path),
+    result = inner(*impl_args("fake-good"), *SHOULD_MAY, "--rmsnorm-results", str(path),
                    "test_inner.py")
     assert result.ret == pytest.ExitCode.TESTS_FAILED          # the ERROR, not the unmet ones
     assert outcomes(result) == {"failed": 1, "xfailed": 2}
@@ -326,7 +333,7 @@ def test_statuses_each_mean_one_thing(inner, pytester):
     assert got["TST-8"] == ("unmet", "optional behaviour missing")
     assert got["TST-9"] == ("unmet", "optional feature missing")
     assert got["TST-7"][0] == "ERROR"
-    result = inner(*impl_args("fake-good"), "-k", "TST-8 or TST-9", "--strict-should",
+    result = inner(*impl_args("fake-good"), "-k", "TST-8 or TST-9", "--rmsnorm-strict-should",
                    "test_inner.py")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     cells, _, _ = table(result)
@@ -334,7 +341,7 @@ def test_statuses_each_mean_one_thing(inner, pytester):
                                                     ("TST-9", "fake-good"): "FAIL"}
 
 
-#: --impl selection and expected table (serial and xdist) for the full inner suite.
+#: --rmsnorm-impl selection and expected table (serial and xdist) for the full inner suite.
 FULL_IDS = ("fake-good", "fake-raises", "fake-unavailable", "fake-broken")
 FULL_TABLE_CELLS = {    # rows in SPEC.md order; notes numbered as they first appear
     "DTY-1": ["skip[1]", "pass", "FAIL[2]", "skip[3]"],
@@ -350,7 +357,7 @@ DISTRIBUTIONS = {"serial": ["-n", "0"], "xdist": ["-n", "2"],
                  "tx": ["--dist", "load", "--tx", f"2*popen//python={sys.executable}"]}
 
 
-@pytest.mark.clause("IMP-3")
+@clause("IMP-3")
 @pytest.mark.parametrize("how", list(DISTRIBUTIONS))
 def test_table_and_results_identical_with_and_without_xdist(inner, pytester, how):
     """The table (titles, legend, shared notes) and the results document are complete and the
@@ -358,7 +365,7 @@ def test_table_and_results_identical_with_and_without_xdist(inner, pytester, how
     results validate against the schema."""
     path = pytester.path / f"r-{how}.json"
     result = inner(*impl_args(*FULL_IDS), *DISTRIBUTIONS[how], "-k", "IMP-1 or DTY or ACC-1",
-                   "--conformance-results", str(path), "test_inner.py")
+                   "--rmsnorm-results", str(path), "test_inner.py")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     cells, notes, raw = table(result)
     assert raw[0][PREFIX:].split() == sorted(FULL_IDS)
@@ -389,12 +396,12 @@ def test_table_and_results_identical_with_and_without_xdist(inner, pytester, how
     assert bad["reason"].startswith("rms_norm raised RuntimeError: fake kernel exploded")
 
 
-@pytest.mark.clause("IMP-4")
+@clause("IMP-4")
 def test_each_implementation_runs_in_one_worker_and_accelerators_share_one(inner):
     """Under -n, every test of an implementation goes to one xdist worker (imported and started
     once per run), and the implementations that name an accelerator share one, so one process
     uses the device."""
-    from conformance.plugin import implementation_of
+    from rmsnorm_conformance.conformance.session import implementation_of
 
     ids = ["fake-good", "mlx-fast-gpu", "mlx-nn-gpu", "fake-dtype"]
     result = inner(*impl_args(*ids), "-n", "2", "-v", "-k", "DTY or ACC-1 or IMP-1",

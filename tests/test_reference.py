@@ -20,7 +20,7 @@ import pytest
 from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from reference import (
+from rmsnorm_conformance.reference import (
     rms_norm_hvp,
     inv_rms,
     mean_square,
@@ -29,7 +29,8 @@ from reference import (
     rms_norm_jvp,
     rms_norm_vjp,
 )
-from reference.exact import rms_norm_row
+from rmsnorm_conformance.reference.exact import rms_norm_row
+from rmsnorm_conformance.conformance.marks import clause
 
 # ---------------------------------------------------------------------------------------------
 # dtypes and their finite ranges
@@ -160,7 +161,7 @@ def forward_case(draw, name):
     return x, w, eps
 
 
-@pytest.mark.clause("REF-1")
+@clause("REF-1")
 @pytest.mark.parametrize("name", list(DTYPES))
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
@@ -210,7 +211,7 @@ def _bulk(rng: np.random.Generator, name: str, shape) -> np.ndarray:
     return out
 
 
-@pytest.mark.clause("REF-1")
+@clause("REF-1")
 @settings(max_examples=5, deadline=None)
 @given(
     name=st.sampled_from(list(DTYPES)),
@@ -274,7 +275,7 @@ FD_REL = 1e-6
 FD_STEP = 1e-6
 
 
-@pytest.mark.clause("REF-2")
+@clause("REF-2")
 @settings(max_examples=30, deadline=None)
 @given(case=grad_case())
 def test_vjp_matches_central_differences(case):
@@ -338,7 +339,7 @@ def tangent_case(draw):
     return x, w, eps, g, tx, tw
 
 
-@pytest.mark.clause("REF-2")
+@clause("REF-2")
 @settings(max_examples=30, deadline=None)
 @given(case=tangent_case())
 def test_jvp_matches_central_differences(case):
@@ -379,7 +380,7 @@ def test_jvp_matches_central_differences(case):
         assert not bad.any(), (r, np.flatnonzero(bad), ty[r], fd, tol)
 
 
-@pytest.mark.clause("REF-2")
+@clause("REF-2")
 @settings(max_examples=30, deadline=None)
 @given(case=tangent_case())
 def test_jvp_vjp_adjoint_identity(case):
@@ -423,7 +424,7 @@ def identity_case(draw):
     return x, w, eps, g
 
 
-@pytest.mark.clause("REF-2")
+@clause("REF-2")
 @settings(max_examples=40, deadline=None)
 @given(case=identity_case())
 def test_vjp_radial_identity(case):
@@ -458,7 +459,7 @@ def dweight_case(draw):
     return x, w, eps, g
 
 
-@pytest.mark.clause("REF-2")
+@clause("REF-2")
 @settings(max_examples=40, deadline=None)
 @given(case=dweight_case())
 def test_dweight_is_sum_of_g_times_normalized_x(case):
@@ -480,7 +481,7 @@ def test_dweight_is_sum_of_g_times_normalized_x(case):
 # Edge cases
 
 
-@pytest.mark.clause("REF-1")
+@clause("REF-1")
 @pytest.mark.parametrize("name", list(DTYPES))
 def test_empty_leading_dims(name):
     """REF-1: shape (0, 5) gives an empty (0, 5) float64 result from the forward pass, the JVP
@@ -497,7 +498,7 @@ def test_empty_leading_dims(name):
     np.testing.assert_array_equal(dw, np.zeros(5))
 
 
-@pytest.mark.clause("REF-1")
+@clause("REF-1")
 @pytest.mark.parametrize("eps", [0.0, 1e-5])
 def test_empty_last_axis(eps):
     """REF-1: d = 0 (shape (3, 0)) gives (3, 0) from the forward pass, the JVP and the weightless
@@ -513,7 +514,7 @@ def test_empty_last_axis(eps):
     assert dx.shape == (3, 0) and dw is None
 
 
-@pytest.mark.clause("REF-2")
+@clause("REF-2")
 def test_empty_last_axis_weighted_vjp():
     """REF-2: d = 0 with a weight: the VJP gives dx of shape (3, 0) and dweight of shape (0,)."""
     x = np.zeros((3, 0), np.float32)
@@ -521,7 +522,7 @@ def test_empty_last_axis_weighted_vjp():
     assert dx.shape == (3, 0) and dw.shape == (0,)
 
 
-@pytest.mark.clause("REF-1")
+@clause("REF-1")
 def test_eps_zero_zero_row_is_nan():
     """REF-1: eps = 0 and an all-zero row gives nan for every element of that row (0/0), and the
     other rows are unaffected; the exact oracle agrees."""
@@ -534,7 +535,7 @@ def test_eps_zero_zero_row_is_nan():
     assert np.isnan(rms_norm_row(x[0], None, 0.0)).all()
 
 
-@pytest.mark.clause("REF-1")
+@clause("REF-1")
 @pytest.mark.parametrize("name", list(DTYPES))
 @pytest.mark.parametrize("inf", [np.inf, -np.inf])
 @pytest.mark.parametrize("eps", [0.0, 1e-5])
@@ -552,7 +553,7 @@ def test_row_with_inf(name, inf, eps):
         assert np.isfinite(y[1]).all()
 
 
-@pytest.mark.clause("REF-2")
+@clause("REF-2")
 @settings(max_examples=30, deadline=None)
 @given(case=grad_case(), vseed=st.integers(0, 2 ** 32 - 1))
 def test_hvp_matches_central_differences_of_the_vjp(case, vseed):

@@ -13,10 +13,11 @@ import sys
 
 import pytest
 
-from conformance import results
-from conformance.tools import cli
+from rmsnorm_conformance.conformance import results
+from rmsnorm_conformance.conformance.tools import cli
+from rmsnorm_conformance.conformance.marks import clause
 
-pytestmark = pytest.mark.clause("IMP-6")
+pytestmark = clause("IMP-6")
 FIXTURES = pathlib.Path(__file__).resolve().parent / "plugin_fixtures"
 CLAUSES = "FWD-3 or ACC-1 or DTY-1"
 
@@ -31,8 +32,8 @@ def _run(tmp_path, name, fault=None) -> pathlib.Path:
         env["FAKE_RMSNORM_FAULT"] = fault
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--assert=plain",
-                    "--pyargs", "conformance", "--impl", "fake-good", "-k", CLAUSES,
-                    "--conformance-results", str(out), "-q"],
+                    "--pyargs", "rmsnorm_conformance.conformance", "--rmsnorm-impl", "fake-good", "-k", CLAUSES,
+                    "--rmsnorm-results", str(out), "-q"],
                    cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     results.load(out)                     # valid, complete
     return out
@@ -87,7 +88,7 @@ def test_committed_baselines_are_valid_and_name_only_current_clauses(name):
     """The committed baselines load (schema, semantic checks), were made with the default
     profile, and name only clauses SPEC.md still has (a renamed or withdrawn clause would make
     every later diff report it as removed)."""
-    from conformance import clauses
+    from rmsnorm_conformance.conformance import clauses
 
     doc = results.load(ROOT / "baselines" / name)
     assert doc["run"]["profile"] == "rmsnorm-default"

@@ -13,11 +13,12 @@ import textwrap
 import jsonschema
 import pytest
 
-from conformance import results
-from conformance.results import Column, ResultsError
+from rmsnorm_conformance.conformance import results
+from rmsnorm_conformance.conformance.results import Column, ResultsError
+from rmsnorm_conformance.conformance.marks import clause
 from tests.resultdocs import document, implementation, result, write
 
-pytestmark = pytest.mark.clause("IMP-6")
+pytestmark = clause("IMP-6")
 
 
 def good():
@@ -274,7 +275,7 @@ def test_write_killed_midway_leaves_the_old_file(tmp_path):
     before = path.read_bytes()
     child = textwrap.dedent(f"""
         import json, sys, time
-        from conformance import results
+        from rmsnorm_conformance.conformance import results
         from tests.resultdocs import document, result
 
         def slow_dump(obj, f, **kw):
@@ -369,10 +370,10 @@ def test_format_ulps():
 
 def test_tools_never_import_properties_or_hypothesis():
     code = ("import sys, importlib\n"
-            "from conformance.tools import cli\n"
-            "for name in cli.COMMANDS: importlib.import_module('conformance.tools.' + name)\n"
+            "from rmsnorm_conformance.conformance.tools import cli\n"
+            "for name in cli.COMMANDS: importlib.import_module('rmsnorm_conformance.conformance.tools.' + name)\n"
             "cli.build_parser()\n"
-            "bad = [m for m in sys.modules if m.startswith(('hypothesis', 'conformance.test_'))]\n"
+            "bad = [m for m in sys.modules if m.startswith(('hypothesis', 'rmsnorm_conformance.conformance.test_'))]\n"
             "print(bad)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

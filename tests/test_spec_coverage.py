@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from conformance import clauses
+from rmsnorm_conformance.conformance import clauses
+from rmsnorm_conformance.conformance.marks import CLAUSE, clause
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,7 @@ def _items(request):
     return items
 
 
-@pytest.mark.clause("IMP-3")
+@clause("IMP-3")
 def test_spec_parses_with_levels():
     spec = clauses.load()
     assert len(spec) >= 40
@@ -34,12 +35,12 @@ def test_spec_parses_with_levels():
                                      "SPV", "MET", "IMP", "GRAD"} for cid in spec)
 
 
-@pytest.mark.clause("IMP-3")
+@clause("IMP-3")
 def test_every_test_names_a_known_clause(request):
     spec = clauses.load()
     problems = []
     for item in _items(request):
-        marker = item.get_closest_marker("clause")
+        marker = item.get_closest_marker(CLAUSE)
         if marker is None:
             problems.append(f"{item.nodeid} names no clause (@pytest.mark.clause)")
         elif marker.args[0] not in spec:
@@ -47,14 +48,14 @@ def test_every_test_names_a_known_clause(request):
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.clause("IMP-3")
+@clause("IMP-3")
 def test_every_clause_is_checked_by_a_test(request):
-    named = {m.args[0] for i in _items(request) for m in i.iter_markers("clause")}
+    named = {m.args[0] for i in _items(request) for m in i.iter_markers(CLAUSE)}
     missing = sorted(set(clauses.load()) - named)
     assert not missing, f"SPEC.md clauses no test names: {missing}"
 
 
-@pytest.mark.clause("IMP-3")
+@clause("IMP-3")
 def test_conformance_modules_match_spec_sections():
     """One module per SPEC.md section with implementation clauses."""
     sections = {cid.split("-")[0].lower() for cid in clauses.load()} - {"tol", "ref", "cov"}
@@ -75,7 +76,7 @@ def _withdrawn():
     return set(re.findall(r"^- \*\*([A-Z]+-\d+)\*\*", section, flags=re.M))
 
 
-@pytest.mark.clause("IMP-3")
+@clause("IMP-3")
 def test_every_clause_id_in_the_code_exists():
     """A clause id cited anywhere in the code or the docs (comments, docstrings, messages) is
     defined in SPEC.md, or withdrawn there: no stale ids."""
@@ -94,7 +95,7 @@ def test_every_clause_id_in_the_code_exists():
 WITHDRAWN = {"MET-6"}
 
 
-@pytest.mark.clause("IMP-3")
+@clause("IMP-3")
 def test_withdrawn_clauses_stay_withdrawn(request):
     """SPEC.md's withdrawn list is exactly WITHDRAWN, none of them is defined again as a live
     clause, and no collected test names one."""
@@ -102,5 +103,5 @@ def test_withdrawn_clauses_stay_withdrawn(request):
     assert listed == WITHDRAWN, f"SPEC.md withdraws {sorted(listed)}; update WITHDRAWN"
     assert not WITHDRAWN & set(clauses.load()), "a withdrawn id is defined again as a clause"
     claiming = sorted(i.nodeid for i in _items(request)
-                      for m in i.iter_markers("clause") if m.args[0] in WITHDRAWN)
+                      for m in i.iter_markers(CLAUSE) if m.args[0] in WITHDRAWN)
     assert not claiming, f"tests still naming withdrawn clauses: {claiming}"

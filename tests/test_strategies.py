@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis.errors import InvalidArgument
 
-from conformance import plugin, strategies as cs, test_dty, test_met, test_mod
-from impl.protocol import Capabilities, Implementation, ModuleInfo
+from rmsnorm_conformance.conformance import strategies as cs, test_dty, test_met, test_mod
+from rmsnorm_conformance.protocol import Capabilities, Implementation, ModuleInfo
+from rmsnorm_conformance.conformance.marks import clause
+from tests import shipped
 
-pytestmark = pytest.mark.clause("COV-1")
+pytestmark = clause("COV-1")
 
 
 @pytest.mark.parametrize("build, message", [
@@ -92,7 +94,7 @@ class OneDtype(Implementation):
         self.layouts_seen = set()
 
     def rms_norm(self, x, weight, eps, layout=None):
-        import reference
+        from rmsnorm_conformance import reference
         if layout is not None:
             self.layouts_seen.add(layout.kind)
             x, weight = layout.view(x, weight, np.asarray, np.swapaxes, np.broadcast_to)
@@ -108,14 +110,14 @@ class OneDtype(Implementation):
 def test_an_adapter_with_one_dtype_works(fn):
     """DTY-2 and MOD-5 once raised InvalidArgument (sampling from no pairs) for an adapter with
     one dtype; they run, mapped onto what it declares."""
-    plugin.run_shipped(fn, impl=OneDtype())
+    shipped.run_shipped(fn, impl=OneDtype())
 
 
 def test_layouts_are_drawn_among_the_declared_ones():
     """MET-7 once drew a layout the adapter did not declare and skipped the whole property; it
     draws only declared layouts, and reaches each."""
     impl = OneDtype()
-    plugin.run_shipped(test_met.test_layout_independence, impl=impl)
+    shipped.run_shipped(test_met.test_layout_independence, impl=impl)
     assert impl.layouts_seen == {"strided", "broadcast"}
 
 

@@ -11,12 +11,13 @@ import re
 import numpy as np
 import pytest
 
-from conformance import results
-from conformance.tools import bench, cli, diff, sweep
-from impl.protocol import Capabilities, Implementation
+from rmsnorm_conformance.conformance import results
+from rmsnorm_conformance.conformance.tools import bench, cli, diff, sweep
+from rmsnorm_conformance.protocol import Capabilities, Implementation
+from rmsnorm_conformance.conformance.marks import clause
 from tests.resultdocs import document, implementation, result, write
 
-pytestmark = pytest.mark.clause("IMP-7")
+pytestmark = clause("IMP-7")
 
 
 def run_cli(capsys, *argv):
@@ -107,7 +108,7 @@ def test_matrix_rows_cells_notes_and_header(capsys, tmp_path):
     notes = out.split("## Notes")[1]
     assert "1. no GPU here" in notes and "3. x \\| y broke" in notes and "2. ACC-5 unmet" in notes
     assert notes.count("no GPU here") == 1
-    assert "| mlx-fast-cpu | impl.mlx_fast:cpu (rmsnorm-conformance 0.2.0) | mlx 0.32.4 | cpu |" \
+    assert "| mlx-fast-cpu | rmsnorm_conformance.impl.mlx_fast:cpu (rmsnorm-conformance 0.2.0) | mlx 0.32.4 | cpu |" \
         in out
     assert "rmsnorm-default" in out and "0.2.0 (3923f8d01234)" in out
     assert "| column | simd |" in out and "| mlx-fast-cpu | avx2 |" in out
@@ -317,7 +318,7 @@ def test_plot_writes_a_png(capsys, tmp_path):
     rc, out, err = run_cli(capsys, "plot", p, "--out", png)
     assert rc == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from conformance.tools import plot
+    from rmsnorm_conformance.conformance.tools import plot
     data = plot.series(results.load_merged([p]), "ACC-1", "output")
     assert set(data) == {"float32", "bfloat16"}
     (fast,) = [v for c, v in data["float32"].items() if c.impl == "mlx-fast-cpu"]
@@ -429,7 +430,7 @@ def test_sweep_runs_each_release_and_writes_the_history(capsys, tmp_path, monkey
 
 
 def test_parse_notes():
-    from conformance.tools import _history
+    from rmsnorm_conformance.conformance.tools import _history
 
     notes = _history.parse_notes("# t\n\n## ACC-1  mlx-fast-cpu 0.1 -> 0.2\nline 1\nline 2\n\n"
                                  "## mlx-nn-cpu 0.2 -> 0.3\n\n## not a key\nignored\n")
@@ -453,7 +454,7 @@ def test_venv_runner_commands(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "_run_logged", fake_run)
     r = sweep.VenvRunner(tmp_path, python="/usr/bin/python3", source=tmp_path, time_limit=60,
                          keep_venvs=False, impl=sweep.DEFAULT_IMPL, mlx_spec="mlx[cpu]=={version}",
-                         pytest_args=["--hypothesis-profile=thorough"])
+                         pytest_args=["--hypothesis-profile=rmsnorm-thorough"])
     r.wheel = tmp_path / "rmsnorm_conformance-0.1.0-py3-none-any.whl"
     message = r("0.32.4", tmp_path / "mlx-0.32.4.json", tmp_path / "log.txt")
     assert message == "pytest exit 1"
@@ -462,10 +463,10 @@ def test_venv_runner_commands(tmp_path, monkeypatch):
         ["/usr/bin/python3", "-m", "venv", str(tmp_path / "venvs" / "mlx-0.32.4")],
         [venv_py, "-m", "pip", "install", "--disable-pip-version-check", "mlx[cpu]==0.32.4",
          str(r.wheel), "pytest-xdist"],
-        [venv_py, "-m", "pytest", "--pyargs", "conformance", "-n", "auto", "--impl",
-         "mlx-fast-cpu", "--impl", "mlx-nn-cpu",
-         "--conformance-results", str(tmp_path / "mlx-0.32.4.json"), "-p", "no:cacheprovider",
-         "--hypothesis-profile=thorough"]]
+        [venv_py, "-m", "pytest", "--pyargs", "rmsnorm_conformance.conformance", "-n", "auto",
+         "--rmsnorm-impl", "mlx-fast-cpu", "--rmsnorm-impl", "mlx-nn-cpu",
+         "--rmsnorm-results", str(tmp_path / "mlx-0.32.4.json"), "-p", "no:cacheprovider",
+         "--hypothesis-profile=rmsnorm-thorough"]]
     cwd = seen[2][1]
     assert cwd and pathlib.Path(cwd) != tmp_path and not pathlib.Path(cwd).exists()  # temporary
     monkeypatch.setattr(sweep, "_run_logged", lambda cmd, log, deadline, **kw:
@@ -575,8 +576,8 @@ def test_bench_unknown_impl_is_a_usage_error(capsys):
 def test_bench_discover_loads_the_entry_points_it_selects():
     """The bench imports what it times (registry entries are loaded lazily): a selected id comes
     back loaded, with its capabilities; an unknown one is a usage error."""
-    from conformance.tools import bench
-    from conformance.tools._common import ToolError
+    from rmsnorm_conformance.conformance.tools import bench
+    from rmsnorm_conformance.conformance.tools._common import ToolError
 
     (t,) = bench.discover(["numpy-textbook"])
     assert t.skip is None and "float32" in t.impl.capabilities.dtypes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from conformance import results
+from rmsnorm_conformance.conformance import results
 
 
 class ToolError(Exception):

@@ -18,9 +18,9 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from conformance import results
-from conformance.tools import diff
-from conformance.tools._common import cell_text, md, md_table
+from rmsnorm_conformance.conformance import results
+from rmsnorm_conformance.conformance.tools import diff
+from rmsnorm_conformance.conformance.tools._common import cell_text, md, md_table
 
 NOTE_HEADING = re.compile(r"^##\s+(.+?)\s+(\S+)\s+->\s+(\S+)\s*$")
 #: Changes that need no individual explanation.

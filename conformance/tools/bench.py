@@ -34,8 +34,8 @@ import statistics
 import sys
 import time
 
-from conformance import results
-from conformance.tools._common import ToolError
+from rmsnorm_conformance.conformance import results
+from rmsnorm_conformance.conformance.tools._common import ToolError
 
 HELP = "throughput of forward/backward vs the device's copy bandwidth (never pass/fail)"
 
@@ -102,7 +102,7 @@ def measure(fn, *, warmup: int = 3, repeats: int = 7, min_time: float = 0.5,
 
 
 def _arrays(shape, dtype, rng):
-    from impl.protocol import DTYPES as NP_DTYPES
+    from rmsnorm_conformance.protocol import DTYPES as NP_DTYPES
 
     dt = NP_DTYPES[dtype]
     x = rng.standard_normal(shape).astype(dt)
@@ -135,7 +135,7 @@ class Target:
 
 def discover(patterns: list[str]) -> list[Target]:
     """Installed implementations matching ``patterns`` (all when empty), in this process."""
-    from conformance import registry
+    from rmsnorm_conformance.conformance import registry
 
     entries = registry.discover()
     if patterns:
@@ -155,7 +155,7 @@ def bench(targets: list[Target], dtypes, shapes, directions, *, warmup=3, repeat
     ``skip``."""
     import numpy as np
 
-    from impl.protocol import DTYPES as NP_DTYPES
+    from rmsnorm_conformance.protocol import DTYPES as NP_DTYPES
 
     rng = np.random.default_rng(0)
     rows = []

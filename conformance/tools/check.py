@@ -1,6 +1,6 @@
 """Re-check one case against one implementation and print the verdict per clause.
 
-The case is what a failure printed: the ``repro:`` lines (``from conformance.cases import ...``
+The case is what a failure printed: the ``repro:`` lines (``from rmsnorm_conformance.conformance.cases import ...``
 then ``case = ...``) saved to a file (``--repro-file``), or a saved ``.npz`` (``--npz``). The
 implementation is loaded through its entry point like the run loads it (``--isolation process``
 by default). Every clause that can be judged on one case is checked (``conformance.check``).
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import fnmatch
 
-from conformance.tools._common import ToolError
+from rmsnorm_conformance.conformance.tools._common import ToolError
 
 HELP = "re-check one printed or saved case against one implementation, clause by clause"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--impl", required=True, metavar="ID",
-                        help="the implementation id (as in pytest --impl)")
+                        help="the implementation id (as in pytest --rmsnorm-impl)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--repro-file", metavar="FILE",
                         help="a file holding the printed repro (the lines after 'repro:')")
@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
 
 
 def load_case(args):
-    from conformance import cases
+    from rmsnorm_conformance.conformance import cases
 
     if args.npz:
         try:
@@ -55,8 +55,8 @@ def load_case(args):
 
 
 def run(args) -> int:
-    from conformance import clauses, registry
-    from conformance.check import check_case
+    from rmsnorm_conformance.conformance import clauses, registry
+    from rmsnorm_conformance.conformance.check import check_case
 
     entries = [e for e in registry.discover() if fnmatch.fnmatchcase(e.id, args.impl)]
     if len(entries) != 1:

@@ -13,8 +13,8 @@ import argparse
 import importlib
 import sys
 
-from conformance.results import ResultsError
-from conformance.tools._common import ToolError
+from rmsnorm_conformance.conformance.results import ResultsError
+from rmsnorm_conformance.conformance.tools._common import ToolError
 
 #: Subcommands, in the order ``--help`` lists them: one line each.
 COMMANDS = (
@@ -32,10 +32,10 @@ PROG = "rmsnorm-conformance"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Tools for rmsnorm-conformance results files "
-                               "(pytest --conformance-results PATH). See docs/TOOLS.md.")
+                               "(pytest --rmsnorm-results PATH). See docs/TOOLS.md.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"conformance.tools.{name}")
+        module = importlib.import_module(f"rmsnorm_conformance.conformance.tools.{name}")
         p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from conformance import results
-from conformance.results import RANK, Column, Merged
-from conformance.tools._common import ToolError
+from rmsnorm_conformance.conformance import results
+from rmsnorm_conformance.conformance.results import RANK, Column, Merged
+from rmsnorm_conformance.conformance.tools._common import ToolError
 
 HELP = "compare results: regressions, improvements, new and removed clauses (exit 1: regressed)"
 

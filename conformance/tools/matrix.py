@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 
-from conformance import results
-from conformance.tools._common import cell_text, emit, md, md_table
+from rmsnorm_conformance.conformance import results
+from rmsnorm_conformance.conformance.tools._common import cell_text, emit, md, md_table
 
 HELP = "Markdown table clause x implementation from results files"
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import fnmatch
 import io
 
-from conformance import results
-from conformance.tools._common import ToolError
+from rmsnorm_conformance.conformance import results
+from rmsnorm_conformance.conformance.tools._common import ToolError
 
 HELP = "plot worst error (ulps) against axis length d, per dtype and implementation (PNG)"
 

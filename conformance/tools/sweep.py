@@ -5,8 +5,8 @@ For each VERSION: a fresh virtual environment (``PYTHON -m venv``), ``pip instal
 --no-deps``, installed with its dependencies: the environment running this command is not
 touched) and pytest-xdist, then, from an empty working directory,
 
-    python -m pytest --pyargs conformance -n auto --impl mlx-fast-cpu --impl mlx-nn-cpu \\
-        --conformance-results DIR/mlx-VERSION.json -p no:cacheprovider
+    python -m pytest --pyargs rmsnorm_conformance.conformance -n auto --rmsnorm-impl mlx-fast-cpu \\
+        --rmsnorm-impl mlx-nn-cpu --rmsnorm-results DIR/mlx-VERSION.json -p no:cacheprovider
 
 A non-zero pytest exit is normal (failures are results); a release counts as failed only when it
 leaves no valid results file (install failure, time limit). Each release's output goes to
@@ -36,9 +36,9 @@ import sys
 import tempfile
 import time
 
-from conformance import results
-from conformance.tools import _history, diff
-from conformance.tools._common import ToolError, emit
+from rmsnorm_conformance.conformance import results
+from rmsnorm_conformance.conformance.tools import _history, diff
+from rmsnorm_conformance.conformance.tools._common import ToolError, emit
 
 HELP = "run the suite against MLX releases in fresh venvs; write the release history page"
 
@@ -69,7 +69,7 @@ def add_arguments(parser) -> None:
                         help=f"seconds per release, install and run (default "
                              f"{DEFAULT_TIME_LIMIT:.0f})")
     parser.add_argument("--impl", action="append", default=None, metavar="ID",
-                        help=f"an --impl id or glob passed to pytest (repeatable; default "
+                        help=f"an implementation id or glob passed to pytest as --rmsnorm-impl (repeatable; default "
                              f"{' '.join(DEFAULT_IMPL)})")
     parser.add_argument("--mlx-spec", default=MLX_SPEC,
                         help=f"pip requirement for a release, {{version}} replaced (default "
@@ -79,7 +79,7 @@ def add_arguments(parser) -> None:
                              "this command runs from)")
     parser.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for pytest (repeatable), e.g. "
-                             "--pytest-arg=--hypothesis-profile=thorough")
+                             "--pytest-arg=--hypothesis-profile=rmsnorm-thorough")
     parser.add_argument("--no-run", action="store_true",
                         help="only regenerate the page from DIR's results (VERSIONs optional: "
                              "default every release in DIR/sweep.json or DIR/mlx-*.json)")
@@ -186,9 +186,9 @@ class VenvRunner:
                                   "pytest-xdist"], log, deadline, env=env)
                 if rc != 0:
                     return self._failed("pip install", rc)
-                rc = _run_logged([py, "-m", "pytest", "--pyargs", "conformance", "-n", "auto",
-                                  *(a for i in self.impl for a in ("--impl", i)),
-                                  "--conformance-results", str(out_json),
+                rc = _run_logged([py, "-m", "pytest", "--pyargs", "rmsnorm_conformance.conformance", "-n", "auto",
+                                  *(a for i in self.impl for a in ("--rmsnorm-impl", i)),
+                                  "--rmsnorm-results", str(out_json),
                                   "-p", "no:cacheprovider", *self.pytest_args],
                                  log, deadline, env=env, cwd=cwd)
                 if rc is None:

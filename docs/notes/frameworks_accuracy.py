@@ -2,7 +2,7 @@
 
     python docs/notes/frameworks_accuracy.py [ID ...]      (default: the CPU adapters here)
 
-Inputs as in /work/shared/notes/other-frameworks.md: 4 rows of N(0, 1) (default_rng(0)), weight
+Inputs as in docs/notes/frameworks.md: 4 rows of N(0, 1) (default_rng(0)), weight
 1 + U(0, 0.1) in x's dtype, eps 1e-5, d = 64, 4096, 65536. The error of each element is
 |y - reference| / ulp_T(reference) with the float64 reference of the inputs' exact values;
 printed: the largest and the mean over the 4 d elements.
@@ -14,10 +14,10 @@ import sys
 
 import numpy as np
 
-import reference
-from conformance.dtypes import ulp
-from conformance.registry import discover
-from impl.protocol import DTYPES
+from rmsnorm_conformance import reference
+from rmsnorm_conformance.conformance.dtypes import ulp
+from rmsnorm_conformance.conformance.registry import discover
+from rmsnorm_conformance.protocol import DTYPES
 
 DEFAULT = ("mlx-fast-cpu", "torch-functional-cpu", "torch-module-cpu", "jax-numpy-cpu",
            "flax-nnx-cpu")

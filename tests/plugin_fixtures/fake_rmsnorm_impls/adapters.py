@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
-import reference
-from impl.protocol import Capabilities, Implementation
+from rmsnorm_conformance import reference
+from rmsnorm_conformance.protocol import Capabilities, Implementation
 
 CAPS = Capabilities(dtypes=("float32",), weight_none=True)
 

@@ -39,8 +39,8 @@ import time
 
 import numpy as np
 
-import reference
-from impl.protocol import Capabilities, Implementation
+from rmsnorm_conformance import reference
+from rmsnorm_conformance.protocol import Capabilities, Implementation
 
 CAPS = Capabilities(dtypes=("float32",), weight_none=True)
 LONG_D = 100
