@@ -46,8 +46,12 @@ DTYPES: dict[str, np.dtype] = {
 #:   "weight_strided": x is contiguous; the weight is ``weight_source[::2]`` (a strided weight).
 LAYOUTS = ("transposed", "strided", "broadcast", "offset", "padded", "reversed", "weight_strided")
 
-#: Conventions for the output dtype when x and weight differ (capability ``mixed``).
-MIXED = ("promote", "input")
+#: Conventions for the output dtype when x and weight differ (capability ``mixed``): the
+#: promotion of both (MLX, JAX, Flax), x's dtype (PyTorch), the weight's dtype (ONNX
+#: RMSNormalization, Hugging Face's T5LayerNorm).
+MIXED = ("promote", "input", "weight")
+#: What a default module's parameters are stored in (capability ``module_param_dtype``).
+PARAM_DTYPES = ("float32", "input")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +107,26 @@ class Capabilities:
 
     dtypes:          input dtypes accepted (names from ``DTYPES``). Default float32 only.
     mixed:           a weight whose dtype differs from x's is accepted, with the output dtype by
-                     "promote" (the promotion of both: MLX, Flax) or "input" (x's dtype: PyTorch);
+                     "promote" (the promotion of both: MLX, Flax), "input" (x's dtype: PyTorch)
+                     or "weight" (the weight's dtype: ONNX RMSNormalization, T5LayerNorm);
                      None (default): mixed dtypes are not tested.
+    normalised_in_input_dtype: the normalised value x n is rounded to x's dtype before it meets
+                     the weight (Hugging Face's LlamaRMSNorm, ``weight * h.to(input_dtype)``): with
+                     a wider weight the output carries x's precision, not the output type's (a
+                     convention of its own, SPEC.md TOL "Rounding conventions").
+    weight_offset:   the implementation applies ``weight_offset + p`` to the parameter ``p`` it is
+                     given (Gemma's ``1 + weight``: 1.0), formed in float32; the suite passes
+                     parameters and judges against the applied weight. Default 0.0.
     weight_none:     ``weight=None`` is accepted (no scaling).
     nonpositive_eps: eps <= 0 and non-finite eps are accepted (MLX profile: fast.rms_norm).
     validation:      MLX's argument validation (VAL-1..4): invalid arguments raise ValueError.
     module:          the adapter wraps a module and implements ``module_info``: MOD-1, MOD-5.
+    module_bias:     the default module holds a bias as well as its weight (Equinox), zeros by
+                     default; the suite never passes one (the adapter builds its module with a
+                     zero bias), and MOD-1 checks that the default bias is zero.
+    module_param_dtype: the dtype of a default module's parameters: "float32" (MLX, PyTorch,
+                     Flax: MOD-1 checks it, MOD-5 applies) or "input" (they follow the input's
+                     dtype: MOD-5 does not apply).
     functional:      the module is documented to compute the framework's functional op, which
                      the adapter exposes as ``functional`` (and ``functional_vjp``): MOD-3,
                      GRAD-13 (MLX's ``nn.RMSNorm`` calls ``fast.rms_norm``; Flax has none).
@@ -126,10 +144,14 @@ class Capabilities:
 
     dtypes: Sequence[str] = ("float32",)
     mixed: str | None = None
+    normalised_in_input_dtype: bool = False
+    weight_offset: float = 0.0
     weight_none: bool = False
     nonpositive_eps: bool = False
     validation: bool = False
     module: bool = False
+    module_bias: bool = False
+    module_param_dtype: str = "float32"
     functional: bool = False
     mlx_module: bool = False
     layouts: Sequence[str] = ()
@@ -149,8 +171,14 @@ class Capabilities:
             found.append("declares no dtypes")
         if self.mixed not in (None, *MIXED):
             found.append(f"mixed must be None or one of {MIXED}, got {self.mixed!r}")
-        if (self.mlx_module or self.functional) and not self.module:
-            found.append("mlx_module and functional need module=True")
+        if (self.mlx_module or self.functional or self.module_bias) and not self.module:
+            found.append("mlx_module, functional and module_bias need module=True")
+        if self.module_param_dtype not in PARAM_DTYPES:
+            found.append(f"module_param_dtype must be one of {PARAM_DTYPES}, got "
+                         f"{self.module_param_dtype!r}")
+        if not isinstance(self.weight_offset, (int, float)) or self.weight_offset != \
+                self.weight_offset or abs(self.weight_offset) == float("inf"):
+            found.append(f"weight_offset must be a finite number, got {self.weight_offset!r}")
         if isinstance(self.dtypes, str) or isinstance(self.layouts, str) \
                 or isinstance(self.gradients, str):
             found.append("dtypes, layouts and gradients are sequences of names, not one string")
@@ -163,6 +191,8 @@ class Capabilities:
             return a
         if self.mixed == "input":
             return a
+        if self.mixed == "weight":
+            return np.dtype(w_dtype)
         return DTYPES["float32"]    # "promote": float32 with anything, float16 with bfloat16
 
 
