@@ -26,6 +26,8 @@ import re
 import tempfile
 from typing import Any, Iterable, Mapping
 
+from rmsnorm_conformance.conformance import clauses
+
 SCHEMA_ID = "rmsnorm-conformance/results"
 SCHEMA_VERSION = 1
 SCHEMA_FILE = "results-v1.schema.json"
@@ -34,10 +36,8 @@ SCHEMA_FILE = "results-v1.schema.json"
 STATUSES = ("CRASH", "TIMEOUT", "ERROR", "FAIL", "unmet", "pass", "skip")
 #: Higher is worse: CRASH > TIMEOUT > ERROR > FAIL > unmet > pass > skip.
 RANK = {s: len(STATUSES) - 1 - k for k, s in enumerate(STATUSES)}
-LEVELS = ("MUST", "SHOULD", "MAY")
+LEVELS = clauses.LEVELS
 STATES = ("ok", "unavailable", "broken")
-#: SPEC.md's section order; clauses of other sections sort after these.
-SECTIONS = ("TOL", "REF", "COV", "FWD", "DTY", "ACC", "MOD", "VAL", "SPV", "MET", "IMP", "GRAD")
 #: The pseudo-implementation of results that check the suite itself.
 SUITE_IMPL = "(suite)"
 
@@ -54,7 +54,7 @@ class ResultsError(Exception):
 
 @functools.lru_cache(maxsize=None)
 def _schema_text() -> str:
-    here = importlib.resources.files("conformance").joinpath("schema")
+    here = importlib.resources.files(__package__).joinpath("schema")
     return here.joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
 
 
@@ -290,15 +290,16 @@ def _fsync_dir(directory: str) -> None:
 # what the tools share
 
 def clause_sort_key(clause: str) -> tuple:
-    """SPEC.md order: by section (SECTIONS; unknown sections last, alphabetically), then
-    number."""
+    """SPEC.md order: by section (``clauses.sections()``, the order of SPEC.md's headings;
+    unknown sections last, alphabetically), then number."""
+    sections = clauses.sections()
     m = _CLAUSE.match(clause)
     if not m:
-        return (len(SECTIONS) + 1, clause, 0)
+        return (len(sections) + 1, clause, 0)
     section, number = m.group(1), int(m.group(2))
-    if section in SECTIONS:
-        return (SECTIONS.index(section), "", number)
-    return (len(SECTIONS), section, number)
+    if section in sections:
+        return (sections.index(section), "", number)
+    return (len(sections), section, number)
 
 
 @dataclasses.dataclass(frozen=True, order=True)
