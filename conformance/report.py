@@ -141,12 +141,14 @@ class Collector:
         self._seen: set[tuple] = set()
 
     # ---- merging reports --------------------------------------------------------------------
+    def worker_crashed(self, nodeid: str) -> None:
+        """xdist lost the worker running ``nodeid`` (its hook ``pytest_handlecrashitem``)."""
+        if nodeid not in self.lost:
+            self.lost.append(nodeid)
+
     def logreport(self, report):
         props = dict(report.user_properties)
         if CLAUSE not in props:
-            head = str(report.longrepr)[:300] if report.failed else ""
-            if "worker" in head and "crashed" in head and report.nodeid not in self.lost:
-                self.lost.append(report.nodeid)
             return
         if ENTRY in props:
             info = props[ENTRY]
