@@ -50,10 +50,6 @@ class Worst:
     key: str
     case: object       # the Case (arrays): turned into a repro only when reported
 
-    def summary(self) -> dict:
-        return {"ratio": self.ratio, "error_ulps": self.error_ulps,
-                "bound_ulps": self.bound_ulps, "label": self.label, "dtype": self.key}
-
 
 @dataclasses.dataclass
 class DtypeEntry:
