@@ -1,0 +1,323 @@
+"""Error-free transformations, double-double values and accurate row sums, vectorised in NumPy.
+
+The building blocks of the reference's accurate gradients and of its float64 path (SPEC.md REF-3,
+REF-4). Every function here is exact or returns a rigorous bound on its own error; the bounds are
+derived in the docstrings, with ``U = 2**-53`` the unit roundoff of float64 and no underflow or
+overflow (the callers check the ranges: ``TINY`` below).
+
+References: T. J. Dekker, "A floating-point technique for extending the available precision"
+(1971) for ``split`` / ``two_prod``; D. E. Knuth, TAOCP vol. 2, for ``two_sum``; S. M. Rump,
+T. Ogita, S. Oishi, "Accurate floating-point summation part I: faithful rounding", SIAM J. Sci.
+Comput. 31(1), 2008, Algorithm 3.2 (ExtractVector) and Lemma 3.3, for ``row_sum``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+U = 2.0 ** -53
+#: Below this magnitude a product's rounding error may not be representable (two_prod inexact) and
+#: an extraction's grid may fall below the subnormal spacing: results built from smaller values
+#: are not certified by the vectorised paths (the callers send them to the exact path).
+TINY = 2.0 ** -900
+#: Above this magnitude Dekker's split may overflow (it multiplies by 2**27 + 1).
+HUGE = 2.0 ** 900
+_SPLITTER = 134217729.0  # 2**27 + 1
+
+
+def gamma(k, u=U):
+    """Higham's gamma_k = k u / (1 - k u)."""
+    k = np.asarray(k, dtype=np.float64)
+    return k * u / (1.0 - k * u)
+
+
+def two_sum(a, b):
+    """s + e == a + b exactly, s = fl(a + b) (Knuth; any magnitudes, no overflow)."""
+    s = a + b
+    bb = s - a
+    e = (a - (s - bb)) + (b - bb)
+    return s, e
+
+
+def fast_two_sum(a, b):
+    """s + e == a + b exactly when |a| >= |b| (or a == 0)."""
+    s = a + b
+    e = b - (s - a)
+    return s, e
+
+
+def split(a):
+    """a == hi + lo exactly, hi and lo with at most 26 significant bits each (Veltkamp)."""
+    c = _SPLITTER * a
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def two_prod(a, b):
+    """p + e == a * b exactly, p = fl(a * b) (Dekker), for |a|, |b| < HUGE and |a b| >= TINY
+    (or a b == 0)."""
+    p = a * b
+    ah, al = split(a)
+    bh, bl = split(b)
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, e
+
+
+def _pow2_above(m):
+    """The least power of two 2**e >= m, elementwise (1 for m == 0)."""
+    f, e = np.frexp(m)
+    # m = f 2**e with f in [0.5, 1): 2**e >= m, and 2**(e-1) >= m exactly when f == 0.5
+    e = np.where(f == 0.5, e - 1, e)
+    return np.ldexp(1.0, e)
+
+
+class DD:
+    """A double-double value (array) hi + lo with a rigorous absolute error bound ``err`` on
+    |hi + lo - exact|. Arithmetic below propagates the bound; its own rounding is charged at
+    2**-100 of the operands' size, several times the true worst case of these algorithms
+    (about 4 U**2 = 2**-104: Joldes, Muller, Popescu, "Tight and rigorous error bounds for basic
+    building blocks of double-word arithmetic", ACM TOMS 2017)."""
+
+    __slots__ = ("hi", "lo", "err")
+    ROUND = 2.0 ** -100
+
+    def __init__(self, hi, lo=None, err=None):
+        self.hi = hi if isinstance(hi, np.ndarray) else np.asarray(hi, dtype=np.float64)
+        # 0.0 (a scalar) where absent: broadcasting makes it an array when one is needed
+        self.lo = 0.0 if lo is None else lo
+        self.err = 0.0 if err is None else err
+
+    @classmethod
+    def exact_sum(cls, a, b):
+        s, e = two_sum(a, b)
+        return cls(s, e)
+
+    @classmethod
+    def exact_prod(cls, a, b):
+        p, e = two_prod(a, b)
+        return cls(*fast_two_sum(p, e))
+
+    def mag(self):
+        """An upper bound of |exact value|."""
+        return np.abs(self.hi) + np.abs(self.lo) + self.err
+
+    def __neg__(self):
+        return DD(-self.hi, -self.lo, self.err)
+
+    def __add__(self, other):
+        other = other if isinstance(other, DD) else DD(other)
+        s, e = two_sum(self.hi, other.hi)
+        e = e + (self.lo + other.lo)
+        hi, lo = two_sum(s, e)
+        err = self.err + other.err + self.ROUND * (np.abs(self.hi) + np.abs(other.hi))
+        return DD(hi, lo, err)
+
+    def __sub__(self, other):
+        return self + (-(other if isinstance(other, DD) else DD(other)))
+
+    def __mul__(self, other):
+        other = other if isinstance(other, DD) else DD(other)
+        p, e = two_prod(self.hi, other.hi)
+        e = e + (self.hi * other.lo + self.lo * other.hi)
+        hi, lo = fast_two_sum(p, e)
+        err = (self.mag() * other.err + other.mag() * self.err
+               + self.ROUND * np.abs(self.hi * other.hi) + 2 * U * U * np.abs(p))
+        return DD(hi, lo, err)
+
+    def __truediv__(self, other):
+        other = other if isinstance(other, DD) else DD(other)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = self.hi / other.hi
+            p, e = two_prod(q, other.hi)
+            rem = ((self.hi - p) - e) + (self.lo - q * other.lo)
+            ql = rem / other.hi
+            hi, lo = fast_two_sum(q, ql)
+            # |exact quotient of the dd values - (hi + lo)| <= ROUND |q|; the operands' errors:
+            # |X/Y - X'/Y'| <= (eX + |X'/Y'| eY) / (|Y'| - eY)
+            den = np.abs(other.hi) - np.abs(other.lo) - other.err
+            err = (self.ROUND * np.abs(q)
+                   + (self.err + (np.abs(q) * (1 + 4 * U)) * other.err) / den)
+            err = np.where(den > 0, err, np.inf)
+        return DD(hi, lo, err)
+
+    def rounded(self):
+        """The float64 nearest hi + lo (hi itself, the pair being normalised), with the bound
+        of its own error |hi - exact| <= |lo| + err."""
+        return self.hi, np.abs(self.lo) + self.err
+
+
+#: Elementwise work is done in blocks of at most CHUNK elements: NumPy temporaries of a few
+#: hundred KB are reused by the allocator, larger ones are page-faulted in afresh on each
+#: allocation (measured: 9x slower on 1 MB arrays).
+CHUNK = 16384
+
+
+def col_blocks(d: int):
+    """Slices of the last axis, each at most CHUNK long."""
+    return [slice(i, min(i + CHUNK, d)) for i in range(0, d, CHUNK)] or [slice(0, 0)]
+
+
+def row_blocks(rows: int, d: int):
+    """Slices of the rows, each holding at most CHUNK elements (one row when d > CHUNK)."""
+    step = max(1, CHUNK // max(d, 1))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def _sum(t):
+    """Sum along the last axis (keepdims). Short rows through einsum (NumPy's reductions along
+    a short last axis are 4x slower; BLAS would bring its thread pool in). Every use below is
+    either an exact sum (any order is exact) or bounded by gamma_{n-1} sum|t|, which holds for any
+    order and tree."""
+    if t.shape[-1] >= 128:
+        return np.sum(t, axis=-1, keepdims=True)
+    if t.shape[-1] == 1:
+        return t.copy()
+    return np.einsum("...j->...", t)[..., None]
+
+
+#: Sub-block length of the extraction in ``block_sum``.
+SUB = 64
+_M_SUB = math.ceil(math.log2(SUB + 2))       # 2**7 >= 66
+
+
+def block_sum(t) -> DD:
+    """The exact-up-to-a-bound sums of the rows of a 2-D array ``t`` of exact float64 terms (t is
+    overwritten), as a DD (rows, 1).
+
+    ExtractVector (Rump, Ogita, Oishi 2008, Lemma 3.3), applied to each sub-block of SUB = 64
+    consecutive terms: with 2**M >= SUB + 2 and sigma = 2**M 2**e, 2**e >= max|t_j| over the
+    sub-block (2**e is taken >= the floating sum of the |t_j|, which is never below their
+    maximum: a floating sum of non-negative terms never decreases), q_j = fl(fl(sigma + t_j) -
+    sigma) is a multiple of U sigma with |q_j| <= (2**-M + U) sigma, so every partial sum of the
+    sub-block's q_j is a multiple of U sigma below sigma: tau = sum(q_j) is exact (in any order),
+    and r_j = t_j - q_j is exact with |r_j| <= U sigma <= 2**(M+1) U sum_sub|t|. The remainders of
+    the whole row are summed in floating point (error <= gamma_{n-1} sum|r_j| <= gamma_{n-1}
+    SUB 2**(M+1) U sum|t| = gamma_{n-1} 2**14 U sum|t|: at most 2**-76 sum|t| for n <= 65536),
+    and the row's sub-block taus (exact floats, n/SUB of them) by the same procedure, recursively.
+    The parts are combined with DD additions. Requires |t_j| < 2**1000 and terms on a grid above
+    the subnormal range (callers check: TINY)."""
+    rows, n = t.shape
+    if n <= 1:
+        return DD(t.copy() if n == 1 else np.zeros((rows, 1)))
+    if n <= SUB:
+        norm = _sum(np.abs(t))
+        sigma = np.ldexp(_pow2_above(norm), _M_SUB)
+        q = t + sigma
+        q -= sigma
+        tau = _sum(q)
+        t -= q
+        hi, lo = two_sum(tau, _sum(t))                 # tau exact, the remainders' sum not
+        return DD(hi, lo, float(gamma(n - 1)) * n * U * sigma)
+    k = -(-n // SUB)
+    if k * SUB != n:
+        padded = np.zeros((rows, k * SUB))
+        padded[:, :n] = t
+        t = padded
+    t3 = t.reshape(rows, k, SUB)
+    norm = _sum(np.abs(t3))                          # (rows, k, 1)
+    sigma = np.ldexp(_pow2_above(norm), _M_SUB)
+    q = t3 + sigma
+    q -= sigma
+    tau = _sum(q)[..., 0]                            # (rows, k): exact sub-block sums
+    t3 -= q
+    rho = np.sum(t, axis=-1, keepdims=True)
+    err = float(gamma(k * SUB - 1)) * SUB * U * np.sum(sigma[..., 0], axis=-1, keepdims=True)
+    return block_sum(tau) + DD(rho, None, err)
+
+
+def row_sums(term_fn, shape, count: int, axis: int = -1):
+    """``count`` sums along ``axis`` (-1: each row's; 0: each column's) of the exact float64
+    terms ``term_fn(rs, cs)`` returns (a list of ``count`` new float64 arrays, overwritten here)
+    for the block of rows rs and columns cs of a 2-D ``shape``, block by block (at most CHUNK
+    elements each), each as a DD (rows, 1) or (1, cols) with a rigorous error bound
+    (``block_sum``; the blocks' DDs are added)."""
+    rows, d = shape
+    if axis == -1:
+        out = [DD(*(np.zeros((rows, 1)) for _ in range(3))) for _ in range(count)]
+        for rs in row_blocks(rows, d):
+            acc = None
+            for cs in col_blocks(d):
+                parts = [block_sum(t) for t in term_fn(rs, cs)]
+                acc = parts if acc is None else [a + b for a, b in zip(acc, parts)]
+            for o, a in zip(out, acc):
+                o.hi[rs], o.lo[rs], o.err[rs] = a.hi, a.lo, a.err   # (scalars broadcast)
+        return out
+    # column sums: column blocks outside, row blocks inside, each block transposed
+    out = [DD(*(np.zeros((1, d)) for _ in range(3))) for _ in range(count)]
+    for cs in col_blocks(d):
+        width = cs.stop - cs.start
+        acc = None
+        step = max(1, CHUNK // max(width, 1))
+        for r0 in range(0, rows, step):
+            rs = slice(r0, min(r0 + step, rows))
+            parts = [block_sum(np.ascontiguousarray(t.T)) for t in term_fn(rs, cs)]
+            acc = parts if acc is None else [a + b for a, b in zip(acc, parts)]
+        for o, a in zip(out, acc):
+            for mine, theirs in ((o.hi, a.hi), (o.lo, a.lo), (o.err, a.err)):
+                mine[0, cs] = np.broadcast_to(theirs, a.hi.shape)[:, 0]
+    return out
+
+
+def row_sum(term_fn, shape=None, axis: int = -1) -> DD:
+    """One sum of ``row_sums``; ``term_fn`` may also be a 2-D array (shape is then its own)."""
+    if not callable(term_fn):
+        arr = np.asarray(term_fn, dtype=np.float64)
+        shape = arr.shape
+        return row_sums(lambda rs, cs: [arr[rs, cs].copy()], shape, 1, axis)[0]
+    return row_sums(lambda rs, cs: [term_fn(rs, cs)], shape, 1, axis)[0]
+
+
+def bracket(exact_terms, rounded_terms=(), rounded_err=0.0):
+    """The elementwise sum of a few arrays: ``exact_terms`` exact, ``rounded_terms`` with an
+    absolute error of at most ``rounded_err`` (an array or scalar) in all. One extraction over
+    the k terms (as in row_sum, along a new leading axis) makes the sum exact up to the floating
+    sum of k remainders of at most U sigma each, sigma <= 2**(M+1) max_k |term_k|: the result is
+    a DD with error <= gamma_{k-1} k U sigma + rounded_err, i.e. about 2**-100 of the largest
+    term for k <= 16 (relative to the result, that is tiny unless the terms cancel by more
+    than 2**40)."""
+    terms = list(exact_terms) + list(rounded_terms)
+    k = len(terms)
+    stack = np.stack(np.broadcast_arrays(*terms))
+    m = max(1, math.ceil(math.log2(k + 2)))
+    mx = np.max(np.abs(stack), axis=0)
+    sigma = np.ldexp(_pow2_above(mx), m)
+    q = stack + sigma
+    q -= sigma
+    tau = np.sum(q, axis=0)
+    stack -= q
+    rho = np.sum(stack, axis=0)
+    hi, lo = two_sum(tau, rho)
+    err = float(gamma(k - 1)) * k * U * sigma + rounded_err
+    return DD(hi, lo, err), mx
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact arithmetic in Python integers (the exact path: rare elements the vectorised paths do not
+# certify, and the tests' oracle)
+
+def int_parts(values):
+    """(m, e) Python ints with values[i] == m[i] * 2**e[i] exactly (finite float64 values)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    f, e = np.frexp(v)
+    m = np.ldexp(f, 53).astype(np.int64)
+    return [int(a) for a in m], [int(b) - 53 for b in e]
+
+
+def exact_sum_of_products(*factors):
+    """sum_i prod_k factors[k][i] exactly, as a Fraction (float64 arrays of equal length)."""
+    from fractions import Fraction
+
+    parts = [int_parts(f) for f in factors]
+    n = len(parts[0][0])
+    if n == 0:
+        return Fraction(0)
+    ms = [1] * n
+    es = [0] * n
+    for m, e in parts:
+        ms = [a * b for a, b in zip(ms, m)]
+        es = [a + b for a, b in zip(es, e)]
+    lo = min(es)
+    total = sum(m << (e - lo) for m, e in zip(ms, es))
+    return Fraction(total) * Fraction(2) ** lo if lo >= 0 else Fraction(total, 1 << -lo)
