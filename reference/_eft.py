@@ -227,6 +227,38 @@ def block_sum(t) -> DD:
     return block_sum(tau) + DD(rho, None, err)
 
 
+def block_sum_cols(t) -> DD:
+    """``block_sum`` of each column of a 2-D ``t`` (overwritten), as a DD (1, cols): the same
+    extraction along the first axis, in sub-blocks of SUB rows."""
+    n, cols = t.shape
+    if n <= 1:
+        return DD(t.copy() if n == 1 else np.zeros((1, cols)))
+    if n <= SUB:
+        norm = np.sum(np.abs(t), axis=0, keepdims=True)
+        sigma = np.ldexp(_pow2_above(norm), _M_SUB)
+        q = t + sigma
+        q -= sigma
+        tau = np.sum(q, axis=0, keepdims=True)
+        t -= q
+        hi, lo = two_sum(tau, np.sum(t, axis=0, keepdims=True))
+        return DD(hi, lo, float(gamma(n - 1)) * n * U * sigma)
+    k = -(-n // SUB)
+    if k * SUB != n:
+        padded = np.zeros((k * SUB, cols))
+        padded[:n] = t
+        t = padded
+    t3 = t.reshape(k, SUB, cols)
+    norm = np.sum(np.abs(t3), axis=1, keepdims=True)             # (k, 1, cols)
+    sigma = np.ldexp(_pow2_above(norm), _M_SUB)
+    q = t3 + sigma
+    q -= sigma
+    tau = np.sum(q, axis=1)                                      # (k, cols): exact
+    t3 -= q
+    rho = np.sum(t, axis=0, keepdims=True)
+    err = float(gamma(k * SUB - 1)) * SUB * U * np.sum(sigma[:, 0], axis=0, keepdims=True)
+    return block_sum_cols(tau) + DD(rho, None, err)
+
+
 def row_sums(term_fn, shape, count: int, axis: int = -1):
     """``count`` sums along ``axis`` (-1: each row's; 0: each column's) of the exact float64
     terms ``term_fn(rs, cs)`` returns (a list of ``count`` new float64 arrays, overwritten here)
@@ -244,7 +276,7 @@ def row_sums(term_fn, shape, count: int, axis: int = -1):
             for o, a in zip(out, acc):
                 o.hi[rs], o.lo[rs], o.err[rs] = a.hi, a.lo, a.err   # (scalars broadcast)
         return out
-    # column sums: column blocks outside, row blocks inside, each block transposed
+    # column sums: column blocks outside, row blocks inside
     out = [DD(*(np.zeros((1, d)) for _ in range(3))) for _ in range(count)]
     for cs in col_blocks(d):
         width = cs.stop - cs.start
@@ -252,11 +284,11 @@ def row_sums(term_fn, shape, count: int, axis: int = -1):
         step = max(1, CHUNK // max(width, 1))
         for r0 in range(0, rows, step):
             rs = slice(r0, min(r0 + step, rows))
-            parts = [block_sum(np.ascontiguousarray(t.T)) for t in term_fn(rs, cs)]
+            parts = [block_sum_cols(t) for t in term_fn(rs, cs)]
             acc = parts if acc is None else [a + b for a, b in zip(acc, parts)]
         for o, a in zip(out, acc):
             for mine, theirs in ((o.hi, a.hi), (o.lo, a.lo), (o.err, a.err)):
-                mine[0, cs] = np.broadcast_to(theirs, a.hi.shape)[:, 0]
+                mine[0, cs] = np.broadcast_to(theirs, a.hi.shape)[0]
     return out
 
 
