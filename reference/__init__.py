@@ -19,6 +19,14 @@ import numpy as np
 
 from . import _grad
 
+
+def _has_bf16() -> bool:
+    try:
+        import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy)
+        return True
+    except ImportError:
+        return False
+
 U64 = 2.0 ** -53
 
 
@@ -59,10 +67,15 @@ def inv_rms(x, eps):
 def _is_narrow(*arrays) -> bool:
     """True when every given array is float32, float16 or bfloat16: values of at most 24
     significant bits, whose float64 squares and pairwise products are exact."""
-    return all(a is None or np.asarray(a).dtype.name in _NARROW for a in arrays)
+    for a in arrays:
+        if a is not None and getattr(a, "dtype", None) not in _NARROW:
+            if np.asarray(a).dtype not in _NARROW:
+                return False
+    return True
 
 
-_NARROW = ("float32", "float16", "bfloat16")
+_NARROW = frozenset([np.dtype(np.float32), np.dtype(np.float16)]
+                    + [np.dtype(t) for t in ("bfloat16",) if _has_bf16()])
 
 
 def rms_norm(x, weight, eps):

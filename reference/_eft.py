@@ -29,6 +29,8 @@ _SPLITTER = 134217729.0  # 2**27 + 1
 
 def gamma(k, u=U):
     """Higham's gamma_k = k u / (1 - k u)."""
+    if isinstance(k, int):
+        return k * u / (1.0 - k * u)
     k = np.asarray(k, dtype=np.float64)
     return k * u / (1.0 - k * u)
 
@@ -65,11 +67,12 @@ def two_prod(a, b):
     return p, e
 
 
-def _pow2_above(m):
-    """The least power of two 2**e >= m, elementwise (1 for m == 0)."""
-    f, e = np.frexp(m)
-    # m = f 2**e with f in [0.5, 1): 2**e >= m, and 2**(e-1) >= m exactly when f == 0.5
-    e = np.where(f == 0.5, e - 1, e)
+def _pow2_above(m, shift=0):
+    """2**(e + shift) for the power of two 2**e with m <= 2**e <= 2 m (from frexp: m = f 2**e,
+    f in [0.5, 1)); 2**shift for m == 0."""
+    e = np.frexp(m)[1]
+    if shift:
+        e += shift
     return np.ldexp(1.0, e)
 
 
@@ -178,8 +181,8 @@ def _sum(t):
 
 
 #: Sub-block length of the extraction in ``block_sum``.
-SUB = 64
-_M_SUB = math.ceil(math.log2(SUB + 2))       # 2**7 >= 66
+SUB = 256
+_M_SUB = math.ceil(math.log2(SUB + 2))       # 2**9 >= 258
 
 
 def block_sum(t) -> DD:
@@ -194,16 +197,18 @@ def block_sum(t) -> DD:
     sub-block's q_j is a multiple of U sigma below sigma: tau = sum(q_j) is exact (in any order),
     and r_j = t_j - q_j is exact with |r_j| <= U sigma <= 2**(M+1) U sum_sub|t|. The remainders of
     the whole row are summed in floating point (error <= gamma_{n-1} sum|r_j| <= gamma_{n-1}
-    SUB 2**(M+1) U sum|t| = gamma_{n-1} 2**14 U sum|t|: at most 2**-76 sum|t| for n <= 65536),
+    SUB 2**(M+1) U sum|t| = gamma_{n-1} 2**22 U sum|t|: at most 2**-68 sum|t| for n <= 65536),
     and the row's sub-block taus (exact floats, n/SUB of them) by the same procedure, recursively.
     The parts are combined with DD additions. Requires |t_j| < 2**1000 and terms on a grid above
-    the subnormal range (callers check: TINY)."""
+    the subnormal range (callers check: TINY). (The remainders are summed per sub-block first,
+    then across sub-blocks: error <= (gamma_{SUB-1} + gamma_{k-1}(1 + gamma_SUB)) sum|r|, about
+    2**-79 sum|t| for n = 65536.)"""
     rows, n = t.shape
     if n <= 1:
         return DD(t.copy() if n == 1 else np.zeros((rows, 1)))
     if n <= SUB:
         norm = _sum(np.abs(t))
-        sigma = np.ldexp(_pow2_above(norm), _M_SUB)
+        sigma = _pow2_above(norm, _M_SUB)
         q = t + sigma
         q -= sigma
         tau = _sum(q)
@@ -217,14 +222,59 @@ def block_sum(t) -> DD:
         t = padded
     t3 = t.reshape(rows, k, SUB)
     norm = _sum(np.abs(t3))                          # (rows, k, 1)
-    sigma = np.ldexp(_pow2_above(norm), _M_SUB)
+    sigma = _pow2_above(norm, _M_SUB)
     q = t3 + sigma
     q -= sigma
     tau = _sum(q)[..., 0]                            # (rows, k): exact sub-block sums
     t3 -= q
-    rho = np.sum(t, axis=-1, keepdims=True)
-    err = float(gamma(k * SUB - 1)) * SUB * U * np.sum(sigma[..., 0], axis=-1, keepdims=True)
+    rho = np.sum(_sum(t3)[..., 0], axis=-1, keepdims=True)
+    err = (float(gamma(SUB - 1) + gamma(k - 1) * (1 + gamma(SUB))) * SUB * U
+           * np.sum(sigma[..., 0], axis=-1, keepdims=True))
     return block_sum(tau) + DD(rho, None, err)
+
+
+def extract_rows(t, nonneg=0):
+    """One extraction of the rows of a 2-D ``t`` (overwritten) in sub-blocks of SUB terms, as in
+    ``block_sum``: (tau, rho, err) with tau (rows, k) the exact sub-block sums, rho (rows, 1)
+    the floating sum of the remainders and err (rows, 1) the bound on rho's error; the row's sum
+    is exactly sum(tau) + (rho +- err). The first ``nonneg`` rows hold non-negative terms (their
+    1-norm needs no abs)."""
+    rows, n = t.shape
+    if n <= SUB:
+        t3 = t[:, None, :]
+    else:
+        k = -(-n // SUB)
+        if k * SUB != n:
+            padded = np.zeros((rows, k * SUB))
+            padded[:, :n] = t
+            t = padded
+        t3 = t.reshape(rows, k, SUB)
+    k, m = t3.shape[1:]
+    if nonneg:
+        norm = np.empty(t3.shape[:2] + (1,))
+        norm[:nonneg] = _sum(t3[:nonneg])
+        norm[nonneg:] = _sum(np.abs(t3[nonneg:]))
+    else:
+        norm = _sum(np.abs(t3))                      # (rows, k, 1)
+    sigma = _pow2_above(norm, _M_SUB)
+    q = t3 + sigma
+    q -= sigma
+    tau = _sum(q)[..., 0]
+    t3 -= q
+    # the remainders summed per sub-block, then across: error <= (gamma_{m-1} +
+    # gamma_{k-1} (1 + gamma_m)) sum|r|, sum|r| <= m U sum(sigma)
+    rho = np.sum(_sum(t3)[..., 0], axis=-1, keepdims=True)
+    err = (float(gamma(m - 1) + gamma(k - 1) * (1 + gamma(m))) * m * U
+           * np.sum(sigma[..., 0], axis=-1, keepdims=True))
+    return tau, rho, err
+
+
+def finish_sum(taus, rho, err) -> DD:
+    """The DD of sum(taus) + rho (+- err) (taus: exact floats (rows, K); see extract_rows)."""
+    if taus.shape[1] == 1:
+        hi, lo = two_sum(taus, rho)
+        return DD(hi, lo, err)
+    return block_sum(taus) + DD(rho, None, err)
 
 
 def block_sum_cols(t) -> DD:
@@ -235,7 +285,7 @@ def block_sum_cols(t) -> DD:
         return DD(t.copy() if n == 1 else np.zeros((1, cols)))
     if n <= SUB:
         norm = np.sum(np.abs(t), axis=0, keepdims=True)
-        sigma = np.ldexp(_pow2_above(norm), _M_SUB)
+        sigma = _pow2_above(norm, _M_SUB)
         q = t + sigma
         q -= sigma
         tau = np.sum(q, axis=0, keepdims=True)
@@ -249,7 +299,7 @@ def block_sum_cols(t) -> DD:
         t = padded
     t3 = t.reshape(k, SUB, cols)
     norm = np.sum(np.abs(t3), axis=1, keepdims=True)             # (k, 1, cols)
-    sigma = np.ldexp(_pow2_above(norm), _M_SUB)
+    sigma = _pow2_above(norm, _M_SUB)
     q = t3 + sigma
     q -= sigma
     tau = np.sum(q, axis=1)                                      # (k, cols): exact
@@ -276,6 +326,8 @@ def row_sums(term_fn, shape, count: int, axis: int = -1):
             for o, a in zip(out, acc):
                 o.hi[rs], o.lo[rs], o.err[rs] = a.hi, a.lo, a.err   # (scalars broadcast)
         return out
+    if rows * d <= CHUNK:
+        return [block_sum_cols(t) for t in term_fn(slice(None), slice(None))]
     # column sums: column blocks outside, row blocks inside
     out = [DD(*(np.zeros((1, d)) for _ in range(3))) for _ in range(count)]
     for cs in col_blocks(d):

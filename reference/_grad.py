@@ -36,8 +36,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from ._eft import (DD, HUGE, TINY, U, bracket, col_blocks, exact_sum_of_products, row_blocks,
-                   row_sum, row_sums, split, two_prod)
+from ._eft import (DD, HUGE, TINY, U, bracket, col_blocks, exact_sum_of_products, extract_rows,
+                   finish_sum, row_blocks, row_sum, row_sums, split, two_prod)
 
 #: REF-3: |ref - exact| <= GRAD_C * U * |exact| (+ 2**-1075 where the result is subnormal).
 GRAD_C = 8
@@ -102,7 +102,9 @@ def _claimed_rows(eps, x, *others):
     for a in (x,) + others:
         if a is not None:
             good = np.isfinite(a)
-            ok &= np.all(good, axis=-1) if a.ndim == 2 else bool(np.all(good))
+            if good.all():
+                continue
+            ok &= np.all(good, axis=-1) if a.ndim == 2 else False
     if not eps > 0:
         ok &= np.any(x != 0, axis=-1)
     return ok
@@ -321,20 +323,31 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
         for rs in row_blocks(rows, d) if x.size else []:
             xb, gb = _f64(x[rs]), _f64(g[rs])
             if fast and d > 1:
-                # the squares and the products a x in one set of sweeps; a = g w split in 26-bit
-                # halves so that both products with the 24-bit x are exact
-                if w is None:
-                    s_, p = row_sums(lambda r_, c_: [xb[r_, c_] * xb[r_, c_],
-                                                     gb[r_, c_] * xb[r_, c_]], xb.shape, 2)
-                else:
-                    def terms(r_, c_):
-                        xc = xb[r_, c_]
-                        ah, al = split(gb[r_, c_] * w[c_])
-                        ah *= xc
-                        al *= xc
-                        return [xc * xc, ah, al]
-                    s_, p1, p2 = row_sums(terms, xb.shape, 3)
-                    p = p1 + p2
+                # the squares and the products a x (a = g w split in 26-bit halves, so that
+                # both products with the 24-bit x are exact), stacked, extracted block by block
+                k = 2 if w is None else 3
+                nb = xb.shape[0]
+                taus, rhos, errs = [], 0.0, 0.0
+                for cs in col_blocks(d):
+                    xc = xb[:, cs]
+                    t = np.empty((k, nb, cs.stop - cs.start))
+                    np.multiply(xc, xc, out=t[0])
+                    if w is None:
+                        np.multiply(gb[:, cs], xc, out=t[1])
+                    else:
+                        ah, al = split(gb[:, cs] * w[cs])
+                        np.multiply(ah, xc, out=t[1])
+                        np.multiply(al, xc, out=t[2])
+                    tau, rho_, err_ = extract_rows(t.reshape(k * nb, -1), nonneg=nb)
+                    taus.append(tau)
+                    new = rhos + rho_
+                    errs = errs + err_ + U * np.abs(new)
+                    rhos = new
+                sums = finish_sum(np.concatenate(taus, axis=1), rhos, errs)
+                parts = [DD(sums.hi[i * nb:(i + 1) * nb], _part(sums.lo, i, nb),
+                            _part(sums.err, i, nb)) for i in range(k)]
+                s_ = parts[0]
+                p = parts[1] if w is None else parts[1] + parts[2]
                 q, n, rho = _q_and_n(xb, eps, narrow, s_)
             else:
                 q, n, rho = _q_and_n(xb, eps, narrow)
@@ -368,6 +381,7 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
                 # 2U(1 + 2U)|b| + |x| K, K = (3U|rho2| + r.err)(1 + 2**-40)/(1 - U) (module
                 # docstring of _fast_bound): certified (<= ACCEPT U |b|) when |x| c <= |b|
                 c = _fast_c(rho2, r.err)
+                vb_all = bool(vb.all())
                 for cs in col_blocks(d):
                     xv = xb[:, cs]
                     b = gb[:, cs] * (1.0 if w is None else w[cs])
@@ -375,14 +389,11 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
                     b -= xv * rho2
                     xc = np.abs(xv)
                     xc *= c
-                    ab = np.abs(b)
-                    good = xc <= ab
-                    tiny = ab < TINY
-                    if tiny.any():
-                        good &= ~tiny | ((ab == 0) & (xc == 0))
-                    ok[rs, cs] = good & vb[:, None]
-                    b *= n
-                    out[rs, cs] = b
+                    # (no TINY test: for narrow inputs no step here underflows; a subnormal
+                    # difference is exact, and n b below 2**-1022 is REF-3's underflow slack)
+                    good = xc <= np.abs(b)
+                    ok[rs, cs] = good if vb_all else good & vb[:, None]
+                    np.multiply(b, n, out=out[rs, cs])
             else:
                 parts = _split_parts(_a_parts(gb, w, narrow), narrow)
                 r = _dot_parts(parts, xb, narrow) / q
@@ -402,6 +413,10 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
     if w is None or not want_dw:
         return dx, None
     return dx, _dweight(x, g, eps, narrow, dd, claimed, vec, n_all, nn_all)
+
+
+def _part(a, i, nb):
+    return a if np.ndim(a) == 0 else a[i * nb:(i + 1) * nb]
 
 
 def _fast_c(rho2, r_err):
@@ -445,20 +460,24 @@ def _split_parts(parts, narrow):
 
 
 def _dweight(x, g, eps, narrow, dd, claimed, vec, n_all, nn_all):
-    """dweight = sum over rows of g x n. Narrow inputs: g x exact, times the float64 n (one
-    rounding, n within 2 U), column sums by one extraction (error <= 2**-55 of the largest
-    term for up to 2**16 rows); float64 inputs (``dd``): g x and n in double-double. Accuracy
-    relative to sum|g x n| (REF-3, REF-4)."""
+    """dweight = sum over rows of g x n, relative to sum|g x n| (REF-3, REF-4). Narrow inputs:
+    g x exact, times the float64 n (n within 2 U, one more rounding), summed over the rows in
+    float64 (any order: gamma_{R-1}); so |dw - exact| <= (3 U + gamma_{R-1}) sum|g x n| + U |dw|
+    (about 3 U for a few rows; the GRAD bounds allow gamma_R of float32 there). float64 inputs
+    (``dd``): g x and n in double-double, the column sums by extraction (2**-96)."""
     rows, d = x.shape
     if rows == 0:
         z = np.zeros(d)
         return (z, z.copy()) if dd else z
     with np.errstate(all="ignore"):
+        if not dd:
+            n = np.where(np.isfinite(n_all), n_all, naive_n(_f64(x), eps)) \
+                if not np.all(vec) else n_all
+            total = np.zeros(d)
+            for rs in row_blocks(rows, d):
+                total += np.sum(_f64(g[rs]) * _f64(x[rs]) * n[rs], axis=0)
+            return total
         if np.all(vec) and np.all(np.isfinite(n_all)):
-            if not dd:
-                s = row_sum(lambda r_, c_: _f64(g[r_, c_]) * _f64(x[r_, c_]) * n_all[r_], x.shape,
-                            axis=0)
-                return s.hi[0]
             nn = DD(np.concatenate([v.hi for v in nn_all]), np.concatenate([v.lo for v in nn_all]))
 
             def part(k):
@@ -472,10 +491,10 @@ def _dweight(x, g, eps, narrow, dd, claimed, vec, n_all, nn_all):
             s = s0 + s1
             return s.hi[0], s.lo[0]
         x, g = _f64(x), _f64(g)
-        if np.all(claimed) and dd:
+        if np.all(claimed):
             return _exact_dweight(x, g, eps)
         s = np.sum(g * x * naive_n(x, eps), axis=0)
-        return (s, np.zeros(d)) if dd else s
+        return s, np.zeros(d)
 
 
 def _exact_dweight(x, g, eps):
