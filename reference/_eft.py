@@ -78,13 +78,20 @@ def _pow2_above(m, shift=0):
 
 class DD:
     """A double-double value (array) hi + lo with a rigorous absolute error bound ``err`` on
-    |hi + lo - exact|. Arithmetic below propagates the bound; its own rounding is charged at
-    2**-100 of the operands' size, several times the true worst case of these algorithms
-    (about 4 U**2 = 2**-104: Joldes, Muller, Popescu, "Tight and rigorous error bounds for basic
-    building blocks of double-word arithmetic", ACM TOMS 2017)."""
+    |hi + lo - exact|. Arithmetic below propagates the bound and charges its own rounding
+    (Joldes, Muller, Popescu, "Tight and rigorous error bounds for basic building blocks of
+    double-word arithmetic", ACM TOMS 2017, give the algorithms' worst cases; the charges here
+    are above those of the simple forms used):
+      addition: two_sum of the highs (exact), the lows added to its error in two roundings, a
+        final two_sum (exact): at most U (|lo1 + lo2| + |e + lo1 + lo2|) <= 3 U**2 (|hi1| + |hi2|)
+        (1 + 4U): charged 2**-103 (|hi1| + |hi2|);
+      product: two_prod of the highs (exact), hi1 lo2 + lo1 hi2 in three roundings, lo1 lo2
+        dropped: at most 5 U**2 |hi1 hi2| (1 + 4U): charged 2**-103 |hi1 hi2|;
+      quotient: 2**-101 |q| (the remainder's four roundings and the second quotient's)."""
 
     __slots__ = ("hi", "lo", "err")
-    ROUND = 2.0 ** -100
+    ROUND = 2.0 ** -103
+    ROUND_DIV = 2.0 ** -101
 
     def __init__(self, hi, lo=None, err=None):
         self.hi = hi if isinstance(hi, np.ndarray) else np.asarray(hi, dtype=np.float64)
@@ -126,7 +133,7 @@ class DD:
         e = e + (self.hi * other.lo + self.lo * other.hi)
         hi, lo = fast_two_sum(p, e)
         err = (self.mag() * other.err + other.mag() * self.err
-               + self.ROUND * np.abs(self.hi * other.hi) + 2 * U * U * np.abs(p))
+               + self.ROUND * np.abs(self.hi * other.hi))
         return DD(hi, lo, err)
 
     def __truediv__(self, other):
@@ -140,7 +147,7 @@ class DD:
             # |exact quotient of the dd values - (hi + lo)| <= ROUND |q|; the operands' errors:
             # |X/Y - X'/Y'| <= (eX + |X'/Y'| eY) / (|Y'| - eY)
             den = np.abs(other.hi) - np.abs(other.lo) - other.err
-            err = (self.ROUND * np.abs(q)
+            err = (self.ROUND_DIV * np.abs(q)
                    + (self.err + (np.abs(q) * (1 + 4 * U)) * other.err) / den)
             err = np.where(den > 0, err, np.inf)
         return DD(hi, lo, err)
@@ -185,52 +192,57 @@ SUB = 256
 _M_SUB = math.ceil(math.log2(SUB + 2))       # 2**9 >= 258
 
 
-def block_sum(t) -> DD:
-    """The exact-up-to-a-bound sums of the rows of a 2-D array ``t`` of exact float64 terms (t is
-    overwritten), as a DD (rows, 1).
+def _m_for(m: int) -> int:
+    """The least M with 2**M >= m + 2 (ExtractVector's condition for m terms)."""
+    return max(1, math.ceil(math.log2(m + 2)))
 
-    ExtractVector (Rump, Ogita, Oishi 2008, Lemma 3.3), applied to each sub-block of SUB = 64
-    consecutive terms: with 2**M >= SUB + 2 and sigma = 2**M 2**e, 2**e >= max|t_j| over the
-    sub-block (2**e is taken >= the floating sum of the |t_j|, which is never below their
-    maximum: a floating sum of non-negative terms never decreases), q_j = fl(fl(sigma + t_j) -
-    sigma) is a multiple of U sigma with |q_j| <= (2**-M + U) sigma, so every partial sum of the
-    sub-block's q_j is a multiple of U sigma below sigma: tau = sum(q_j) is exact (in any order),
-    and r_j = t_j - q_j is exact with |r_j| <= U sigma <= 2**(M+1) U sum_sub|t|. The remainders of
-    the whole row are summed in floating point (error <= gamma_{n-1} sum|r_j| <= gamma_{n-1}
-    SUB 2**(M+1) U sum|t| = gamma_{n-1} 2**22 U sum|t|: at most 2**-68 sum|t| for n <= 65536),
-    and the row's sub-block taus (exact floats, n/SUB of them) by the same procedure, recursively.
-    The parts are combined with DD additions. Requires |t_j| < 2**1000 and terms on a grid above
-    the subnormal range (callers check: TINY). (The remainders are summed per sub-block first,
-    then across sub-blocks: error <= (gamma_{SUB-1} + gamma_{k-1}(1 + gamma_SUB)) sum|r|, about
-    2**-79 sum|t| for n = 65536.)"""
+
+def block_sum(t, passes: int = 2) -> DD:
+    """The sums of the rows of a 2-D array ``t`` of exact float64 terms (t is overwritten), as a
+    DD (rows, 1) with a rigorous error bound.
+
+    ExtractVector (Rump, Ogita, Oishi 2008, Lemma 3.3), applied to each sub-block of m <= SUB
+    consecutive terms: with 2**M >= m + 2 and sigma = 2**M 2**e, 2**e >= max|t_j| over the
+    sub-block (2**e is taken >= the floating sum of the |t_j|, which is never below their maximum:
+    a floating sum of non-negative terms never decreases), q_j = fl(fl(sigma + t_j) - sigma) is a
+    multiple of U sigma with |q_j| <= (2**-M + U) sigma, so every partial sum of the sub-block's
+    q_j is a multiple of U sigma below sigma: tau = sum(q_j) is exact (in any order), and
+    r_j = t_j - q_j is exact with |r_j| <= U sigma <= 2**(M+1) U sum_sub|t|. ``passes`` extractions
+    (each on the previous remainders) leave remainders summed in floating point per sub-block,
+    then across the k sub-blocks: error <= (gamma_{m-1} + gamma_{k-1}(1 + gamma_m)) m U
+    sum(sigma_last). One pass: about 2**-79 sum|t| for n = 65536 (2**-89 for n = 33); two passes:
+    below 2**-110 sum|t|. The exact taus (passes * k per row) are summed by the same procedure,
+    recursively, two of them by two_sum. The parts are combined with DD additions. Requires
+    |t_j| < 2**1000 and terms on a grid above the subnormal range (callers check: TINY)."""
     rows, n = t.shape
-    if n <= 1:
-        return DD(t.copy() if n == 1 else np.zeros((rows, 1)))
-    if n <= SUB:
-        norm = _sum(np.abs(t))
-        sigma = _pow2_above(norm, _M_SUB)
-        q = t + sigma
-        q -= sigma
-        tau = _sum(q)
-        t -= q
-        hi, lo = two_sum(tau, _sum(t))                 # tau exact, the remainders' sum not
-        return DD(hi, lo, float(gamma(n - 1)) * n * U * sigma)
-    k = -(-n // SUB)
-    if k * SUB != n:
-        padded = np.zeros((rows, k * SUB))
+    if n == 0:
+        return DD(np.zeros((rows, 1)))
+    if n == 1:
+        return DD(t.copy())
+    if n == 2:
+        hi, lo = two_sum(t[:, :1], t[:, 1:])
+        return DD(hi, lo)
+    m = min(n, SUB)
+    k = -(-n // m)
+    if k * m != n:
+        padded = np.zeros((rows, k * m))
         padded[:, :n] = t
         t = padded
-    t3 = t.reshape(rows, k, SUB)
-    norm = _sum(np.abs(t3))                          # (rows, k, 1)
-    sigma = _pow2_above(norm, _M_SUB)
-    q = t3 + sigma
-    q -= sigma
-    tau = _sum(q)[..., 0]                            # (rows, k): exact sub-block sums
-    t3 -= q
+    t3 = t.reshape(rows, k, m)
+    shift = _m_for(m)
+    taus = []
+    sigma = None
+    for _ in range(passes):
+        norm = _sum(np.abs(t3))                      # (rows, k, 1)
+        sigma = _pow2_above(norm, shift)
+        q = t3 + sigma
+        q -= sigma
+        taus.append(_sum(q)[..., 0])                 # (rows, k): exact sub-block sums
+        t3 -= q
     rho = np.sum(_sum(t3)[..., 0], axis=-1, keepdims=True)
-    err = (float(gamma(SUB - 1) + gamma(k - 1) * (1 + gamma(SUB))) * SUB * U
+    err = (float(gamma(m - 1) + gamma(k - 1) * (1 + gamma(m))) * m * U
            * np.sum(sigma[..., 0], axis=-1, keepdims=True))
-    return block_sum(tau) + DD(rho, None, err)
+    return block_sum(np.concatenate(taus, axis=1), passes) + DD(rho, None, err)
 
 
 def extract_rows(t, nonneg=0):
@@ -250,13 +262,14 @@ def extract_rows(t, nonneg=0):
             t = padded
         t3 = t.reshape(rows, k, SUB)
     k, m = t3.shape[1:]
+    shift = _m_for(m)
     if nonneg:
         norm = np.empty(t3.shape[:2] + (1,))
         norm[:nonneg] = _sum(t3[:nonneg])
         norm[nonneg:] = _sum(np.abs(t3[nonneg:]))
     else:
         norm = _sum(np.abs(t3))                      # (rows, k, 1)
-    sigma = _pow2_above(norm, _M_SUB)
+    sigma = _pow2_above(norm, shift)
     q = t3 + sigma
     q -= sigma
     tau = _sum(q)[..., 0]
@@ -278,35 +291,10 @@ def finish_sum(taus, rho, err) -> DD:
 
 
 def block_sum_cols(t) -> DD:
-    """``block_sum`` of each column of a 2-D ``t`` (overwritten), as a DD (1, cols): the same
-    extraction along the first axis, in sub-blocks of SUB rows."""
-    n, cols = t.shape
-    if n <= 1:
-        return DD(t.copy() if n == 1 else np.zeros((1, cols)))
-    if n <= SUB:
-        norm = np.sum(np.abs(t), axis=0, keepdims=True)
-        sigma = _pow2_above(norm, _M_SUB)
-        q = t + sigma
-        q -= sigma
-        tau = np.sum(q, axis=0, keepdims=True)
-        t -= q
-        hi, lo = two_sum(tau, np.sum(t, axis=0, keepdims=True))
-        return DD(hi, lo, float(gamma(n - 1)) * n * U * sigma)
-    k = -(-n // SUB)
-    if k * SUB != n:
-        padded = np.zeros((k * SUB, cols))
-        padded[:n] = t
-        t = padded
-    t3 = t.reshape(k, SUB, cols)
-    norm = np.sum(np.abs(t3), axis=1, keepdims=True)             # (k, 1, cols)
-    sigma = _pow2_above(norm, _M_SUB)
-    q = t3 + sigma
-    q -= sigma
-    tau = np.sum(q, axis=1)                                      # (k, cols): exact
-    t3 -= q
-    rho = np.sum(t, axis=0, keepdims=True)
-    err = float(gamma(k * SUB - 1)) * SUB * U * np.sum(sigma[:, 0], axis=0, keepdims=True)
-    return block_sum_cols(tau) + DD(rho, None, err)
+    """``block_sum`` of each column of a 2-D ``t``, as a DD (1, cols)."""
+    s = block_sum(np.ascontiguousarray(t.T))
+    return DD(s.hi.T, np.transpose(s.lo) if np.ndim(s.lo) else s.lo,
+              np.transpose(s.err) if np.ndim(s.err) else s.err)
 
 
 def row_sums(term_fn, shape, count: int, axis: int = -1):
@@ -355,26 +343,29 @@ def row_sum(term_fn, shape=None, axis: int = -1) -> DD:
 
 def bracket(exact_terms, rounded_terms=(), rounded_err=0.0):
     """The elementwise sum of a few arrays: ``exact_terms`` exact, ``rounded_terms`` with an
-    absolute error of at most ``rounded_err`` (an array or scalar) in all. One extraction over
-    the k terms (as in row_sum, along a new leading axis) makes the sum exact up to the floating
-    sum of k remainders of at most U sigma each, sigma <= 2**(M+1) max_k |term_k|: the result is
-    a DD with error <= gamma_{k-1} k U sigma + rounded_err, i.e. about 2**-100 of the largest
-    term for k <= 16 (relative to the result, that is tiny unless the terms cancel by more
-    than 2**40)."""
+    absolute error of at most ``rounded_err`` (an array or scalar) in all. Two extractions over
+    the k terms (as in block_sum, along a new leading axis) make the sum exact up to the floating
+    sum of k remainders of at most U sigma2 each, sigma2 <= 2**(M+1) k U sigma1, sigma1 <=
+    2**(M+1) max_k |term_k|: the result is a DD with error <= gamma_{k-1} k U sigma2 +
+    rounded_err, about 2**-140 of the largest term for k <= 16. Returns it and max_k |term_k|."""
     terms = list(exact_terms) + list(rounded_terms)
     k = len(terms)
     stack = np.stack(np.broadcast_arrays(*terms))
-    m = max(1, math.ceil(math.log2(k + 2)))
+    shift = _m_for(k)
     mx = np.max(np.abs(stack), axis=0)
-    sigma = np.ldexp(_pow2_above(mx), m)
-    q = stack + sigma
-    q -= sigma
-    tau = np.sum(q, axis=0)
-    stack -= q
+    taus = []
+    sigma = None
+    for _ in range(2):
+        norm = np.sum(np.abs(stack), axis=0)
+        sigma = _pow2_above(norm, shift)
+        q = stack + sigma
+        q -= sigma
+        taus.append(np.sum(q, axis=0))
+        stack -= q
     rho = np.sum(stack, axis=0)
-    hi, lo = two_sum(tau, rho)
-    err = float(gamma(k - 1)) * k * U * sigma + rounded_err
-    return DD(hi, lo, err), mx
+    hi, lo = two_sum(taus[0], taus[1])
+    out = DD(hi, lo) + DD(rho, None, float(gamma(k - 1)) * k * U * sigma + rounded_err)
+    return out, mx
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,11 +380,63 @@ def int_parts(values):
     return [int(a) for a in m], [int(b) - 53 for b in e]
 
 
-def exact_sum_of_products(*factors):
-    """sum_i prod_k factors[k][i] exactly, as a Fraction (float64 arrays of equal length)."""
+def _exact_sum_floats(t):
+    """The exact sum of a 1-D array of finite float64 values, as a Fraction: extraction in
+    sub-blocks (block_sum's step) repeated until every remainder is zero, then the few exact
+    partial sums added as integers. Values on a grid below 2**-1000 are added as integers
+    directly (an extraction's grid could fall below the subnormal range there)."""
     from fractions import Fraction
 
-    parts = [int_parts(f) for f in factors]
+    t = np.array(t, dtype=np.float64).ravel()
+    parts = []
+    while t.size > 2 * SUB:
+        m = SUB
+        k = -(-t.size // m)
+        padded = np.zeros(k * m)
+        padded[:t.size] = t
+        t3 = padded.reshape(k, m)
+        norm = np.sum(np.abs(t3), axis=1, keepdims=True)
+        sigma = _pow2_above(norm, _m_for(m))
+        if np.any((sigma < 2.0 ** -1000) & (norm > 0)):
+            break
+        q = t3 + sigma
+        q -= sigma
+        parts.append(np.sum(q, axis=1))
+        t3 -= q
+        rest = t3.ravel()
+        t = rest[rest != 0]
+        if parts[-1].size > 2 * SUB:                 # many exact partial sums: reduce them too
+            t = np.concatenate([t, parts.pop()])
+    vals = np.concatenate(parts + [t]) if parts else t
+    vals = vals[vals != 0]
+    if vals.size == 0:
+        return Fraction(0)
+    ms, es = int_parts(vals)
+    lo = min(es)
+    total = sum(mm << (ee - lo) for mm, ee in zip(ms, es))
+    return Fraction(total) * Fraction(2) ** lo if lo >= 0 else Fraction(total, 1 << -lo)
+
+
+def exact_sum_of_products(*factors):
+    """sum_i prod_k factors[k][i] exactly, as a Fraction (float64 arrays of equal length, one
+    to three factors). Vectorised where every non-zero factor lies in [2**-250, 2**250] (the
+    products' two_prod expansions are then exact), in Python integers otherwise."""
+    from fractions import Fraction
+
+    arrs = [np.asarray(f, dtype=np.float64).ravel() for f in factors]
+    mags = [np.abs(a) for a in arrs]
+    vector_ok = len(arrs) <= 3 and all(
+        np.all((m == 0) | ((m >= 2.0 ** -250) & (m <= 2.0 ** 250))) for m in mags)
+    if vector_ok and arrs[0].size > 64:
+        terms = [arrs[0]]
+        for a in arrs[1:]:
+            new = []
+            for t in terms:
+                p, e = two_prod(t, a)
+                new += [p, e]
+            terms = new
+        return _exact_sum_floats(np.concatenate(terms))
+    parts = [int_parts(f) for f in arrs]
     n = len(parts[0][0])
     if n == 0:
         return Fraction(0)

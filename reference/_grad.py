@@ -37,7 +37,7 @@ from fractions import Fraction
 import numpy as np
 
 from ._eft import (DD, HUGE, TINY, U, bracket, col_blocks, exact_sum_of_products, extract_rows,
-                   finish_sum, row_blocks, row_sum, row_sums, split, two_prod)
+                   finish_sum, row_blocks, row_sum, row_sums, split, two_prod, two_sum)
 
 #: REF-3: |ref - exact| <= GRAD_C * U * |exact| (+ 2**-1075 where the result is subnormal).
 GRAD_C = 8
@@ -319,6 +319,7 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
     claimed = _claimed_rows(eps, x, g, w)
     vec = claimed & _vector_rows(narrow, eps, x, g, w)
     fast = narrow and not dd
+    keep = {} if fast and d > 1 else None       # Q and P per row, for _second_chance
     with np.errstate(all="ignore"):
         for rs in row_blocks(rows, d) if x.size else []:
             xb, gb = _f64(x[rs]), _f64(g[rs])
@@ -373,6 +374,7 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
                     c = term if c is None else c + term
                 _store(out, out_lo, ok, rs, slice(None), c, n, nn, vb, dd)
             elif fast:
+                keep[rs.start] = (rs, q, p)
                 r = p / q
                 vb &= (np.abs(r.hi[:, 0]) >= 2.0 ** -800) | (r.hi[:, 0] == 0)
                 r1, r2 = split(r.hi)                        # x r1 exact (x: 24 bits)
@@ -404,6 +406,8 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
                     c, _ = bracket([pt[:, cs] for pt in parts] + [-pp, -pe], [-lo],
                                    U * np.abs(lo) + np.abs(xc) * r.err)
                     _store(out, out_lo, ok, rs, cs, c, n, nn, vb, dd)
+    if keep and not np.all(ok):
+        _second_chance(x, g, w, out, ok, vec, n_all, keep)
     factors = (lambda r_: [g[r_]]) if w is None else (lambda r_: [g[r_], w])
     _finish(out, out_lo, ok, claimed,
             lambda r_, idx: exact_dx_row(x[r_], factors(r_), eps, idx),
@@ -413,6 +417,34 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
     if w is None or not want_dw:
         return dx, None
     return dx, _dweight(x, g, eps, narrow, dd, claimed, vec, n_all, nn_all)
+
+
+def _second_chance(x, g, w, out, ok, vec, n_all, keep):
+    """Uncertified dx elements of the fast path, again in the leave-one-out form
+    B_i = (a_i (Q - x_i**2) - x_i (P - a_i x_i)) / Q, in DD arithmetic (errors propagated): the
+    form that keeps its accuracy where x_i dominates its row (a spike: B_i's terms then cancel
+    by about (x_i**2 / Q_rest), far beyond the ratio form's reach). Elements certified here
+    (DD error <= ACCEPT U |B|) are kept; the rest go to the exact path."""
+    rows = x.shape[0]
+    qh, ql, qe, ph, pl, pe = (np.zeros(rows) for _ in range(6))
+    for rs, q, p in keep.values():
+        for dst, src in ((qh, q.hi), (ql, q.lo), (qe, q.err), (ph, p.hi), (pl, p.lo),
+                         (pe, p.err)):
+            dst[rs] = np.broadcast_to(src, (rs.stop - rs.start, 1))[:, 0]
+    r, c = np.nonzero(~ok & vec[:, None])
+    if r.size == 0:
+        return
+    xi = _f64(x[r, c])
+    ai = _f64(g[r, c]) * (1.0 if w is None else w[c])
+    q = DD(qh[r], ql[r], qe[r])
+    p = DD(ph[r], pl[r], pe[r])
+    num = DD(ai) * (q - DD.exact_prod(xi, xi)) - DD(xi) * (p - DD.exact_prod(ai, xi))
+    b, err = (num / q).rounded()
+    good = _certified(b, err)
+    if np.any(good):
+        r, c = r[good], c[good]
+        out[r, c] = n_all[r, 0] * b[good]
+        ok[r, c] = True
 
 
 def _part(a, i, nb):
@@ -523,6 +555,9 @@ def jvp_ty(x, w, eps, tx, tw, narrow):
     with np.errstate(all="ignore"):
         for rs in row_blocks(rows, d) if x.size else []:
             xb, tb = x[rs], tx[rs]
+            if narrow and d > 1:
+                _jvp_fast_block(xb, tb, w, tw, eps, rs, out, ok, vec)
+                continue
             q, n, rho = _q_and_n(xb, eps, narrow)
             vb = vec[rs] & (q.hi[:, 0] >= TINY) & (rho[:, 0] <= 2 * U)
             if d == 1:
@@ -560,6 +595,64 @@ def jvp_ty(x, w, eps, tx, tw, narrow):
             lambda r_, idx: exact_ty_row(x[r_], w1, eps, tx[r_], tw, idx),
             lambda rows_: naive_ty(x[rows_], w1, eps, tx[rows_], tw))
     return out
+
+
+def _jvp_fast_block(xb, tb, w, tw, eps, rs, out, ok, vec):
+    """The tangent for a block of rows of narrow inputs (d > 1). With e1 = w tx, e2 = x tw and
+    f = w x (exact products of 24-bit values) and s = T/Q a DD:
+      A_hi + A_lo = e1 + e2 (two_sum, exact), F_hi + e_F = f s_hi (two_prod, exact),
+      F_lo = fl(e_F + fl(f s_lo)), c1 = fl(A_hi - F_hi), c2 = fl(A_lo - F_lo), C = fl(c1 + c2).
+    Its error: E <= U|c1| + U|c2| + U|C| + U|f s_lo|(1 + U) + U|F_lo| + |f| s.err, and with
+    |c1| <= |C|/(1 - U) + |c2|: E <= 3U(1 - 4U)|C| (certified) when
+      2|c2| + |F_lo| + |f| k <= (1 - 14U)|C|,  k = (U|s_lo|(1 + U) + s.err)/U."""
+    d = xb.shape[1]
+    nb = xb.shape[0]
+    taus, rhos, errs = [], 0.0, 0.0
+    for cs in col_blocks(d):
+        xc = xb[:, cs]
+        t = np.empty((2, nb, cs.stop - cs.start))
+        np.multiply(xc, xc, out=t[0])
+        np.multiply(xc, tb[:, cs], out=t[1])
+        tau, rho_, err_ = extract_rows(t.reshape(2 * nb, -1), nonneg=nb)
+        taus.append(tau)
+        new = rhos + rho_
+        errs = errs + err_ + U * np.abs(new)
+        rhos = new
+    sums = finish_sum(np.concatenate(taus, axis=1), rhos, errs)
+    s_ = DD(sums.hi[:nb], _part(sums.lo, 0, nb), _part(sums.err, 0, nb))
+    t_ = DD(sums.hi[nb:], _part(sums.lo, 1, nb), _part(sums.err, 1, nb))
+    q, n, rho = _q_and_n(xb, eps, True, s_)
+    vb = vec[rs] & (q.hi[:, 0] >= TINY) & (rho[:, 0] <= 2 * U)
+    vb_all = bool(vb.all())
+    s = t_ / q
+    sh, sl_ = split(s.hi)
+    k = (U * np.abs(s.lo) * (1 + U) + s.err) / U
+    lim = 1 - 14 * U
+    for cs in col_blocks(d):
+        xc, tc = xb[:, cs], tb[:, cs]
+        if w is None:
+            f, e1 = xc, tc
+        else:
+            f, e1 = w[cs] * xc, w[cs] * tc
+        if tw is None:
+            a_hi, a_lo = e1, 0.0
+        else:
+            a_hi, a_lo = two_sum(e1, xc * tw[cs])
+        # two_prod(f, s.hi) with s.hi's halves known
+        p = f * s.hi
+        fh, fl = split(f)
+        e = ((fh * sh - p) + fh * sl_ + fl * sh) + fl * sl_
+        f_lo = e + f * s.lo
+        c1 = a_hi - p
+        c2 = a_lo - f_lo
+        c = c1 + c2
+        bound = np.abs(c2)
+        bound *= 2
+        bound += np.abs(f_lo)
+        bound += np.abs(f) * k
+        good = bound <= lim * np.abs(c)
+        ok[rs, cs] = good if vb_all else good & vb[:, None]
+        np.multiply(c, n, out=out[rs, cs])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -643,9 +643,17 @@ def cancelling_case(draw, dtypes=tuple(DTYPES)):
     shift = 6 if name == "float16" else 30     # |x| 2**(k+4) within the dtype's range
     rows = draw(st.integers(1, 3))
     d = draw(st.sampled_from([1, 1, 2, 3, 5, 8, 17, 40]))
-    mode = draw(st.sampled_from(["parallel", "perturbed", "independent", "whole"]))
+    mode = draw(st.sampled_from(["parallel", "perturbed", "independent", "whole", "spike"]))
     if mode == "whole":
         x = draw(dtype_array(name, (rows, d)))
+    elif mode == "spike":
+        # one element per row far above the others (the suite's "spike" plans): dx, the tangent
+        # and H v cancel there by about x_i**2 / (the rest of Q)
+        small = draw(moderate_array((rows, d))).astype(np.float64) * 2.0 ** -draw(
+            st.integers(4, 14 if name == "float16" else 40))
+        small[np.arange(rows), draw(st.integers(0, d - 1))] = 2.0 ** draw(
+            st.integers(0, 14 if name == "float16" else 60)) * draw(st.sampled_from([1, -1.5]))
+        x = small.astype(dt)
     else:
         x = draw(eps_scale_array(name, (rows, d))) if draw(st.booleans()) else \
             draw(moderate_array((rows, d), row_shift=shift)).astype(dt)
@@ -685,7 +693,8 @@ def test_gradients_within_8u_of_exact(case):
     """REF-3: rms_norm_vjp's dx, rms_norm_jvp's tangent and rms_norm_hvp's H v are within
     8 * 2**-53 of the exact values (plus 2**-1075 where those are subnormal), on inputs whose terms
     cancel (cotangent, tangent and direction parallel to x, eps down to 1e-30 and 0, d = 1 where
-    dx is all cancellation) and on independent whole-range draws of every dtype."""
+    dx is all cancellation, rows with one spike element) and on independent whole-range draws of
+    every dtype."""
     x, w, eps, g, tx, tw, v = case
     dx, _ = rms_norm_vjp(x, w, eps, g)
     exact_dx, _ = oracle.vjp_decimal(x, w, eps, g)
