@@ -32,6 +32,7 @@ Newton step in double-double arithmetic; an element is certified when the bound 
 from __future__ import annotations
 
 import decimal
+import functools
 from fractions import Fraction
 
 import numpy as np
@@ -154,11 +155,20 @@ def _dot_parts(parts, v, exact_products) -> DD:
     return total
 
 
+@functools.lru_cache(maxsize=256)
+def _d_eps(d: int, eps: float):
+    """d eps as an exact pair of floats (two_prod; d <= 2**26 and eps a float64)."""
+    hi, lo = two_prod(np.float64(d), np.float64(eps))
+    return float(hi), float(lo)
+
+
 def _q_and_n(x, eps, narrow, s=None):
     """Q = sum(x**2) + d eps as a DD (from the row sums s of the squares when given), n =
     sqrt(d/Q) in float64, and rho, the bound on the relative error of Q.hi."""
     d = x.shape[-1]
-    q = (_dot(x, x, narrow) if s is None else s) + DD.exact_prod(np.float64(d), np.float64(eps))
+    de = DD(*_d_eps(d, float(eps))) if np.isfinite(eps) else \
+        DD.exact_prod(np.float64(d), np.float64(eps))
+    q = (_dot(x, x, narrow) if s is None else s) + de
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.abs(q.lo) + q.err
         rho = off / (q.hi - off)
@@ -323,6 +333,9 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
     with np.errstate(all="ignore"):
         for rs in row_blocks(rows, d) if x.size else []:
             xb, gb = _f64(x[rs]), _f64(g[rs])
+            if fast and d == 1:
+                _vjp_d1_block(xb, gb, w, eps, rs, out, ok, vec, n_all)
+                continue
             if fast and d > 1:
                 # the squares and the products a x (a = g w split in 26-bit halves, so that
                 # both products with the 24-bit x are exact), stacked, extracted block by block
@@ -417,6 +430,24 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
     if w is None or not want_dw:
         return dx, None
     return dx, _dweight(x, g, eps, narrow, dd, claimed, vec, n_all, nn_all)
+
+
+def _vjp_d1_block(xb, gb, w, eps, rs, out, ok, vec, n_all):
+    """dx for a block of rows of length 1 (narrow inputs): Q = x**2 + eps exactly as a two_sum
+    (x**2 exact), B = a eps / Q with the DD ratio eps / Q, no cancellation; n = sqrt(1/Q.hi)."""
+    sq = xb * xb
+    qh, ql = two_sum(sq, np.float64(eps))
+    q = DD(qh, ql)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = np.sqrt(1.0 / qh)
+    n_all[rs] = n
+    vb = vec[rs] & (qh[:, 0] >= TINY)
+    ratio = DD(np.full_like(qh, np.float64(eps))) / q
+    a = gb if w is None else gb * w
+    b = a * ratio.hi
+    err = np.abs(a) * (np.abs(ratio.lo) + ratio.err) + U * np.abs(b)
+    ok[rs] = _certified(b, err) & vb[:, None]
+    out[rs] = n * b
 
 
 def _second_chance(x, g, w, out, ok, vec, n_all, keep):
