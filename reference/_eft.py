@@ -246,39 +246,48 @@ def block_sum(t, passes: int = 2) -> DD:
 
 
 def extract_rows(t, nonneg=0):
-    """One extraction of the rows of a 2-D ``t`` (overwritten) in sub-blocks of SUB terms, as in
-    ``block_sum``: (tau, rho, err) with tau (rows, k) the exact sub-block sums, rho (rows, 1)
-    the floating sum of the remainders and err (rows, 1) the bound on rho's error; the row's sum
-    is exactly sum(tau) + (rho +- err). The first ``nonneg`` rows hold non-negative terms (their
-    1-norm needs no abs)."""
+    """One extraction of the rows of a 2-D ``t`` (overwritten): (tau, rho, err) with tau
+    (rows, k) exact partial sums, rho (rows, 1) the floating sum of the remainders and err
+    (rows, 1) the bound on rho's error; the row's sum is exactly sum(tau) + (rho +- err). The
+    first ``nonneg`` rows hold non-negative terms (their 1-norm needs no abs).
+
+    Rows of n <= SUB terms: one sigma per row from the row's 1-norm (2**M >= n + 2), as in
+    ``block_sum``. Longer rows: one sigma per row, 2**M_SUB 2**e with 2**e >= max|t_j| (M_SUB for
+    SUB + 2 terms), and the q_j summed per sub-block of SUB consecutive terms (each such sum is
+    exact, the lemma's condition being on the terms summed), the remainders per sub-block then
+    across: error <= (gamma_{SUB-1} + gamma_{k-1}(1 + gamma_SUB)) n U sigma, about 2**-71 of the
+    largest term at n = 65536 (cheaper than block_sum's sigma per sub-block, by half)."""
     rows, n = t.shape
     if n <= SUB:
-        t3 = t[:, None, :]
-    else:
-        k = -(-n // SUB)
-        if k * SUB != n:
-            padded = np.zeros((rows, k * SUB))
-            padded[:, :n] = t
-            t = padded
-        t3 = t.reshape(rows, k, SUB)
-    k, m = t3.shape[1:]
-    shift = _m_for(m)
+        if nonneg:
+            norm = np.empty((rows, 1))
+            norm[:nonneg] = _sum(t[:nonneg])
+            norm[nonneg:] = _sum(np.abs(t[nonneg:]))
+        else:
+            norm = _sum(np.abs(t))
+        sigma = _pow2_above(norm, _m_for(n))
+        q = t + sigma
+        q -= sigma
+        tau = _sum(q)
+        t -= q
+        rho = _sum(t)
+        err = float(gamma(n - 1)) * n * U * sigma
+        return tau, rho, err
     if nonneg:
-        norm = np.empty(t3.shape[:2] + (1,))
-        norm[:nonneg] = _sum(t3[:nonneg])
-        norm[nonneg:] = _sum(np.abs(t3[nonneg:]))
+        mx = np.empty((rows, 1))
+        mx[:nonneg] = np.max(t[:nonneg], axis=1, keepdims=True)
+        mx[nonneg:] = np.max(np.abs(t[nonneg:]), axis=1, keepdims=True)
     else:
-        norm = _sum(np.abs(t3))                      # (rows, k, 1)
-    sigma = _pow2_above(norm, shift)
-    q = t3 + sigma
+        mx = np.max(np.abs(t), axis=1, keepdims=True)
+    sigma = _pow2_above(mx, _M_SUB)
+    q = t + sigma
     q -= sigma
-    tau = _sum(q)[..., 0]
-    t3 -= q
-    # the remainders summed per sub-block, then across: error <= (gamma_{m-1} +
-    # gamma_{k-1} (1 + gamma_m)) sum|r|, sum|r| <= m U sum(sigma)
-    rho = np.sum(_sum(t3)[..., 0], axis=-1, keepdims=True)
-    err = (float(gamma(m - 1) + gamma(k - 1) * (1 + gamma(m))) * m * U
-           * np.sum(sigma[..., 0], axis=-1, keepdims=True))
+    starts = np.arange(0, n, SUB)
+    tau = np.add.reduceat(q, starts, axis=1)
+    t -= q
+    rho = np.sum(np.add.reduceat(t, starts, axis=1), axis=1, keepdims=True)
+    k = starts.size
+    err = float(gamma(SUB - 1) + gamma(k - 1) * (1 + gamma(SUB))) * n * U * sigma
     return tau, rho, err
 
 
