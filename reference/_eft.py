@@ -306,7 +306,7 @@ def block_sum_cols(t) -> DD:
               np.transpose(s.err) if np.ndim(s.err) else s.err)
 
 
-def row_sums(term_fn, shape, count: int, axis: int = -1):
+def row_sums(term_fn, shape, count: int, axis: int = -1, passes: int = 2):
     """``count`` sums along ``axis`` (-1: each row's; 0: each column's) of the exact float64
     terms ``term_fn(rs, cs)`` returns (a list of ``count`` new float64 arrays, overwritten here)
     for the block of rows rs and columns cs of a 2-D ``shape``, block by block (at most CHUNK
@@ -318,7 +318,7 @@ def row_sums(term_fn, shape, count: int, axis: int = -1):
         for rs in row_blocks(rows, d):
             acc = None
             for cs in col_blocks(d):
-                parts = [block_sum(t) for t in term_fn(rs, cs)]
+                parts = [block_sum(t, passes) for t in term_fn(rs, cs)]
                 acc = parts if acc is None else [a + b for a, b in zip(acc, parts)]
             for o, a in zip(out, acc):
                 o.hi[rs], o.lo[rs], o.err[rs] = a.hi, a.lo, a.err   # (scalars broadcast)
@@ -341,22 +341,24 @@ def row_sums(term_fn, shape, count: int, axis: int = -1):
     return out
 
 
-def row_sum(term_fn, shape=None, axis: int = -1) -> DD:
+def row_sum(term_fn, shape=None, axis: int = -1, passes: int = 2) -> DD:
     """One sum of ``row_sums``; ``term_fn`` may also be a 2-D array (shape is then its own)."""
     if not callable(term_fn):
         arr = np.asarray(term_fn, dtype=np.float64)
         shape = arr.shape
-        return row_sums(lambda rs, cs: [arr[rs, cs].copy()], shape, 1, axis)[0]
-    return row_sums(lambda rs, cs: [term_fn(rs, cs)], shape, 1, axis)[0]
+        return row_sums(lambda rs, cs: [arr[rs, cs].copy()], shape, 1, axis, passes)[0]
+    return row_sums(lambda rs, cs: [term_fn(rs, cs)], shape, 1, axis, passes)[0]
 
 
-def bracket(exact_terms, rounded_terms=(), rounded_err=0.0):
+def bracket(exact_terms, rounded_terms=(), rounded_err=0.0, passes: int = 2):
     """The elementwise sum of a few arrays: ``exact_terms`` exact, ``rounded_terms`` with an
     absolute error of at most ``rounded_err`` (an array or scalar) in all. Two extractions over
     the k terms (as in block_sum, along a new leading axis) make the sum exact up to the floating
     sum of k remainders of at most U sigma2 each, sigma2 <= 2**(M+1) k U sigma1, sigma1 <=
     2**(M+1) max_k |term_k|: the result is a DD with error <= gamma_{k-1} k U sigma2 +
-    rounded_err, about 2**-140 of the largest term for k <= 16. Returns it and max_k |term_k|."""
+    rounded_err, about 2**-140 of the largest term for k <= 16 (``passes=1``: gamma_{k-1} k U
+    sigma1, about 2**-95 of it, enough for results stated to 8 U). Returns it and
+    max_k |term_k|."""
     terms = list(exact_terms) + list(rounded_terms)
     k = len(terms)
     stack = np.stack(np.broadcast_arrays(*terms))
@@ -364,7 +366,7 @@ def bracket(exact_terms, rounded_terms=(), rounded_err=0.0):
     mx = np.max(np.abs(stack), axis=0)
     taus = []
     sigma = None
-    for _ in range(2):
+    for _ in range(passes):
         norm = np.sum(np.abs(stack), axis=0)
         sigma = _pow2_above(norm, shift)
         q = stack + sigma
@@ -372,7 +374,7 @@ def bracket(exact_terms, rounded_terms=(), rounded_err=0.0):
         taus.append(np.sum(q, axis=0))
         stack -= q
     rho = np.sum(stack, axis=0)
-    hi, lo = two_sum(taus[0], taus[1])
+    hi, lo = two_sum(taus[0], taus[1]) if passes == 2 else (taus[0], 0.0)
     out = DD(hi, lo) + DD(rho, None, float(gamma(k - 1)) * k * U * sigma + rounded_err)
     return out, mx
 

@@ -131,15 +131,17 @@ def _vector_rows(narrow, eps, x, *others):
 # ---------------------------------------------------------------------------------------------
 # Shared pieces
 
-def _dot(u, v, exact_products: bool) -> DD:
+def _dot(u, v, exact_products: bool, passes: int = 2) -> DD:
     """Row sums of u * v (2-D arrays, or 1-D ones applying to every row) as a DD; the products
     are exact float64 values when ``exact_products`` (factors of at most 26 and 27 significant
-    bits), else split by two_prod."""
+    bits), else split by two_prod. ``passes``: 2 where double-double accuracy is claimed, 1
+    where 8 U is (block_sum)."""
     shape = np.broadcast_shapes(np.shape(u), np.shape(v))
     pick = _picker
     if exact_products:
-        return row_sum(lambda rs, cs: pick(u, rs, cs) * pick(v, rs, cs), shape)
-    p, e = row_sums(lambda rs, cs: list(two_prod(pick(u, rs, cs), pick(v, rs, cs))), shape, 2)
+        return row_sum(lambda rs, cs: pick(u, rs, cs) * pick(v, rs, cs), shape, passes=passes)
+    p, e = row_sums(lambda rs, cs: list(two_prod(pick(u, rs, cs), pick(v, rs, cs))), shape, 2,
+                    passes=passes)
     return p + e
 
 
@@ -147,10 +149,10 @@ def _picker(a, rs, cs):
     return a[cs] if a.ndim == 1 else a[rs, cs]
 
 
-def _dot_parts(parts, v, exact_products) -> DD:
+def _dot_parts(parts, v, exact_products, passes: int = 2) -> DD:
     total = None
     for part in parts:
-        term = _dot(part, v, exact_products)
+        term = _dot(part, v, exact_products, passes)
         total = term if total is None else total + term
     return total
 
@@ -162,13 +164,13 @@ def _d_eps(d: int, eps: float):
     return float(hi), float(lo)
 
 
-def _q_and_n(x, eps, narrow, s=None):
+def _q_and_n(x, eps, narrow, s=None, passes: int = 2):
     """Q = sum(x**2) + d eps as a DD (from the row sums s of the squares when given), n =
     sqrt(d/Q) in float64, and rho, the bound on the relative error of Q.hi."""
     d = x.shape[-1]
     de = DD(*_d_eps(d, float(eps))) if np.isfinite(eps) else \
         DD.exact_prod(np.float64(d), np.float64(eps))
-    q = (_dot(x, x, narrow) if s is None else s) + de
+    q = (_dot(x, x, narrow, passes) if s is None else s) + de
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.abs(q.lo) + q.err
         rho = off / (q.hi - off)
@@ -589,12 +591,13 @@ def jvp_ty(x, w, eps, tx, tw, narrow):
             if narrow and d > 1:
                 _jvp_fast_block(xb, tb, w, tw, eps, rs, out, ok, vec)
                 continue
-            q, n, rho = _q_and_n(xb, eps, narrow)
+            passes = 1 if narrow else 2
+            q, n, rho = _q_and_n(xb, eps, narrow, passes=passes)
             vb = vec[rs] & (q.hi[:, 0] >= TINY) & (rho[:, 0] <= 2 * U)
             if d == 1:
                 ratio = DD(np.full_like(q.hi, np.float64(eps))) / q
             else:
-                s = _dot(xb, tb, narrow) / q
+                s = _dot(xb, tb, narrow, passes) / q
             for cs in col_blocks(d):
                 xc, tc, wc = xb[:, cs], tb[:, cs], w1[cs]
                 rounded, rerr = [], 0.0
@@ -618,7 +621,7 @@ def jvp_ty(x, w, eps, tx, tw, narrow):
                         lo = part * s.lo
                         rounded.append(-lo)
                         rerr = rerr + U * np.abs(lo) + np.abs(part) * s.err
-                c, mx = bracket(terms, rounded, rerr)
+                c, mx = bracket(terms, rounded, rerr, passes)
                 value, err = c.rounded()
                 ok[rs, cs] = _certified(value, err) & vb[:, None] & ((mx >= TINY) | (mx == 0))
                 out[rs, cs] = n * value
@@ -702,7 +705,8 @@ def hvp(x, g, w, eps, v, narrow):
     with np.errstate(all="ignore"):
         for rs in row_blocks(rows, d) if x.size else []:
             xb, gb, vb_ = x[rs], g[rs], v[rs]
-            q, n, rho = _q_and_n(xb, eps, narrow)
+            passes = 1 if narrow else 2
+            q, n, rho = _q_and_n(xb, eps, narrow, passes=passes)
             vb = vec[rs] & (q.hi[:, 0] >= TINY) & (rho[:, 0] <= 2 * U)
             a_parts = _a_parts(gb, w, narrow)
             if d == 1:
@@ -717,9 +721,9 @@ def hvp(x, g, w, eps, v, narrow):
                 ok[rs] = _certified(value, err) & vb[:, None]
                 out[rs] = -(n * value)
                 continue
-            p = _dot_parts(a_parts, xb, False)
-            s = _dot(xb, vb_, False)
-            r = _dot_parts(a_parts, vb_, False)
+            p = _dot_parts(a_parts, xb, False, passes)
+            s = _dot(xb, vb_, False, passes)
+            r = _dot_parts(a_parts, vb_, False, passes)
             psi = r - DD(np.full_like(q.hi, 3.0)) * s * p / q
             for cs in col_blocks(d):
                 terms, rounded = [], []
@@ -731,7 +735,7 @@ def hvp(x, g, w, eps, v, narrow):
                     lo = arr * fac.lo
                     rounded.append(lo)
                     rerr = rerr + U * np.abs(lo) + np.abs(arr) * fac.err
-                h, mx = bracket(terms, rounded, rerr)
+                h, mx = bracket(terms, rounded, rerr, passes)
                 value, err = (h / q).rounded()
                 ok[rs, cs] = (_certified(value, err) & vb[:, None]
                               & ((mx >= TINY) | (mx == 0)))
