@@ -123,9 +123,9 @@ def rms_norm_vjp(x, weight, eps, g):
     With n = 1/sqrt(mean(x**2) + eps), a = g * weight and Q = sum(x**2) + d eps:
       dx = n * a - x * n**3 * mean(a * x) = n * (a - x <a, x>/Q)   (mean over the last axis)
       dweight = sum over all leading axes of g * x * n
-    dx is within 8 * 2**-53 of its exact value (REF-3), computed as ``_grad.vjp_dx`` says;
-    dweight within 2**-53 |dweight| + 4 * 2**-53 * sum|g x n|. float64 inputs: the hi parts
-    of ``rms_norm_vjp_dd``.
+    dx is within 8 * 2**-53 of its exact value (REF-3), computed as ``_grad`` says; dweight
+    within 2**-53 |dweight| + (3 * 2**-53 + gamma_{R-1}) sum over the R rows of |g x n|.
+    float64 inputs: the hi parts of ``rms_norm_vjp_dd``.
     """
     if not _is_narrow(x, weight, g):
         (dx, _), dw = rms_norm_vjp_dd(x, weight, eps, g)

@@ -8,15 +8,19 @@ Per row, with Q = d q = sum(x**2) + d eps and n = 1/sqrt(q) = sqrt(d/Q):
 
 (the textbook forms n a - x n^3 <a, x>/d etc. rearranged: n^3/d = n/Q). The brackets B, C, H are
 where terms cancel. Their rational ingredients, the row sums P, Q, T, S, R of exact products of
-the inputs, are summed with error-free transformations (``_eft.row_sum``: exact up to 2**-55 of
-the largest term at worst, 2**-90 usually), and each bracket is formed from exact products with a
-double-double ratio (``_eft``), with a rigorous bound E_i on its own error. Where E_i <= 3 U
+the inputs, are summed with error-free transformations (``_eft.extract_rows``, ``block_sum``:
+exact up to at most 2**-71 of the largest term at d = 65536 with one extraction pass, below
+2**-110 of the terms' sum with the two used where double-double accuracy is claimed), and each
+bracket is formed from exact products with a double-double ratio (``_eft``), with a rigorous
+bound E_i on its own error. Where E_i <= 3 U
 |bracket| (U = 2**-53), the element is *certified*: with n's relative error <= 1.5 U + rho/2
 (Q.hi within rho <= 2 U of Q, one division and one square root) and the final product's U, the
-result is within 6 U (1 + 2**-40) of the exact value. Elements not certified (cancellation
-deeper than about 2**25 for dx, 2**40 for the others, or magnitudes outside the vectorised
-range) take the exact path: Python-integer row sums, a rational bracket and a 60-digit decimal
-square root, rounded once (error <= U (1 + 10**-50)). For d = 1 the brackets are formed from their
+result is within 6 U (1 + 2**-40) of the exact value. dx elements not certified get a second
+chance in the leave-one-out form (``_second_chance``: rows where one element dominates); the
+rest (cancellation deeper than about 2**25 for dx, 2**40 for the others, or magnitudes outside
+the vectorised range) take the exact path: exact row sums (extraction repeated until nothing is
+left, ``_eft.exact_sum_of_products``), a rational bracket and a 60-digit decimal square root,
+rounded once (error <= U (1 + 10**-50)). For d = 1 the brackets are formed from their
 closed forms (B = a eps/Q, C = w tx eps/Q + x tw, H = 3 a x v eps/Q), which have no cancellation
 of the eps-free terms. Hence REF-3's 8 U.
 
