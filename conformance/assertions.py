@@ -22,7 +22,8 @@ from rmsnorm_conformance.conformance.errors import (AdapterError, BadResult,  # 
                                                      SuiteError)
 from rmsnorm_conformance.conformance.dtypes import info, ulp
 from rmsnorm_conformance import reference
-from rmsnorm_conformance.conformance.tolerance import Bound, forward_bound, self_bound
+from rmsnorm_conformance.conformance.tolerance import Bound, forward_bound, \
+    self_bound, self_comparison_bound
 
 #: Where large failing inputs are saved, whatever else says (the plugin's --rmsnorm-artifacts
 #: and the current ledger's folder, or ``.rmsnorm-conformance/`` in the working directory).
@@ -80,7 +81,7 @@ def fail(impl, case: Case | None, message: str, summary: str | None = None) -> N
     """Raise the clause's failure: ``summary`` (default: the message's first line) is the
     one-line reason shown in the table and the results file."""
     if ledger.current() is not None:
-        ledger.current().mark_failed()
+        ledger.current().mark_failed(case)
     lines = [message]
     if case is not None:
         lines += [f"case: {case.describe()}", "repro:", repro(case, impl)]
@@ -166,12 +167,23 @@ def normalised_dtype(impl, case: Case):
 
 
 def accuracy_bound(impl, case: Case, out_dtype, exact_sum: bool = False,
-                   flush_allowed: bool = True, convention: bool = True) -> Bound:
+                   flush_allowed: bool = True, convention: bool = True,
+                   accumulator: str = "float32") -> Bound:
     """The TOL bound for the case's output under the implementation's declared rounding
-    convention (``convention=False``: the output type's own precision, ACC-9)."""
+    convention (``convention=False``: the output type's own precision, ACC-9), for a
+    computation held to ``accumulator``'s precision (float64: ACC-12)."""
     return forward_bound(case.x, case.applied, case.eps, out_dtype, exact_sum=exact_sum,
                          flush_allowed=flush_allowed,
-                         normalised_dtype=normalised_dtype(impl, case) if convention else None)
+                         normalised_dtype=normalised_dtype(impl, case) if convention else None,
+                         accumulator=accumulator)
+
+
+def error(got: np.ndarray, fb: Bound) -> np.ndarray:
+    """|got - reference| in float64 (against ref + ref_lo where the reference is a
+    double-double: float64 inputs)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = got.astype(np.float64) - fb.ref
+        return np.abs(diff if fb.ref_lo is None else diff - fb.ref_lo)
 
 
 def violations(got: np.ndarray, fb: Bound) -> np.ndarray:
@@ -179,7 +191,7 @@ def violations(got: np.ndarray, fb: Bound) -> np.ndarray:
     g = got.astype(np.float64)
     ref = fb.ref
     with np.errstate(invalid="ignore", over="ignore"):
-        err = np.abs(g - ref)
+        err = error(got, fb)
         ok = err <= fb.bound
         ok |= np.isinf(fb.bound)
         ok |= fb.zero_ok & (g == 0)
@@ -202,7 +214,7 @@ def describe_errors(case: Case, got: np.ndarray, fb: Bound, bad: np.ndarray,
     g = got.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         unit = ulp(fb.ref, fb.out_dtype)
-        err_ulps = np.abs(g - fb.ref) / unit
+        err_ulps = error(got, fb) / unit
         bound_ulps = fb.bound / unit
         excess = np.where(bad, np.nan_to_num(err_ulps / bound_ulps, nan=np.inf), -1.0)
     idx = np.unravel_index(int(np.argmax(excess)), excess.shape) if excess.size else ()
@@ -237,7 +249,7 @@ def _record(case: Case, got: np.ndarray, fb: Bound, label: str) -> None:
         return
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         g = got.astype(np.float64)
-        err = np.abs(g - fb.ref)
+        err = error(got, fb)
         judged = np.isfinite(err) & np.isfinite(fb.bound) & (fb.bound > 0)
         judged &= ~(fb.zero_ok & (g == 0) & (err > fb.bound))
         if not judged.any():
@@ -287,12 +299,14 @@ def _shown(declared) -> str:
 
 
 def check_accuracy(impl, case: Case, layout=None, exact_sum: bool = False,
-                   context: str = "", convention: bool = True) -> np.ndarray:
+                   context: str = "", convention: bool = True,
+                   accumulator: str = "float32") -> np.ndarray:
     """Forward on the case and the TOL bound on every element, under the implementation's
-    declared rounding convention (``convention=False``: the output type's own precision);
-    returns the output."""
+    declared rounding convention (``convention=False``: the output type's own precision), for
+    a float32 (or, ``accumulator="float64"``, a float64) computation; returns the output."""
     got = forward(impl, case, layout)
-    fb = accuracy_bound(impl, case, got.dtype, exact_sum=exact_sum, convention=convention)
+    fb = accuracy_bound(impl, case, got.dtype, exact_sum=exact_sum, convention=convention,
+                        accumulator=accumulator)
     assert_within(impl, case, got, fb, context=context)
     return got
 
@@ -304,7 +318,11 @@ def self_within(impl, case: Case, got: np.ndarray, want: np.ndarray, names: tupl
     with the float64 reference shown beside."""
     w64 = want.astype(np.float64)
     applied = case.applied
-    fb = Bound(ref=w64, bound=self_bound(w64, applied, want.dtype),
+    same_shape = got.shape == case.x.shape
+    bound = self_comparison_bound(case.x, applied, case.eps, w64, want.dtype,
+                                  bool(case.params.get("exact_sum", True))) if same_shape \
+        else self_bound(w64, applied, want.dtype)
+    fb = Bound(ref=w64, bound=bound,
                zero_ok=np.zeros(want.shape, bool), out_dtype=want.dtype, ref_name=names[1],
                truth=reference.rms_norm(case.x, applied, case.eps) if got.shape == case.x.shape
                else None)

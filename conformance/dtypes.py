@@ -38,6 +38,7 @@ INFO = {
     "float16": FloatInfo("float16", DTYPES["float16"], 11, -14, 65504.0),
     "bfloat16": FloatInfo("bfloat16", DTYPES["bfloat16"], 8, -126,
                           float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)),
+    "float64": FloatInfo("float64", DTYPES["float64"], 53, -1022, float(np.finfo(np.float64).max)),
 }
 F32 = INFO["float32"]
 
@@ -58,3 +59,26 @@ def ulp(values, dtype) -> np.ndarray:
         _, e = np.frexp(np.where(np.isfinite(v), v, 1.0))
     step = np.ldexp(1.0, np.maximum(e - fi.p, fi.emin - fi.p + 1))
     return np.where(v == 0, fi.min_subnormal, step)
+
+
+def round_to(values, dtype) -> np.ndarray:
+    """float64 ``values`` rounded to the nearest value of ``dtype`` (ties to even), exactly:
+    one rounding (a cast through float32 would round twice), subnormals and overflow to +-inf
+    included; the result is float64."""
+    fi = info(dtype)
+    v = np.asarray(values, dtype=np.float64)
+    if fi.p >= 53:
+        return v.copy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        _, e = np.frexp(np.where(np.isfinite(v) & (v != 0), v, 1.0))
+        # the value's last kept bit: p bits below its leading one, never below the subnormals'
+        shift = fi.p - np.maximum(e, fi.emin + 1)
+        r = np.ldexp(np.rint(np.ldexp(v, shift)), -shift)        # np.rint: ties to even
+        r = np.where(np.abs(r) > fi.max, np.copysign(np.inf, v), r)
+    return np.where(np.isfinite(v), r, v)
+
+
+def representable(values, dtype) -> np.ndarray:
+    """Which float64 ``values`` are exactly values of ``dtype``."""
+    v = np.asarray(values, dtype=np.float64)
+    return round_to(v, dtype) == v

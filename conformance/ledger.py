@@ -87,10 +87,12 @@ class Ledger:
         """The example's largest error/bound ratio (for ``hypothesis.target``)."""
         return self._example_ratio
 
-    def mark_failed(self) -> None:
-        """The current example failed its clause: its dtype's status is FAIL."""
-        if self._last_case is not None:
-            self.by_dtype.setdefault(dtype_key(self._last_case), DtypeEntry()).failed = True
+    def mark_failed(self, case=None) -> None:
+        """The current example failed its clause on ``case`` (default: the last case the
+        implementation was called on): that dtype's status is FAIL."""
+        case = case if case is not None else self._last_case
+        if case is not None:
+            self.by_dtype.setdefault(dtype_key(case), DtypeEntry()).failed = True
 
     # ---- driven by the assertions ------------------------------------------------------------
     def note_call(self, method: str, case) -> None:

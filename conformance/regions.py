@@ -62,6 +62,9 @@ def dtype_key(x_dtype, w_dtype=None) -> str:
     return x
 
 
+#: Pairs with float64 (drawn only by the float64 clauses, for implementations declaring it).
+FLOAT64_PAIRS = tuple(p for t in ALL_DTYPES for p in (("float64", t), (t, "float64")))
+
 #: Every dtype pair a run must reach.
 DTYPE_KEYS = ALL_DTYPES + tuple(dtype_key(DTYPES[x], DTYPES[w]) for x, w in MIXED_PAIRS)
 

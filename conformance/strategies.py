@@ -30,8 +30,8 @@ from hypothesis.extra import numpy as hnp
 
 from rmsnorm_conformance.conformance.cases import Case
 from rmsnorm_conformance.conformance.dtypes import INFO, info
-from rmsnorm_conformance.conformance.regions import (ALL_DTYPES, D_TARGETS, MAX_D,  # noqa: F401
-                                                     MIXED_PAIRS)
+from rmsnorm_conformance.conformance.regions import (ALL_DTYPES, D_TARGETS,  # noqa: F401
+                                                     FLOAT64_PAIRS, MAX_D, MIXED_PAIRS)
 from rmsnorm_conformance.protocol import DTYPES
 
 #: Notable axis lengths the random draws favour besides any length.
@@ -49,8 +49,12 @@ F32_EMAX = 128                # float32 overflows at 2**128
 MAX_ELEMENTS = 1 << 17        # one example stays within a few milliseconds of NumPy
 MAX_PLAN_ELEMENTS = 1 << 22   # no plan (anchors included) builds more than this
 ELEMENTWISE_LIMIT = 48        # arrays up to this size may be drawn element by element
-WEIGHTS = ("ones", "random", "ints", "none", "zeros")
-KINDS = ("normal", "spike", "exact")
+WEIGHTS = ("ones", "random", "ints", "none", "zeros", "odd")
+KINDS = ("normal", "spike", "exact", "tie")
+#: A tie row: 8 values whose squares sum to 32, so that mean(x^2) = 4 * 4**exp exactly; with an
+#: eps below float32's resolution there, q rounds to a power of four and x n is exact.
+TIE_PATTERN = (3.0, 3.0, 3.0, 2.0, 1.0, 0.0, 0.0, 0.0)
+TIE_EPS = 2.0 ** -100     # absorbed exactly by q >= 2**-44 in float32 and in float64
 #: What a plan's magnitudes are drawn for: informative rows (the default), or the degenerate
 #: regime of a clause of its own (see ``exponent_range``).
 REGIMES = ("informative", "any", "overflow", "half_overflow", "underflow", "subnormal",
@@ -141,8 +145,11 @@ class Plan:
             yield f"row_spread={self.row_spread!r}: pass an integer 0..60"
         if not (_is_int(self.seed) and 0 <= self.seed < 2 ** 64):
             yield f"seed={self.seed!r}: pass a non-negative integer"
-        if self.kind == "exact" and (self.spread or self.mantissas is not None):
-            yield "kind='exact' draws its own integers: pass spread=0 and no mantissas"
+        if self.kind in ("exact", "tie") and (self.spread or self.mantissas is not None):
+            yield (f"kind={self.kind!r} draws its own integers: pass spread=0 and no "
+                   f"mantissas")
+        if self.kind == "tie" and _is_int(self.d) and self.d % len(TIE_PATTERN):
+            yield f"kind='tie' needs d a multiple of {len(TIE_PATTERN)}, got d={self.d}"
         if self.mantissas is not None and (
                 len(self.mantissas) != math.prod(self.lead) * self.d
                 or not all(isinstance(m, float) and -2 <= m <= 2 for m in self.mantissas)):
@@ -184,7 +191,9 @@ class Plan:
         if (x_dt, w_dt) != (self.x_dtype, self.w_dtype or self.x_dtype):
             changes.update(x_dtype=x_dt, w_dtype=None if w_dt == x_dt else w_dt)
         if getattr(caps, "compiles_per_shape", False) and not self.anchor:
-            d = next((m for m in D_TARGETS if m >= self.d), D_TARGETS[-1])
+            fits = [m for m in D_TARGETS
+                    if self.kind != "tie" or m % len(TIE_PATTERN) == 0] or [self.d]
+            d = next((m for m in fits if m >= self.d), fits[-1])
             lead = rows_for(d) if self.rows else (0,)
             eps = self.eps if not self.eps > 0 else min(
                 COMMON_EPS, key=lambda e: abs(math.log10(e) - math.log10(self.eps)))
@@ -222,7 +231,8 @@ class Plan:
         weights drawn are those of any other implementation."""
         plan = self.for_caps(caps)
         x = plan.x_values(plan.x_dtype)
-        params = {"exact_sum": True} if plan.kind == "exact" else {}
+        params = ({"exact_sum": True} if plan.kind == "exact" else
+                  {"exact_sum": True, "tie": True} if plan.kind == "tie" else {})
         if plan.weight == "none":
             return Case(x=x, weight=None, eps=plan.eps, recipe=repr(plan), params=params)
         w_dt = plan.w_dtype or plan.x_dtype
@@ -239,6 +249,8 @@ class Plan:
         rows, d = self.rows, self.d
         if self.kind == "exact":
             return exact_sum_rows(rng, (rows, d), self.exp, dtype).reshape(self.shape)
+        if self.kind == "tie":
+            return tie_rows(rng, (rows, d), self.exp, dtype).reshape(self.shape)
         if self.mantissas is not None:
             m = np.asarray(self.mantissas, np.float64).reshape(rows, d)
         else:
@@ -274,9 +286,19 @@ def exact_sum_rows(rng, shape: tuple, exp: int, dtype: str) -> np.ndarray:
     return np.ldexp(k.astype(np.float64), exp).astype(DTYPES[dtype])
 
 
+def tie_rows(rng, shape: tuple, exp: int, dtype: str) -> np.ndarray:
+    """Rows of TIE_PATTERN repeated (signs and order random) times 2**exp: mean(x^2) is
+    exactly 4 * 4**exp."""
+    rows, d = shape
+    x = np.tile(np.asarray(TIE_PATTERN), (rows, d // len(TIE_PATTERN)))
+    x = rng.permuted(x * rng.choice([-1.0, 1.0], x.shape), axis=1)
+    return np.ldexp(x, exp).astype(DTYPES[dtype])
+
+
 def weight_values(kind: str, d: int, dtype: str, seed: int) -> np.ndarray:
     """ones; random of both signs with magnitudes 2**U(-4, 2); small integers 1..4 of both signs
-    (exact products, for tight checks); zeros."""
+    (exact products, for tight checks); zeros; "odd": values of the dtype whose last significand
+    bit is set, magnitudes in [0.5, 2) (their products with x n = 1.5 2**k are ties: ACC-10)."""
     if kind == "ones":
         return np.ones(d, DTYPES[dtype])
     if kind == "zeros":
@@ -287,6 +309,11 @@ def weight_values(kind: str, d: int, dtype: str, seed: int) -> np.ndarray:
         return (signs * rng.integers(1, 5, d)).astype(DTYPES[dtype])
     if kind == "random":
         return cast(signs * np.exp2(rng.uniform(-4, 2, d)), dtype)
+    if kind == "odd":
+        p = info(dtype).p
+        m = 2 ** (p - 1) + 2 * rng.integers(0, 2 ** (p - 2), d) + 1
+        return (signs * np.ldexp(m.astype(np.float64), 1 - p - rng.integers(0, 2, d))
+                ).astype(DTYPES[dtype])
     raise InvalidArgument(f"unknown weight kind {kind!r}; use one of {WEIGHTS}")
 
 
@@ -335,6 +362,10 @@ def exponent_range(regime: str, kind: str, dtype: str, d: int, eps: float,
     fi = INFO[dtype]
     top = int(math.floor(math.log2(fi.max)))
     if regime == "informative":
+        if kind == "tie":      # q = 4**(exp + 1) must absorb eps in float64 and stay normal
+            lo = max(math.ceil((math.log2(eps) + 56) / 2) - 1 if eps > 0 else -40,
+                     info(dtype).emin + 2)
+            return lo, max(lo, min(40, int(math.log2(info(dtype).max)) - 3))
         return (exact_exponents(dtype, d, eps) if kind == "exact"
                 else informative_exponents(dtype, d, eps, spread))
     if regime == "eps_comparable":
@@ -427,12 +458,15 @@ def leading_shapes(d: int, max_dims: int = 3, min_rows: int = 1,
 
 def dtype_pairs(dtypes=ALL_DTYPES, mixed=False) -> st.SearchStrategy[tuple]:
     """(x dtype, weight dtype): mostly equal, a quarter of the time a mixed pair (always with
-    ``mixed="only"``, never with False)."""
-    dtypes = _check_subset("dtypes", dtypes, ALL_DTYPES)
+    ``mixed="only"``, never with False). With float64 among ``dtypes`` the mixed pairs are
+    float64 with each of the other three."""
+    dtypes = _check_subset("dtypes", dtypes, tuple(DTYPES))
     if mixed not in (True, False, "only"):
         raise InvalidArgument(f"mixed must be True, False or 'only', got {mixed!r}")
     same = st.sampled_from(dtypes).map(lambda t: (t, t))
-    pairs = [p for p in MIXED_PAIRS if p[0] in dtypes and p[1] in dtypes]
+    # float64 is paired with each of the others (its own clauses); the others among themselves
+    pairs = list(FLOAT64_PAIRS) if "float64" in dtypes else \
+        [p for p in MIXED_PAIRS if p[0] in dtypes and p[1] in dtypes]
     if mixed == "only":
         if not pairs:
             raise InvalidArgument(f"mixed='only' needs two of {ALL_DTYPES} in dtypes, got "
@@ -463,7 +497,7 @@ def plans(*, dtypes=ALL_DTYPES, mixed=False, min_d: int = 1, max_d: int = MAX_D,
     max_exp:     the rows' largest elements stay below about 2**max_exp (gradients: n^3 stays
                  in float32's range).
     """
-    dtypes = _check_subset("dtypes", dtypes, ALL_DTYPES)
+    dtypes = _check_subset("dtypes", dtypes, tuple(DTYPES))
     weights = _check_subset("weights", weights, WEIGHTS)
     kinds = _check_subset("kinds", kinds, KINDS)
     _check_range("d", min_d, max_d, 1, MAX_D)
@@ -479,14 +513,23 @@ def plans(*, dtypes=ALL_DTYPES, mixed=False, min_d: int = 1, max_d: int = MAX_D,
     eps_st = eps if eps is not None else eps_values()
     pairs_st, d_st = dtype_pairs(dtypes, mixed), axis_lengths(min_d, max_d)
 
+    weighted = tuple(w for w in weights if w != "none")
+
     @st.composite
     def plan(draw):
         x_dt, w_dt = draw(pairs_st)
+        if w_dt != x_dt and not weighted:    # a mixed pair needs a weight
+            w_dt = x_dt
+        weight = draw(st.sampled_from(weighted if w_dt != x_dt else weights))
         d = draw(d_st)
         lead = draw(leading_shapes(d, max_dims, min_rows, max_elements))
         e = draw(eps_st)
         kind = draw(st.sampled_from(kinds))
-        s = 0 if kind == "exact" else draw(st.integers(0, spread))
+        if kind == "tie":                   # whole tie rows: d a multiple of 8; eps absorbed
+            e = TIE_EPS
+            d = max(len(TIE_PATTERN), d - d % len(TIE_PATTERN))
+            lead = draw(leading_shapes(d, max_dims, min_rows, max_elements))
+        s = 0 if kind in ("exact", "tie") else draw(st.integers(0, spread))
         rs = draw(st.integers(0, row_spread)) if row_spread else 0
         if rs and regime == "informative":        # the smallest row stays informative too
             lo, hi = informative_exponents(x_dt, d, e, s)
@@ -509,7 +552,7 @@ def plans(*, dtypes=ALL_DTYPES, mixed=False, min_d: int = 1, max_d: int = MAX_D,
         if kind == "spike" and regime == "informative":
             spike = min(spike, informative_exponents(x_dt, d, e)[1])
         return Plan(x_dtype=x_dt, w_dtype=w_dt if w_dt != x_dt else None, d=d, lead=lead,
-                    exp=exp, eps=e, weight=draw(st.sampled_from(weights)), kind=kind,
+                    exp=exp, eps=e, weight=weight, kind=kind,
                     spread=s, row_spread=rs,
                     spike_exp=spike, seed=draw(st.integers(0, 2 ** 32 - 1)), mantissas=mant,
                     regime=regime)
@@ -576,7 +619,7 @@ def anchor(x_dtype: str, d: int, *, lead=None, eps: float = 1e-5, weight: str = 
         Plan(x_dtype=x_dtype, d=d)                   # raises, saying what to pass
     plan = Plan(x_dtype=x_dtype, d=d, lead=rows_for(d) if lead is None else tuple(lead),
                 exp=0 if exp is None else exp, eps=eps, weight=weight, w_dtype=w_dtype,
-                kind=kind, spread=0 if kind == "exact" else spread,
+                kind=kind, spread=0 if kind in ("exact", "tie") else spread,
                 seed=seed if seed is not None else (d * 7919 + len(str(x_dtype))) % 2 ** 32,
                 anchor=True, regime=regime, **kw)
     if exp is None:

@@ -4,14 +4,18 @@ ACC-1 to ACC-7 judge x and weight of one dtype; mixed dtypes are ACC-8's (under 
 rounding convention) and ACC-9's (the output type's own precision).
 """
 
+import numpy as np
 from hypothesis import given
 
 from rmsnorm_conformance.conformance import strategies as cs
 from rmsnorm_conformance.conformance.assertions import accuracy_bound, assert_within, \
-    check_accuracy, forward
-from rmsnorm_conformance.conformance.judges import judge
+    check_accuracy, fail, forward
+from rmsnorm_conformance.conformance.cases import Case
+from rmsnorm_conformance.conformance.dtypes import round_to, ulp
+from rmsnorm_conformance.conformance.judges import NotApplicable, judge
 from rmsnorm_conformance.conformance.marks import clause, requires
 from rmsnorm_conformance.conformance.strategies import anchor, anchors, regime_anchors
+from rmsnorm_conformance.conformance.tolerance import rounding_candidates
 
 HALVES = ("float16", "bfloat16")
 SHAPE_ANCHORS = [anchor("float32", 33, lead=()), anchor("bfloat16", 257, lead=(2, 3)),
@@ -150,7 +154,8 @@ def test_underflowing_squares_with_eps(impl, plan):
 MIXED_ANCHORS = ([anchor(x, d, w_dtype=w) for x, w in cs.MIXED_PAIRS for d in (33, 4097)]
                  + [anchor(x, d, kind="exact", w_dtype="float32")
                     for x in HALVES for d in (1, 257, 4097, 65536)]
-                 + [anchor(x, 65536, w_dtype="float32", lead=(2,)) for x in HALVES])
+                 + [anchor(x, 65536, w_dtype="float32", lead=(2,)) for x in HALVES]
+                 + [anchor(x, d, w_dtype=w) for x, w in cs.FLOAT64_PAIRS for d in (33, 4097)])
 MIXED = dict(mixed="only", kinds=("normal", "spike", "exact"), weights=("ones", "random"))
 
 
@@ -187,3 +192,125 @@ def test_mixed_dtypes_keep_output_precision(impl, plan):
     not rounded to x's narrower dtype first (Hugging Face's LlamaRMSNorm does, and declares
     it; everyone else is held to this by ACC-8 already)."""
     mixed_keeps_output_precision(impl, plan.build(impl.capabilities))
+
+
+def exact_normalised_value(impl, case: Case):
+    """For a tie case (q rounds to a power of four in float32): the exact x n, if the
+    implementation's own float32 result for the same values with a unit weight is exactly that
+    (its rsqrt exact there); else None, and ties are judged like any other element."""
+    if not case.params.get("tie") or "float32" not in impl.capabilities.dtypes:
+        return None
+    x64 = case.x.astype(np.float64)
+    t = x64 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True))    # exact: q is 4**k
+    x32 = case.x.astype(np.float32)
+    unit = None if case.weight is None and impl.capabilities.weight_none else np.ones(case.d)
+    probe = Case(x32, None, case.eps, case.recipe + "; float32, unit weight",
+                 weight_offset=case.weight_offset)
+    if unit is not None:
+        probe = probe.with_applied(unit.astype(np.float32), "unit weight") \
+            if probe.weight is not None else probe.derived(
+                "unit weight", weight=(unit - case.weight_offset).astype(np.float32))
+    got = forward(impl, probe).astype(np.float64)
+    return t if np.array_equal(got, t) else None
+
+
+def _described(value: float, dtype) -> str:
+    return f"{value!r} ({np.asarray(value, np.float64).astype(dtype)!r})"
+
+
+@judge("ACC-10")
+def rounded_to_nearest(impl, case):
+    """Each element of a half-precision output is one of the values the accepted rounding
+    orders give with round-to-nearest-even (TOL, "The last rounding")."""
+    got = forward(impl, case)
+    if got.dtype.itemsize >= 4:
+        raise NotApplicable(f"ACC-10 judges float16 and bfloat16 outputs, not {got.dtype.name}")
+    exact = exact_normalised_value(impl, case)
+    cands = rounding_candidates(case.x, case.applied, case.eps, got.dtype,
+                                exact_sum=bool(case.params.get("exact_sum")),
+                                normalised_value=exact)
+    g = got.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        accepted = np.any(cands.values == g[..., None], axis=-1) | ~cands.judged
+    if accepted.all():
+        return
+    i = tuple(int(k) for k in np.argwhere(~accepted)[0])
+    ref, values = cands.ref[i], sorted({float(v) for v in cands.values[i] if v == v})
+    nearest = float(round_to(ref, got.dtype))
+    how = ("toward zero" if abs(g[i]) < abs(nearest) else "away from zero") \
+        if g[i] != nearest else "otherwise"
+    tie = " (an exact tie: to even)" if exact is not None and float(
+        round_to(ref, "float32")) == ref else ""
+    fail(impl, case,
+         f"{int((~accepted).sum())} of {int(cands.judged.sum())} judged elements not rounded to "
+         f"nearest; first at {i}:\n  x = {float(case.x[i])!r}, exact result "
+         f"{ref!r}{tie}\n  accepted {', '.join(_described(v, got.dtype) for v in values)}; got "
+         f"{float(g[i])!r}, {abs(g[i] - ref) / float(ulp(ref, got.dtype)):.3g} ulp off, "
+         f"rounded {how}",
+         f"{int((~accepted).sum())} of {int(cands.judged.sum())} elements not rounded to nearest "
+         f"{got.dtype.name}, rounded {how} ({cases_summary(case)})")
+
+
+def cases_summary(case) -> str:
+    w = "no weight" if case.weight is None else f"weight {case.weight.dtype.name}"
+    return f"{case.x.dtype.name}{list(case.x.shape)}, {w}"
+
+
+#: Ties: rows whose float32 q is exactly a power of four (x n exact) with weights of an odd last
+#: bit, at the axis lengths that are multiples of 8; exact-sum rows at every other regime; with
+#: and without a weight, for each half type.
+ROUNDING_ANCHORS = (
+    [anchor(t, d, kind="tie", weight=w, eps=cs.TIE_EPS, lead=(4,) if d < 4096 else (1,))
+     for t in HALVES for d in (8, 256, 1024, 4096, 65536) for w in ("odd", "none")]
+    + [anchor(t, d, kind="exact", weight=w) for t in HALVES for d in cs.D_TARGETS
+       for w in ("random", "none")])
+
+
+@clause("ACC-10")
+@requires(dtypes=HALVES)
+@given(plan=cs.plans(dtypes=HALVES, kinds=("exact", "tie"), weights=("ones", "random", "ints",
+                                                                     "odd", "none"),
+                     min_d=8))
+@anchors(ROUNDING_ANCHORS)
+def test_half_outputs_rounded_to_nearest(impl, plan):
+    """float16 and bfloat16 outputs are the nearest representable value (ties to even) of what
+    a correct float32 computation gives, by either accepted order of the weight; where that
+    computation's error reaches near a midpoint, either neighbour."""
+    rounded_to_nearest(impl, plan.build(impl.capabilities))
+
+
+FLOAT64_ANCHORS = [anchor("float64", d) for d in cs.D_TARGETS] + [
+    anchor("float64", d, kind="exact") for d in (1, 257, 65536)]
+
+
+@judge("ACC-11")
+def float64_at_least_float32_accuracy(impl, case):
+    """float64 inputs within the float32 computation's TOL bound (x rounded into float32
+    included), against a double-double reference."""
+    check_accuracy(impl, case, exact_sum=bool(case.params.get("exact_sum")))
+
+
+@clause("ACC-11")
+@requires(dtypes="float64")
+@given(plan=cs.plans(dtypes=("float64",), kinds=("normal", "spike", "exact")))
+@anchors(FLOAT64_ANCHORS)
+def test_float64_at_least_float32_accuracy(impl, plan):
+    """float64 inputs are at least as accurate as a float32 computation: every element within
+    the float32 TOL bound, every regime of d (float64 paired with another dtype: ACC-8)."""
+    float64_at_least_float32_accuracy(impl, plan.build(impl.capabilities))
+
+
+@judge("ACC-12")
+def float64_accurate_to_float64(impl, case):
+    """float64 results within the TOL bound of a float64 computation."""
+    check_accuracy(impl, case, exact_sum=False, accumulator="float64")
+
+
+@clause("ACC-12")
+@requires(dtypes="float64")
+@given(plan=cs.plans(dtypes=("float64",), kinds=("normal", "spike", "exact")))
+@anchors(FLOAT64_ANCHORS)
+def test_float64_accurate_to_float64(impl, plan):
+    """SHOULD: float64 computed in float64: every element within the float64 model's bound
+    (float64 sum of squares, rsqrt and products; MLX computes float64 in float32)."""
+    float64_accurate_to_float64(impl, plan.build(impl.capabilities))

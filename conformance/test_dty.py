@@ -11,7 +11,7 @@ from rmsnorm_conformance.conformance.strategies import anchor, anchors
 SMALL = dict(max_d=40, max_dims=1, elementwise=False)
 
 
-@judge("DTY-1", "DTY-2", "DTY-3")
+@judge("DTY-1", "DTY-2", "DTY-3", "DTY-4")
 def declared_output_dtype(impl, case):
     """The output has the dtype the implementation's declared convention gives these inputs
     (``Capabilities.output_dtype``)."""
@@ -42,4 +42,15 @@ def test_mixed_dtype_output(impl, plan):
 @anchors([anchor(t, 8, weight="none") for t in cs.ALL_DTYPES])
 def test_weight_none_output(impl, plan):
     """weight=None gives x's dtype."""
+    declared_output_dtype(impl, plan.build(impl.capabilities))
+
+
+@clause("DTY-4")
+@requires(dtypes="float64")
+@given(plan=cs.plans(dtypes=("float64",), mixed=True, weights=("ones", "random", "none"),
+                     **SMALL))
+@anchors([anchor("float64", 8)] + [anchor(x, 8, w_dtype=w) for x, w in cs.FLOAT64_PAIRS])
+def test_float64_output(impl, plan):
+    """float64 x and weight give float64; a float64 paired with another dtype gives what the
+    declared mixed convention says (promote: float64)."""
     declared_output_dtype(impl, plan.build(impl.capabilities))

@@ -18,8 +18,8 @@ from rmsnorm_conformance.conformance.marks import clause, requires
 from rmsnorm_conformance.conformance.strategies import anchor, anchors, gradient_case, \
     regime_anchors, sequences
 from rmsnorm_conformance.conformance.test_met import scale_exponent
-from rmsnorm_conformance.conformance.tolerance import Bound, Q_MAX, hvp_bound, jvp_bound, \
-    vjp_bounds
+from rmsnorm_conformance.conformance.tolerance import Bound, Q_MAX, \
+    final_rounding_candidates, hvp_bound, jvp_bound, vjp_bounds
 from rmsnorm_conformance.protocol import DTYPES
 
 F64_SLACK = 2.0 ** -50   # float64 evaluation of the identities' own sums (d <= 65536 terms)
@@ -609,3 +609,161 @@ def gradients_finite(impl, case):
                  f"{label} not finite where the reference is {float(b.ref[i]):.6g} "
                  f"({case.x.dtype.name}, |x| up to "
                  f"{float(np.max(np.abs(case.x.astype(np.float64)))):.3g}, eps {case.eps:g})")
+
+
+HALF_TYPES = ("float16", "bfloat16")
+
+
+def gradient_tie_case(plan, impl) -> Case:
+    """x = +-1 (q = 1 + eps rounds to 1 in float32 and float64: n = 1 exactly), a unit weight,
+    and integer cotangent and tangents of the half type's width, so that dx, dweight and the tangent
+    are exact dyadic numbers in float32, many of them halfway between two values of the type."""
+    plan = plan.for_caps(impl.capabilities)
+    t, _ = plan.dtypes_for(impl.capabilities)
+    rows, d = max(plan.rows, 1), plan.d
+    rng = np.random.default_rng([plan.seed, 17])
+    span = 2 ** (info(t).p + 2)
+    ints = lambda shape: rng.integers(-span, span + 1, shape).astype(DTYPES[t])   # noqa: E731
+    x = rng.choice([-1.0, 1.0], (rows, d)).astype(DTYPES[t])
+    case = Case(x, np.ones(d, DTYPES[t]), cs.TIE_EPS,
+                repr(plan) + "; x = default_rng([seed, 17]).choice([-1, 1]); g, tx, tw: "
+                "integers of the type's width from the same generator",
+                {"g": ints((rows, d)), "tx": ints((rows, d)), "tw": ints(d)},
+                params={"tie": True}, weight_offset=impl.capabilities.weight_offset)
+    return case.with_applied(np.ones(d), "unit weight")
+
+
+def _exact_tie_gradients(case) -> dict:
+    """dx, dweight and the tangent of a tie case with n = 1, in exact float64 arithmetic."""
+    x, e = case.x.astype(np.float64), case.extras
+    g, tx, tw = (e[k].astype(np.float64) for k in ("g", "tx", "tw"))
+    d = case.d
+    return {"dx": g - x * np.sum(g * x, axis=-1, keepdims=True) / d,
+            "dweight": np.sum(g * x, axis=0),
+            "tangent": tx - x * np.sum(x * tx, axis=-1, keepdims=True) / d + x * tw}
+
+
+def _float32_twin(case) -> Case:
+    f32 = lambda a: None if a is None else a.astype(np.float32)   # noqa: E731
+    return case.derived("float32", x=f32(case.x), weight=f32(case.weight),
+                        extras={k: f32(v) for k, v in case.extras.items()})
+
+
+def exact_gradients_of_ties(impl, case) -> dict | None:
+    """For a tie case: the exact gradients, if the implementation's own float32 gradients of the
+    same values are exactly them (its float32 computation exact there); else None."""
+    if not case.params.get("tie") or "float32" not in impl.capabilities.dtypes:
+        return None
+    want, twin = _exact_tie_gradients(case), _float32_twin(case)
+    got = {}
+    if "vjp" in impl.capabilities.gradients:
+        got["dx"], got["dweight"] = vjp(impl, twin)
+    if "jvp" in impl.capabilities.gradients:
+        got["tangent"] = jvp(impl, twin)
+    same = all(np.array_equal(v.astype(np.float64), want[k]) for k, v in got.items())
+    return want if same else None
+
+
+@judge("GRAD-18")
+def gradients_rounded_to_nearest(impl, case):
+    """dx, dweight and the tangent in a half type are the nearest values (ties to even) of a
+    float32 computation within its error (TOL, "The last rounding")."""
+    if case.x.dtype.name not in HALF_TYPES:
+        raise NotApplicable(f"GRAD-18 judges float16 and bfloat16 gradients, not "
+                            f"{case.x.dtype.name}")
+    results = []     # the judged case first: its call sets the example's dtype in the ledger
+    if "vjp" in impl.capabilities.gradients and "g" in case.extras:
+        dx, dw = vjp(impl, case)
+        bdx, bdw = dx_dweight_bounds(case, intermediates="float32", final_rounding=False)
+        results += [("dx", dx, bdx), ("dweight", dw, bdw)]
+    if "jvp" in impl.capabilities.gradients and "tx" in case.extras:
+        ty = jvp(impl, case)
+        results.append(("tangent", ty, jvp_bound(
+            case.x, case.applied, case.eps, case.extras["tx"], case.extras.get("tw"), ty.dtype,
+            weight_dtype=_param_dtype(case), intermediates="float32", final_rounding=False)))
+    exact = exact_gradients_of_ties(impl, case)
+    for label, got, b in results:
+        if got is None or got.dtype.name not in HALF_TYPES:
+            continue
+        ref = b.ref if exact is None else exact[label]
+        span = np.where(np.isfinite(b.bound), b.bound, np.inf) if exact is None \
+            else np.zeros(ref.shape)
+        cands = final_rounding_candidates(ref, span, got.dtype)
+        g = got.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            bad = cands.judged & ~np.any(cands.values == g[..., None], axis=-1)
+        if bad.any():
+            i = tuple(int(k) for k in np.argwhere(bad)[0])
+            accepted = sorted({float(v) for v in cands.values[i] if v == v})
+            fail(impl, case,
+                 f"{int(bad.sum())} of {int(cands.judged.sum())} judged {label} elements not "
+                 f"rounded to nearest; first at {i}: exact {float(ref[i])!r}"
+                 f"{' (computed exactly in float32: a tie goes to even)' if exact else ''}, "
+                 f"accepted {accepted}, got {float(g[i])!r}",
+                 f"{int(bad.sum())} of {int(cands.judged.sum())} {label} elements not rounded "
+                 f"to nearest {got.dtype.name} ({got.dtype.name}{list(case.x.shape)})")
+
+
+#: Ties at the axis lengths that are powers of two; exact dot products at every regime.
+GRADIENT_ROUNDING_ANCHORS = (
+    [anchor(t, d, kind="tie", weight="ones", eps=cs.TIE_EPS, lead=(max(1, 2048 // d),))
+     for t in HALF_TYPES for d in (8, 256, 4096, 65536)]
+    + [anchor(t, d, kind="exact", weight="ints") for t in HALF_TYPES
+       for d in (1, 33, 257, 4097)])
+
+
+@clause("GRAD-18")
+@requires(dtypes=HALF_TYPES, gradients=("vjp", "jvp"))
+@given(plan=cs.plans(dtypes=HALF_TYPES, kinds=("exact", "tie"), weights=("ints", "ones"),
+                     max_d=4096, max_elements=1 << 15))
+@anchors(GRADIENT_ROUNDING_ANCHORS)
+def test_half_gradients_rounded_to_nearest(impl, plan):
+    """SHOULD: float16 and bfloat16 gradients are computed in float32 and rounded once to
+    nearest (ties to even): where the float32 computation is exact (tie cases) the exact value's
+    nearest, elsewhere a value within the float32 error's nearest."""
+    case = gradient_tie_case(plan, impl) if plan.kind == "tie" \
+        else _case(plan, impl, exact=True)
+    gradients_rounded_to_nearest(impl, case)
+
+
+FLOAT64_GRADIENT_ANCHORS = [anchor("float64", d) for d in (1, 33, 257, 4097, 65536)]
+
+
+@judge("GRAD-19")
+def float64_gradients_at_least_float32_accuracy(impl, case):
+    """float64 dx and dweight within the gradient bound of a float32 computation."""
+    dx, dw = vjp(impl, case)
+    bdx, bdw = dx_dweight_bounds(case, intermediates="float32")
+    assert_within(impl, case, dx, bdx, label="dx")
+    if bdw is not None:
+        assert_within(impl, case, dw, bdw, label="dweight")
+
+
+@clause("GRAD-19")
+@VJP
+@requires(dtypes="float64")
+@given(plan=cs.plans(dtypes=("float64",), mixed=True, **GRAD))
+@anchors(FLOAT64_GRADIENT_ANCHORS)
+def test_float64_gradients_at_least_float32_accuracy(impl, plan):
+    """float64 gradients are at least as accurate as a float32 computation's."""
+    float64_gradients_at_least_float32_accuracy(impl, _case(plan, impl))
+
+
+@judge("GRAD-20")
+def float64_gradients_accurate_to_float64(impl, case):
+    """float64 dx and dweight within the gradient bound of a float64 computation."""
+    dx, dw = vjp(impl, case)
+    bdx, bdw = dx_dweight_bounds(case, intermediates="float64", accumulator="float64")
+    assert_within(impl, case, dx, bdx, label="dx")
+    if bdw is not None:
+        assert_within(impl, case, dw, bdw, label="dweight")
+
+
+@clause("GRAD-20")
+@VJP
+@requires(dtypes="float64")
+@given(plan=cs.plans(dtypes=("float64",), **GRAD))
+@anchors(FLOAT64_GRADIENT_ANCHORS)
+def test_float64_gradients_accurate_to_float64(impl, plan):
+    """SHOULD: float64 gradients computed in float64."""
+    float64_gradients_accurate_to_float64(impl, _case(plan, impl))

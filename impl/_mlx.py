@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 from packaging.version import Version
 
-from rmsnorm_conformance.protocol import Layout
+from rmsnorm_conformance.protocol import LOW_PRECISION, Layout
 
 # ---- What differs between MLX releases -----------------------------------------------------
 # Checked on every release with a Linux CPU wheel, 0.26.5 to 0.32.4. Everything else the
@@ -43,6 +43,12 @@ def gradients(second_order: bool = True) -> tuple[str, ...]:
     if (mlx_version() or Version("0")) >= FORWARD_MODE_SINCE:
         return ("vjp", "jvp", "hvp") if second_order else ("vjp", "jvp")
     return ("vjp",)
+
+
+def dtypes(dev: str) -> tuple[str, ...]:
+    """The input dtypes MLX takes on ``dev``: float64 on the CPU only (MLX's GPU backends reject
+    it: "float64 is not supported on the GPU")."""
+    return LOW_PRECISION + (("float64",) if dev == "cpu" else ())
 
 
 def unavailable_reason(dev: str) -> str | None:
@@ -85,6 +91,8 @@ def to_mx(a: np.ndarray):
         a = np.zeros(a.shape, a.dtype)
     if a.dtype == ml_dtypes.bfloat16:
         return mx.array(a.view(np.uint16)).view(mx.bfloat16)
+    if a.dtype == np.float64:           # mx.array converts float64 to float32 unless told
+        return mx.array(a, dtype=mx.float64)
     return mx.array(a)
 
 

@@ -5,7 +5,9 @@
 
 Install with ``pip install 'rmsnorm-conformance[jax]'``. JAX and Flax are imported inside the
 functions only, so this module imports (and reports why it can't run) without them. float64 is
-never enabled (``jax_enable_x64`` stays off): everything runs in the inputs' types and float32.
+enabled around each call (``x64``, thread-local: the process's ``jax_enable_x64`` is left alone)
+so that float64 inputs are computed in float64; everything else runs in the inputs' types and
+float32, bit for bit as without it.
 
 Both are jitted (``jax.jit``), as models run them; a jitted function is reused across calls and
 recompiles per shape and dtype. Gradients: ``jax.vjp``, ``jax.jvp``, second order
@@ -21,7 +23,7 @@ import importlib.util
 
 import numpy as np
 
-from rmsnorm_conformance.protocol import DTYPES, Capabilities, Implementation, ModuleInfo
+from rmsnorm_conformance.protocol import Capabilities, DTYPES, Implementation, LOW_PRECISION, ModuleInfo
 
 EXTRA = "pip install 'rmsnorm-conformance[jax]'"
 
@@ -40,8 +42,25 @@ def _cpu():
     return jax.devices("cpu")[0]
 
 
+def x64():
+    """A context in which float64 inputs stay float64 (``jax.enable_x64(True)``, or
+    ``jax.experimental.enable_x64()`` on JAX releases before it; thread-local, so the caller's
+    process-wide ``jax_enable_x64`` is left as it was). Without it JAX would silently compute
+    float64 inputs in float32; it changes no float32, float16 or bfloat16 result (measured
+    bit-identical, docs/notes/float64.md)."""
+    import jax
+
+    state = getattr(jax, "enable_x64", None)
+    if callable(state):
+        return state(True)
+    from jax.experimental import enable_x64     # older JAX
+
+    return enable_x64()
+
+
 def to_jax(a: np.ndarray):
-    """NumPy -> a JAX array on the CPU device (bfloat16 from ml_dtypes included: exact)."""
+    """NumPy -> a JAX array on the CPU device (bfloat16 from ml_dtypes included: exact); call it
+    within ``x64()`` for float64 to stay float64."""
     import jax
 
     return jax.device_put(np.asarray(a), _cpu())
@@ -169,24 +188,26 @@ def _j(a):
 
 
 def forward(fn, x, weight, eps):
-    with argument_errors():
-        y = compiled(fn, "forward")(_j(x), _j(weight), eps=eps)
-    return to_numpy(y)
+    with x64(), argument_errors():
+        return to_numpy(compiled(fn, "forward")(_j(x), _j(weight), eps=eps))
 
 
 def vjp(fn, x, weight, eps, g):
-    dx, dw = compiled(fn, "vjp")(_j(x), _j(weight), _j(g), eps=eps)
-    return to_numpy(dx), (None if dw is None else to_numpy(dw))
+    with x64():
+        dx, dw = compiled(fn, "vjp")(_j(x), _j(weight), _j(g), eps=eps)
+        return to_numpy(dx), (None if dw is None else to_numpy(dw))
 
 
 def jvp(fn, x, weight, eps, tx, tweight):
-    tw = None if weight is None else _j(tweight)
-    return to_numpy(compiled(fn, "jvp")(_j(x), _j(weight), _j(tx), tw, eps=eps))
+    with x64():
+        tw = None if weight is None else _j(tweight)
+        return to_numpy(compiled(fn, "jvp")(_j(x), _j(weight), _j(tx), tw, eps=eps))
 
 
 def hvp(fn, x, weight, eps, g, v):
     """d/dt of the VJP's dx at x + t v (g fixed): jax.jvp of the jax.vjp pullback."""
-    return to_numpy(compiled(fn, "hvp")(_j(x), _j(weight), _j(g), _j(v), eps=eps))
+    with x64():
+        return to_numpy(compiled(fn, "hvp")(_j(x), _j(weight), _j(g), _j(v), eps=eps))
 
 
 def benchmark(fn, op, shape, dtype):
@@ -262,8 +283,8 @@ class JaxNumpy(_JaxBase):
     # mixed "promote": the output is JAX's promotion of x and weight (float16 with float32 or
     # bfloat16 gives float32), as MLX. nonpositive_eps: a formula validates nothing. validation off: a weight of shape (1, d)
     # or (1,) broadcasts instead of being rejected (VAL-2, VAL-3).
-    capabilities = Capabilities(dtypes=tuple(DTYPES), mixed="promote", weight_none=True,
-                                nonpositive_eps=True, validation=False,
+    capabilities = Capabilities(dtypes=LOW_PRECISION + ("float64",), mixed="promote",
+                                weight_none=True, nonpositive_eps=True, validation=False,
                                 gradients=("vjp", "jvp", "hvp"), device="cpu",
                                 compiles_per_shape=True)
 
@@ -283,8 +304,8 @@ class FlaxRMSNorm(_JaxBase):
     # mixed "promote": x and the scale are promoted to a common type first (float16 with float32
     # gives float32). nonpositive_eps: epsilon is not validated (0 and < 0 accepted). The module
     # is not MLX's: default epsilon 1e-6, its parameter is called "scale", eps <= 0 accepted.
-    capabilities = Capabilities(dtypes=tuple(DTYPES), mixed="promote", weight_none=True,
-                                nonpositive_eps=True, validation=False, module=True,
+    capabilities = Capabilities(dtypes=LOW_PRECISION + ("float64",), mixed="promote",
+                                weight_none=True, nonpositive_eps=True, validation=False, module=True,
                                 mlx_module=False, gradients=("vjp", "jvp", "hvp"), device="cpu",
                                 compiles_per_shape=True)
 

@@ -4,7 +4,7 @@ through ``mx.vjp`` and ``mx.jvp`` (second order: ``mx.jvp`` of ``mx.vjp``)."""
 from __future__ import annotations
 
 from rmsnorm_conformance.impl import _mlx
-from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Capabilities, Implementation
+from rmsnorm_conformance.protocol import Capabilities, Implementation, LAYOUTS
 
 
 class MLXFast(Implementation):
@@ -18,7 +18,7 @@ class MLXFast(Implementation):
     @property
     def capabilities(self):
         return Capabilities(
-            dtypes=tuple(DTYPES), mixed="promote", weight_none=True, nonpositive_eps=True,
+            dtypes=_mlx.dtypes(self.device), mixed="promote", weight_none=True, nonpositive_eps=True,
             validation=True, layouts=LAYOUTS, gradients=_mlx.gradients(), device=self.device)
 
     def unavailable_reason(self):

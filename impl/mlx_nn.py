@@ -8,7 +8,7 @@ Its VJP goes through ``nn.value_and_grad`` (weight) and ``mx.grad`` (x) of ``sum
 from __future__ import annotations
 
 from rmsnorm_conformance.impl import _mlx
-from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
+from rmsnorm_conformance.protocol import Capabilities, Implementation, LAYOUTS, ModuleInfo
 
 
 def forward_fn(module):
@@ -49,7 +49,7 @@ class MLXModule(Implementation):
     @property
     def capabilities(self):
         return Capabilities(
-            dtypes=tuple(DTYPES), mixed="promote", module=True, functional=True,
+            dtypes=_mlx.dtypes(self.device), mixed="promote", module=True, functional=True,
             mlx_module=True, layouts=LAYOUTS, gradients=("vjp",), device=self.device)
 
     def unavailable_reason(self):

@@ -24,7 +24,7 @@ import ml_dtypes
 import numpy as np
 from packaging.version import Version
 
-from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
+from rmsnorm_conformance.protocol import Capabilities, Implementation, LAYOUTS, LOW_PRECISION, ModuleInfo
 
 EXTRA = "pip install 'rmsnorm-conformance[torch]'"
 #: torch.nn.functional.rms_norm and torch.nn.RMSNorm first shipped in torch 2.4.
@@ -244,7 +244,7 @@ def _caps(device, module, functional=False):
     # the fused kernel). nonpositive_eps: eps is not validated (0, < 0, inf, NaN accepted).
     # validation off: torch rejects VAL-1..3 (RuntimeError, translated to ValueError) but accepts
     # complex x (VAL-4), so MLX's rules are not its rules.
-    return Capabilities(dtypes=tuple(DTYPES), mixed="input", weight_none=True,
+    return Capabilities(dtypes=LOW_PRECISION + ("float64",), mixed="input", weight_none=True,
                         nonpositive_eps=True, validation=False, module=module,
                         functional=functional, mlx_module=False,
                         layouts=TORCH_LAYOUTS, gradients=("vjp", "jvp", "hvp"),

@@ -23,12 +23,17 @@ from typing import Any, Callable, Sequence
 import ml_dtypes
 import numpy as np
 
-#: The floating dtypes the suite knows, by name.
+#: The floating dtypes the suite knows, by name. Every property draws the first three;
+#: float64 is drawn by the clauses about it (DTY-4, ACC-11, ACC-12, GRAD-19, GRAD-20), for
+#: implementations that declare it.
 DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype(np.float32),
     "float16": np.dtype(np.float16),
     "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float64": np.dtype(np.float64),
 }
+#: The three types the suite draws everywhere (an adapter accepting them all declares these).
+LOW_PRECISION = ("float32", "float16", "bfloat16")
 
 #: Memory layouts the suite asks for (MET-7, MET-8). Each names a recipe the adapter applies *in
 #: its framework* to ``Layout.source`` (and ``Layout.weight_source``) so that the arrays the kernel
@@ -185,7 +190,7 @@ class Capabilities:
         return found
 
     def output_dtype(self, x_dtype, w_dtype) -> np.dtype:
-        """The output dtype this implementation declares for x and weight dtypes (DTY-1..3)."""
+        """The output dtype this implementation declares for x and weight dtypes (DTY-1..4)."""
         a = np.dtype(x_dtype)
         if w_dtype is None or np.dtype(w_dtype) == a:
             return a
@@ -193,7 +198,10 @@ class Capabilities:
             return a
         if self.mixed == "weight":
             return np.dtype(w_dtype)
-        return DTYPES["float32"]    # "promote": float32 with anything, float16 with bfloat16
+        # "promote": the wider of the two; float16 with bfloat16 (neither contains the other)
+        # float32, as MLX's result_type, JAX's and NumPy's promotion give
+        names = {a.name, np.dtype(w_dtype).name}
+        return DTYPES["float64"] if "float64" in names else DTYPES["float32"]
 
 
 class Implementation:

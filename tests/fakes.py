@@ -635,6 +635,113 @@ class EmptyAxisRejected(Mutant):
         return super().rms_norm(x, weight, eps, layout)
 
 
+def round_toward_zero(values, dtype) -> np.ndarray:
+    """A conversion that truncates: the float32 ``values`` to ``dtype`` rounded toward zero
+    (bfloat16: the low 16 bits dropped, as bit-masking "fast" conversions do)."""
+    v = np.asarray(values, F32)
+    if np.dtype(dtype) == DTYPES["bfloat16"]:
+        return (v.view(np.uint32) & np.uint32(0xFFFF0000)).view(F32).astype(dtype)
+    r = v.astype(dtype)
+    with np.errstate(invalid="ignore"):
+        up = np.abs(r.astype(np.float64)) > np.abs(v.astype(np.float64))
+    return np.where(up, np.nextafter(r, np.zeros_like(r)), r)
+
+
+def round_half_away(values, dtype) -> np.ndarray:
+    """A conversion that rounds ties away from zero (IEEE's roundTiesToAway, C's round()): the
+    same as round-to-nearest-even but at exact midpoints (bfloat16: add half of the dropped
+    bits' range, then drop them)."""
+    v = np.asarray(values, F32)
+    if np.dtype(dtype) == DTYPES["bfloat16"]:
+        bits = v.view(np.uint32)
+        finite = np.isfinite(v)
+        rounded = ((bits + np.uint32(0x8000)) & np.uint32(0xFFFF0000)).view(F32)
+        return np.where(finite, rounded, v).astype(dtype)
+    r = v.astype(dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        r64, v64 = r.astype(np.float64), v.astype(np.float64)
+        other = np.nextafter(r, np.where(v64 > r64, np.inf, -np.inf).astype(dtype))
+        tie = (v64 - r64) == (other.astype(np.float64) - v64)
+        away = tie & (np.abs(other.astype(np.float64)) > np.abs(r64))
+    return np.where(away, other, r)
+
+
+class _Conversion(Mutant):
+    """A mutant whose conversion into one half type uses another rounding mode."""
+
+    mode = staticmethod(round_toward_zero)
+    half = "bfloat16"
+    gradient = False
+
+    def _convert(self, values, dtype, correct):
+        if np.dtype(dtype) != DTYPES[self.half]:
+            return correct(values, dtype)
+        return self.mode(values, dtype)
+
+    def convert(self, values, dtype):
+        if self.gradient:
+            return super().convert(values, dtype)
+        return self._convert(values, dtype, super().convert)
+
+    def convert_gradient(self, values, dtype):
+        if not self.gradient:
+            return super().convert_gradient(values, dtype)
+        return self._convert(values, dtype, super().convert_gradient)
+
+
+class OutputTruncatedBfloat16(_Conversion):
+    """The float32 result is converted to bfloat16 by truncation (rounding toward zero: errors
+    up to 1 ulp instead of half of one), as a bit-masking conversion does."""
+
+    target = "ACC-10"
+
+
+class OutputTruncatedFloat16(_Conversion):
+    """The float32 result is converted to float16 by truncation (rounding toward zero)."""
+
+    target = "ACC-10"
+    half = "float16"
+
+
+class OutputHalfAwayBfloat16(_Conversion):
+    """The float32 result is converted to bfloat16 rounding ties away from zero (not to even):
+    only exact midpoints differ."""
+
+    target = "ACC-10"
+    mode = staticmethod(round_half_away)
+
+
+class OutputHalfAwayFloat16(_Conversion):
+    """The float32 result is converted to float16 rounding ties away from zero."""
+
+    target = "ACC-10"
+    mode = staticmethod(round_half_away)
+    half = "float16"
+
+
+class Float64ThroughFloat16(Mutant):
+    """float64 inputs are computed through float16 (x and the weight converted to float16
+    first): the float64 output carries half precision, far below even float32's accuracy."""
+
+    target = "ACC-11"
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        if x.dtype != np.float64:
+            return super().rms_norm(x, weight, eps, layout)
+        half = None if weight is None else weight.astype(np.float16).astype(np.float64)
+        return super().rms_norm(x.astype(np.float16).astype(np.float64), half, eps, layout)
+
+
+class Float64ReturnedAsFloat32(Mutant):
+    """float64 inputs come back as float32 (the input converted on entry, never back)."""
+
+    target = "DTY-4"
+
+    def out_dtype(self, x, weight):
+        out = super().out_dtype(x, weight)
+        return DTYPES["float32"] if out == np.float64 else out
+
+
 class FlattenedOutput(Mutant):
     """Returns the result flattened to one dimension."""
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.fakes import F32, HALF_NAMES, ModuleMutant, Mutant, _half_sequential
+from tests.fakes import F32, HALF_NAMES, ModuleMutant, Mutant, _Conversion, _half_sequential, \
+    round_half_away
 
 
 # -- the derivative through n
@@ -330,3 +331,50 @@ class ScaleDependentDx(Mutant):
         dx = super().dx(n, a, x32, p)
         big = np.max(np.abs(x32), axis=-1, keepdims=True) > 1
         return np.where(big, dx * F32(1 + 2.0 ** -23), dx)
+
+
+# -- the last rounding of the gradients
+
+
+class GradientsTruncatedBfloat16(_Conversion):
+    """dx, dweight and the tangent (computed in float32) are converted to bfloat16 by truncation
+    (rounding toward zero)."""
+
+    target = "GRAD-18"
+    gradient = True
+
+
+class GradientsTruncatedFloat16(_Conversion):
+    """dx, dweight and the tangent are converted to float16 by truncation."""
+
+    target = "GRAD-18"
+    gradient = True
+    half = "float16"
+
+
+class GradientsHalfAwayBfloat16(_Conversion):
+    """dx, dweight and the tangent are converted to bfloat16 rounding ties away from zero."""
+
+    target = "GRAD-18"
+    gradient = True
+    mode = staticmethod(round_half_away)
+
+
+class GradientsHalfAwayFloat16(_Conversion):
+    """dx, dweight and the tangent are converted to float16 rounding ties away from zero."""
+
+    target = "GRAD-18"
+    gradient = True
+    mode = staticmethod(round_half_away)
+    half = "float16"
+
+
+class Float64GradientsThroughFloat16(Mutant):
+    """dx of float64 inputs is rounded through float16 before it is returned."""
+
+    target = "GRAD-19"
+
+    def convert_gradient(self, values, dtype):
+        if np.dtype(dtype) == np.float64:
+            values = values.astype(np.float16)
+        return super().convert_gradient(values, dtype)

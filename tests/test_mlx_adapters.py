@@ -80,7 +80,9 @@ def test_every_id_is_registered_and_loads():
         caps = impl.capabilities
         assert caps.problems() == [], (i, caps.problems())
         assert caps.device == i.rsplit("-", 1)[1]
-        assert set(caps.dtypes) == set(DTYPES) and set(caps.layouts) == set(LAYOUTS)
+        # every dtype on the CPU; float64 is rejected by MLX's GPU backends
+        assert set(caps.dtypes) == set(DTYPES) - ({"float64"} if caps.device == "gpu" else set())
+        assert set(caps.layouts) == set(LAYOUTS)
         assert caps.module == ("-nn" in i) and caps.weight_none == ("-fast" in i)
         assert impl.environment()["version"] == mx.__version__
 

@@ -170,8 +170,8 @@ def results_doc(path: pathlib.Path) -> dict:
 
 @clause("IMP-1")
 def test_usage_errors_come_before_the_run(inner, pytester):
-    """An unknown --rmsnorm-impl or --rmsnorm-clause, and a results path that cannot be written, are usage
-    errors before anything is collected, each naming what to pass instead."""
+    """An unknown --rmsnorm-impl or --rmsnorm-clause is a usage error before anything is
+    collected, naming what to pass instead."""
     result = inner(*impl_args("fake-good", "nope-*"), "test_inner.py")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     m = re.search(r"unknown --rmsnorm-impl (.*); installed implementations: (.*)$",
@@ -180,7 +180,13 @@ def test_usage_errors_come_before_the_run(inner, pytester):
     assert {"fake-good", "fake-broken", "fake-unavailable"} <= set(m.group(2).split(", "))
     result = inner("--rmsnorm-clause", "ACC-99", "test_inner.py")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "unknown --rmsnorm-clause 'ACC-99'; pass a SPEC.md clause id such as" in result.stderr.str()
+    assert "unknown --rmsnorm-clause 'ACC-99'; pass a SPEC.md clause id such as" in \
+        result.stderr.str()
+
+
+@clause("IMP-6")
+def test_an_unwritable_results_path_is_a_usage_error(inner, pytester):
+    """A results path that cannot be written is a usage error before anything is collected."""
     blocker = pytester.path / "not-a-dir"
     blocker.write_text("")
     result = inner("--rmsnorm-results", str(blocker / "r.json"), "test_inner.py")
@@ -410,6 +416,7 @@ def test_table_fits_the_terminal(inner, monkeypatch, pytester):
         if r["impl"] != "fake-unavailable"}
 
 
+@clause("IMP-3")
 def test_text_tables_split_to_any_width():
     """tables.text_tables at widths from pytest's least (40) up: no line wider, every column in
     exactly one table (a label wider than the terminal cut with ~), every row in each, each

@@ -828,7 +828,6 @@ def test_float64_forward_and_vjp_in_double_double(case):
     within 2**-96 sum|g x n|; the float64 results (rms_norm, rms_norm_vjp) are hi, within
     2**-53 (1 + 2**-40) of exact: correctly rounded up to that."""
     x, w, eps, g = case
-    d = x.shape[-1]
     exact_y = [oracle.rms_norm_row_decimal(row, w, eps) for row in x]
     hi, lo = rms_norm_dd(x, w, eps)
     _assert_dd(hi, lo, exact_y, DD_REL, "y")

@@ -1,4 +1,4 @@
-"""Regression tracking end to end (IMP-6 and `rmsnorm-conformance diff`): a real run's results
+"""Regression tracking end to end (IMP-7: `rmsnorm-conformance diff` on results documents): a real run's results
 diffed against themselves, against a baseline doctored to be better than reality, and a run of
 the same implementation with a planted fault against the clean baseline."""
 
@@ -16,7 +16,7 @@ from rmsnorm_conformance.conformance import results
 from rmsnorm_conformance.conformance.tools import cli
 from rmsnorm_conformance.conformance.marks import clause
 
-pytestmark = clause("IMP-6")
+pytestmark = clause("IMP-7")
 FIXTURES = pathlib.Path(__file__).resolve().parent / "plugin_fixtures"
 CLAUSES = "FWD-3 or ACC-1 or DTY-1"
 

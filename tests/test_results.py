@@ -50,6 +50,21 @@ def test_schema_is_strict_draft_2020_12():
     assert s["properties"]["schema_version"]["const"] == results.SCHEMA_VERSION
 
 
+def test_schema_names_every_protocol_dtype():
+    """The schema's dtypes are the protocol's: a dtype added there is accepted in results."""
+    import re
+
+    from rmsnorm_conformance.protocol import DTYPES
+
+    d = results.schema()["$defs"]
+    assert sorted(d["dtype"]["enum"]) == sorted(DTYPES)
+    pattern = re.compile(d["dtype_pair"]["pattern"])
+    for a in DTYPES:
+        assert pattern.match(a), a
+        for b in DTYPES:
+            assert pattern.match(f"{a}+{b}"), (a, b)
+
+
 def test_schema_is_shipped_in_the_package():
     import importlib.resources
 
@@ -94,7 +109,7 @@ def _mutations():
          "does not match"),
         ("unavailable without reason", setp("implementations", "mlx-fast-gpu", "reason", None),
          "$.implementations['mlx-fast-gpu'].reason", "expected string"),
-        ("worst dtype", setp("results", 0, "worst", "dtype", "float64"),
+        ("worst dtype", setp("results", 0, "worst", "dtype", "int8"),
          "$.results[0].worst.dtype", "does not match"),
         ("worst label", setp("results", 0, "worst", "label", "y"), "$.results[0].worst.label",
          "not one of"),

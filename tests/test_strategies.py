@@ -18,7 +18,7 @@ pytestmark = clause("COV-1")
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: cs.plans(dtypes=("float64",)), "dtypes must be a non-empty subset of"),
+    (lambda: cs.plans(dtypes=("float128",)), "dtypes must be a non-empty subset of"),
     (lambda: cs.plans(dtypes=()), "pass e.g. dtypes="),
     (lambda: cs.plans(weights=("half",)), "weights must be a non-empty subset of"),
     (lambda: cs.plans(min_d=0), "need integers 1 <= min_d <= max_d <= 65536"),
@@ -56,6 +56,29 @@ def test_plans_are_plain_values_that_rebuild_exactly():
         assert a.x.tobytes() == b.x.tobytes() and a.x.dtype == b.x.dtype
         assert (a.weight is None) == (b.weight is None)
         assert a.weight is None or a.weight.tobytes() == b.weight.tobytes()
+
+
+@pytest.mark.parametrize("dtypes", [("float64",), ("float32", "float16")])
+def test_a_mixed_pair_always_has_a_weight(dtypes):
+    """A mixed pair with no weight would be a plain example of x's dtype (a float64 clause would
+    judge a float32 case): every mixed plan draws a weight, and a weightless-only strategy
+    draws no mixed pairs."""
+    seen = []
+
+    @settings(max_examples=60, derandomize=True, database=None, deadline=None)
+    @given(plan=cs.plans(dtypes=dtypes, mixed="only", max_elements=64))
+    def collect(plan):
+        seen.append(plan)
+
+    collect()
+    assert seen and all(p.weight != "none" and p.w_dtype is not None for p in seen)
+
+    @settings(max_examples=20, derandomize=True, database=None, deadline=None)
+    @given(plan=cs.plans(dtypes=dtypes, mixed="only", weights=("none",), max_elements=64))
+    def unweighted(plan):
+        assert plan.w_dtype is None
+
+    unweighted()
 
 
 def test_undeclared_dtypes_and_capabilities_map_onto_declared_ones():
