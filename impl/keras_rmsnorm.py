@@ -22,9 +22,13 @@ and accepts ``scale=None`` and any epsilon (default ``keras.config.epsilon()`` =
 layer (``keras/src/layers/normalization/rms_normalization.py``) holds a ``scale`` variable
 (ones, in its dtype policy's variable dtype; default epsilon 1e-6, not validated) and calls the
 op with it; like every Keras layer it first casts its input to its compute dtype (autocast,
-``Layer.__call__``). The adapter builds the layer as a model would hold a weight of the given
-dtype, ``RMSNormalization(epsilon=eps, dtype=weight.dtype)``, so the output is the weight's dtype
-(``mixed="weight"``) and x is cast to it first.
+``Layer.__call__``). The adapter builds the layer as a model holds a weight of the given dtype,
+``RMSNormalization(epsilon=eps, dtype=weight.dtype)``. A layer therefore never computes on two
+dtypes: its output is its compute dtype and it normalises x *cast to it*, which for a float32 x
+and a float16 layer rounds x to float16 (and makes values beyond 65504 infinite) before
+normalising. No ``mixed`` convention describes that (declared as ``mixed="weight"`` it fails
+ACC-1, FWD-2, FWD-4, SPV-1/7/9, MET-2 and GRAD-1/10/12 on such inputs: docs/notes/frameworks.md,
+Keras), so the layer declares none: it is judged on same-dtype inputs.
 
 Both run jitted (``jax.jit``), as a Keras model runs on JAX (``jit_compile`` is the JAX
 backend's default): the op through the same one-program-per-op machinery as the ``jax-numpy``
@@ -116,7 +120,7 @@ def layer_rms_norm(x, weight, eps):
 
 def layer_as_documented(x, weight, eps):
     """What the layer is documented to compute: Keras casts a layer's input to its compute dtype
-    (here the weight's) and ``RMSNormalization.call`` is ``ops.rms_normalization(x,
+    (here the weight's; a no-op for the same-dtype inputs the suite sends) and ``RMSNormalization.call`` is ``ops.rms_normalization(x,
     scale=self.scale, axis=self.axis, epsilon=self.epsilon)``."""
     keras = _keras()
     return keras.ops.rms_normalization(keras.ops.cast(x, _dtype_name(weight)), scale=weight,
@@ -182,11 +186,11 @@ class KerasLayer(_KerasBase):
     compute dtype, which the layer is documented to compute (MOD-3, GRAD-13)."""
 
     id = "keras-layer-cpu"
-    # mixed "weight": the layer's dtype policy is the weight's, and a layer's output is its
-    # compute dtype (x is cast to it first). No weight-less form (the layer always creates its
+    # mixed not declared: the layer casts x to its compute dtype (the weight's here) before the
+    # op, a convention the suite cannot express (module docstring). No weight-less form (the layer always creates its
     # scale). A module: default epsilon 1e-6, one float32 parameter "scale" (ones, the default
     # policy's variable dtype), epsilon not validated: not MLX's module contract.
-    capabilities = Capabilities(dtypes=tuple(DTYPES), mixed="weight", weight_none=False,
+    capabilities = Capabilities(dtypes=tuple(DTYPES), mixed=None, weight_none=False,
                                 nonpositive_eps=True, validation=False, module=True,
                                 functional=True, mlx_module=False, module_param_dtype="float32",
                                 gradients=("vjp", "jvp", "hvp"), device="cpu",
