@@ -14,10 +14,13 @@ on the ``CPUExecutionProvider`` with one intra-op thread (the suite runs impleme
 parallel processes). One session per (dtype, rank, eps), kept for reuse; every shape of that rank
 runs on it.
 
-The contract, as ONNX Runtime 1.30.0 has it (``onnxruntime/core/providers/cpu/nn/rms_norm.cc``,
-``layer_norm_impl.cc``): a CPU kernel for float32 and float16 (and float64) with X and scale of
-one type only; float16 is converted to float32, the sum of squares accumulated sequentially in
-float32, ``x / sqrt(s / d + eps) * scale`` in float32 and rounded once. No bfloat16 kernel: ORT
+The contract, as ONNX Runtime 1.30.0 has it (``onnxruntime/core/providers/cpu/nn/rms_norm.cc``:
+the LayerNorm kernel in its "simplified" form, ``layer_norm_impl.cc``): a CPU kernel for float32
+and float16 (and float64) with X and scale of one type only ("RMSNorm uses LayerNorm kernel,
+which only supports X and scale both being the same data type"); float16 is converted to
+float32, ``x / sqrt(s / d + eps) * scale`` computed in float32 and rounded once (the suite's
+fingerprint of 1.30.0: weight-then-round, a strided(8) + tree sum of squares, s / d, eps added
+in float32). No bfloat16 kernel: ORT
 falls back to the operator's ONNX function, whose ``Mul`` has no bfloat16 CPU kernel either, so
 the session cannot be created. Mixed types are rejected when the session is created (the
 operator's schema types the output as the scale's type V, but its function body multiplies the
