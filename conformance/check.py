@@ -1,28 +1,25 @@
-"""Re-checking one case against one implementation: the verdict per clause, outside pytest.
+"""Re-judging one case against one implementation, outside pytest: the verdict per clause.
 
-A failure prints its case (``Case(x=decode(...), ...)`` or ``load('....npz')``); after a fix,
+A failure prints its case as a repro naming the clause (``clause = 'ACC-1'`` and ``case =
+Case(...)`` or ``case = load('....npz')``). After a fix, or against another implementation,
 
     from rmsnorm_conformance.conformance.check import check_case
-    check_case(impl, case)          # [(clause, status, reason), ...]
+    check_case(impl, case, ["ACC-1"])     # [(clause, status, reason)]
 
-or ``rmsnorm-conformance check --impl ID --repro-file failure.txt`` judges that exact case again
-with every clause that can be judged on one case: FWD-1 (shape, dtype), ACC-1 (or ACC-3 where
-the float32 sum of squares is exact), MET-1 (sign symmetry), MET-3 and SPV-8 (SHOULD: scale and
-batch bit for bit) and, where the case carries a cotangent, tangents or a direction and the
-implementation declares them, GRAD-1, GRAD-2 and GRAD-12. The same assertions as the properties
-are used, so a verdict here is the clause's.
+or ``rmsnorm-conformance check --impl ID --repro-file failure.txt`` judges that case again with
+the very function the clause's property calls on each example (``conformance/judges.py``), so
+the verdict is the property's. Without a clause it judges every clause that applies to one case
+(``default_clauses``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from rmsnorm_conformance.conformance import clauses, errors
-from rmsnorm_conformance.conformance.assertions import assert_bitwise, assert_within, call, \
-    check_accuracy, check_result, forward
-from rmsnorm_conformance.conformance.cases import Case, scaled_pair
-from rmsnorm_conformance.conformance.supervisor import ImplementationDied
-from rmsnorm_conformance.conformance.tolerance import hvp_bound, jvp_bound, vjp_bounds
+from rmsnorm_conformance.conformance import clauses as spec_clauses, errors, ledger
+from rmsnorm_conformance.conformance.assertions import missing_capability
+from rmsnorm_conformance.conformance.cases import Case
+from rmsnorm_conformance.conformance.judges import NotApplicable, all_judges, requirements
 
 
 def exact_sum(x: np.ndarray) -> bool:
@@ -40,73 +37,53 @@ def exact_sum(x: np.ndarray) -> bool:
     return bool(np.all(np.sum(k * k, axis=-1) < 2.0 ** 24))
 
 
-def _forward_checks(impl, case):
-    yield "FWD-1", lambda: forward(impl, case)
-    yield ("ACC-3" if exact_sum(case.x) else "ACC-1"), \
-        lambda: check_accuracy(impl, case, exact_sum=exact_sum(case.x))
-
-    def sign():
-        y = forward(impl, case)
-        assert_bitwise(impl, case, forward(impl, Case(-case.x, case.weight, case.eps)), -y,
-                       "f(-x) != -f(x)")
-    yield "MET-1", sign
-
-    def scale():
-        base, scaled = scaled_pair(case, 1)
-        assert_bitwise(impl, base, forward(impl, scaled), forward(impl, base),
-                       "f(2 x, 4 eps) != f(x, eps)")
-    yield "MET-3", scale
-
-    def rows():
-        got = forward(impl, case).reshape(-1, case.d)
-        x = case.x.reshape(-1, case.d)
-        for r in sorted({0, x.shape[0] - 1}):
-            alone = forward(impl, Case(x[r:r + 1], case.weight, case.eps))
-            assert_bitwise(impl, case, alone[0], got[r], f"row {r} alone vs in the batch")
-    if case.x.size and case.x.ndim > 1:
-        yield "SPV-8", rows
+def default_clauses(impl, case: Case) -> list[str]:
+    """The clauses that can be judged on one case of any kind: shape and dtype (FWD-1), accuracy
+    (ACC-8 for mixed dtypes, ACC-3 where the float32 sum of squares is exact, else ACC-1), sign
+    symmetry (MET-1), scale covariance bit for bit (MET-3, k = 1 unless the case says), a row
+    alone (SPV-8, batches) and, where the case carries a cotangent, tangents or a direction and
+    the implementation declares them, GRAD-1, GRAD-2, GRAD-12."""
+    mixed = case.weight is not None and case.weight.dtype != case.x.dtype
+    accuracy = "ACC-8" if mixed else (
+        "ACC-3" if case.params.get("exact_sum") or exact_sum(case.x) else "ACC-1")
+    found = ["FWD-1", accuracy, "MET-1", "MET-3"]
+    if case.x.size and case.x.ndim > 1 and case.x.reshape(-1, case.d).shape[0] > 1:
+        found.append("SPV-8")
+    grads, extras = impl.capabilities.gradients, case.extras
+    found += [cid for cid, needs, cap in (("GRAD-1", ("g",), "vjp"), ("GRAD-2", ("tx",), "jvp"),
+                                           ("GRAD-12", ("g", "v"), "hvp"))
+              if cap in grads and all(n in extras for n in needs)]
+    return found
 
 
-def _gradient_checks(impl, case):
-    grads = impl.capabilities.gradients
-    e = case.extras
-    if "g" in e and "vjp" in grads:
-        def vjp():
-            dx, dw = call(impl, case, impl.vjp, case.x, case.weight, case.eps, e["g"],
-                          what="vjp")
-            check_result(impl, case, dx, case.x.shape, case.x.dtype, what="vjp dx")
-            bdx, bdw = vjp_bounds(case.x, case.weight, case.eps, e["g"])
-            assert_within(impl, case, dx, bdx, label="dx")
-            if bdw is not None:
-                assert_within(impl, case, dw, bdw, label="dweight")
-        yield "GRAD-1", vjp
-    if "tx" in e and "jvp" in grads:
-        def jvp():
-            ty = call(impl, case, impl.jvp, case.x, case.weight, case.eps, e["tx"],
-                      e.get("tw"), what="jvp")
-            assert_within(impl, case, ty, jvp_bound(case.x, case.weight, case.eps, e["tx"],
-                                                    e.get("tw"), ty.dtype), label="tangent")
-        yield "GRAD-2", jvp
-    if "g" in e and "v" in e and "hvp" in grads:
-        def hvp():
-            hv = call(impl, case, impl.hvp, case.x, case.weight, case.eps, e["g"], e["v"],
-                      what="hvp")
-            assert_within(impl, case, hv, hvp_bound(case.x, case.weight, case.eps, e["g"],
-                                                    e["v"]), label="H v")
-        yield "GRAD-12", hvp
-
-
-def check_case(impl, case: Case) -> list[tuple[str, str, str]]:
-    """Judge ``case`` against ``impl`` with every clause that applies to one case:
-    [(clause id, status, one-line reason or "")], statuses as in the run (pass, FAIL, unmet,
-    CRASH, TIMEOUT, ERROR)."""
-    spec = clauses.load()
+def check_case(impl, case: Case, clauses=None) -> list[tuple[str, str, str]]:
+    """Judge ``case`` against ``impl`` with the judgement of each clause in ``clauses`` (default:
+    ``default_clauses``): [(clause id, status, one-line reason or "")], statuses as in the run
+    (pass, FAIL, unmet, CRASH, TIMEOUT, ERROR; skip where the clause does not apply)."""
+    spec, judges = spec_clauses.load(), all_judges()
+    wanted = list(clauses) if clauses else default_clauses(impl, case)
     verdicts = []
-    for cid, check in [*_forward_checks(impl, case), *_gradient_checks(impl, case)]:
+    for cid in wanted:
+        if cid not in judges:
+            supported = ", ".join(sorted(judges, key=spec_clauses.sort_key))
+            raise ValueError(f"{cid} cannot be judged on one case (its property draws a "
+                             f"sequence or no case); clauses that can: {supported}")
+        why = next(filter(None, (missing_capability(impl.capabilities, **need)
+                                 for need in requirements(cid))), None)
+        if why:
+            verdicts.append((cid, "skip", f"{impl.id} {why}"))
+            continue
+        judged = case
+        if cid in ("MET-2", "MET-3", "GRAD-7", "GRAD-8") and "k" not in case.params:
+            judged = case.derived("k = 1", params={**case.params, "k": 1})
         try:
-            check()
+            with ledger.active(ledger.Ledger(clause=cid)):
+                judges[cid](impl, judged)
             raised = None
-        except (Exception, ImplementationDied) as e:   # noqa: BLE001 - judged by errors.verdict
+        except NotApplicable as e:
+            verdicts.append((cid, "skip", str(e)))
+            continue
+        except (Exception, errors.ImplementationDied) as e:   # noqa: BLE001 - errors.verdict
             raised = e
         verdicts.append((cid, *errors.verdict(raised, spec[cid].level)))
     return verdicts

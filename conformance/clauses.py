@@ -61,3 +61,12 @@ def sections() -> tuple[str, ...]:
     """SPEC.md's sections of clauses (``## FWD: ...``), in the document's order."""
     return tuple(m.group(1) for line in _text().splitlines() if (m := SECTION.match(line)))
 
+
+
+def sort_key(clause: str) -> tuple:
+    """SPEC.md order: by section (unknown sections last, alphabetically), then number."""
+    section, _, number = clause.partition("-")
+    order = sections()
+    rank = order.index(section) if section in order else len(order)
+    return (rank, section if rank == len(order) else "", int(number) if number.isdigit() else 0,
+            clause)

@@ -16,8 +16,11 @@ from collections import defaultdict
 import numpy as np
 
 from rmsnorm_conformance.conformance import clauses
-from rmsnorm_conformance.conformance.dtypes import INFO, F32
+from rmsnorm_conformance.conformance.dtypes import F32
 from rmsnorm_conformance.conformance.ledger import dtype_key
+from rmsnorm_conformance.conformance.regions import (ALL_DTYPES, AXIS_REGIONS, DTYPE_KEYS,
+                                                     EPS_DECADES, LEAD_DIMS, MAGNITUDE_CLASSES,
+                                                     axis_region, magnitude_classes)
 
 #: Clauses that judge no values (shapes, dtypes, argument validation, module defaults).
 NOT_NUMERICAL = {"FWD-1", "FWD-5", "DTY-1", "DTY-2", "DTY-3", "MOD-1", "MOD-2", "MOD-4",
@@ -27,41 +30,7 @@ ABOUT = {"ACC-4": {"overflow"}, "ACC-5": {"overflow"}, "ACC-7": {"eps_dominated"
          "SPV-1": {"zero_rows"}, "SPV-2": {"zero_x", "unjudgeable"},
          "SPV-6": {"eps_dominated"}, "SPV-9": {"zero_weight"}, "GRAD-14": {"constant"},
          "VAL-5": {"unjudgeable"}}
-#: Axis lengths every run must reach per dtype and direction (kernel regimes and their edges).
-D_REGIONS = ("1", "2..31", "32..255", "256", "257", "1024", "4096", "4097", "8193", "16385",
-             "65535", "65536")
-MAGNITUDES = ("subnormal", "tiny", "ordinary", "near sqrt(max)", "near max")
-DTYPE_KEYS = ("float32", "float16", "bfloat16", "float16+float32", "bfloat16+float32",
-              "float32+float16", "float32+bfloat16", "float16+bfloat16", "bfloat16+float16")
 BACKWARD = {"vjp", "jvp", "hvp", "vjp_sequence", "functional_vjp"}
-
-
-def d_region(d: int) -> str | None:
-    if d == 1:
-        return "1"
-    if 2 <= d <= 31:
-        return "2..31"
-    if 32 <= d <= 255:
-        return "32..255"
-    return str(d) if str(d) in D_REGIONS else None
-
-
-def magnitude_classes(rows_max: np.ndarray, dtype: str) -> set[str]:
-    fi = INFO[dtype]
-    top, root = fi.max, math.sqrt(fi.max)
-    m = rows_max[(rows_max > 0) & np.isfinite(rows_max)]
-    found = set()
-    if np.any(m < fi.tiny):
-        found.add("subnormal")
-    if np.any((m >= fi.tiny) & (m < 16 * fi.tiny)):
-        found.add("tiny")
-    if np.any((m >= 2.0 ** -8) & (m <= 2.0 ** 8)):
-        found.add("ordinary")
-    if np.any((m >= root / 16) & (m <= root * 16)):
-        found.add("near sqrt(max)")
-    if np.any(m >= top / 16):
-        found.add("near max")
-    return found
 
 
 def features(method: str, case) -> dict:
@@ -143,11 +112,11 @@ def regions(all_summaries: dict) -> dict:
                 for f in example:
                     found["dtypes"].add(f["dtype"])
                     found["lead dims"].add(f["lead"])
-                    if f["eps_decade"] is not None and -12 <= f["eps_decade"] <= 0:
+                    if f["eps_decade"] in EPS_DECADES:
                         found["eps decades"].add(f["eps_decade"])
                     for m in f["magnitudes"]:
                         found["magnitudes"].add(f"{f['x_dtype']} {m}")
-                    r = d_region(f["d"])
+                    r = axis_region(f["d"])
                     if r:
                         found["axis lengths"].add(f"{f['x_dtype']} {f['direction']} d={r}")
                     if f["rows"] > 65535:
@@ -155,15 +124,15 @@ def regions(all_summaries: dict) -> dict:
     return found
 
 
-def required_regions(dtypes=("float32", "float16", "bfloat16")) -> dict:
+def required_regions(dtypes=ALL_DTYPES) -> dict:
     """What every default run must reach (the coverage self-test holds it)."""
     return {
         "dtypes": set(DTYPE_KEYS),
-        "lead dims": {0, 1, 2, 3},
-        "eps decades": set(range(-12, 1)),
-        "magnitudes": {f"{t} {m}" for t in dtypes for m in MAGNITUDES},
-        "axis lengths": {f"{t} {direction} d={r}" for t in dtypes
-                         for direction in ("forward", "backward") for r in D_REGIONS},
+        "lead dims": set(LEAD_DIMS),
+        "eps decades": set(EPS_DECADES),
+        "magnitudes": {f"{t} {m}" for t in dtypes for m in MAGNITUDE_CLASSES},
+        "axis lengths": {f"{t} {direction} d={r.name}" for t in dtypes
+                         for direction in ("forward", "backward") for r in AXIS_REGIONS},
         "rows > 65535": {"float32 forward"},
     }
 

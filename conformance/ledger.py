@@ -15,6 +15,8 @@ import pathlib
 
 import numpy as np
 
+from rmsnorm_conformance.conformance import regions
+
 _CURRENT: contextvars.ContextVar["Ledger | None"] = contextvars.ContextVar(
     "rmsnorm_conformance_ledger", default=None)
 
@@ -35,11 +37,8 @@ def active(ledger: "Ledger"):
 
 
 def dtype_key(case) -> str:
-    """x's dtype, and "+weight dtype" when the weight's differs: "float16+float32"."""
-    x = case.x.dtype.name
-    if case.weight is not None and case.weight.dtype.name != x:
-        return f"{x}+{case.weight.dtype.name}"
-    return x
+    """The case's dtype pair, as ``regions.dtype_key`` names it: "float16+float32"."""
+    return regions.dtype_key(case.x.dtype, None if case.weight is None else case.weight.dtype)
 
 
 @dataclasses.dataclass
@@ -50,10 +49,6 @@ class Worst:
     label: str
     key: str
     case: object       # the Case (arrays): turned into a repro only when reported
-
-    def summary(self) -> dict:
-        return {"ratio": self.ratio, "error_ulps": self.error_ulps,
-                "bound_ulps": self.bound_ulps, "label": self.label, "dtype": self.key}
 
 
 @dataclasses.dataclass
@@ -66,9 +61,11 @@ class DtypeEntry:
 class Ledger:
     """Examples, per-dtype counts and the worst error/bound ratio of one test item."""
 
-    def __init__(self, record_calls: bool = False, artifacts: pathlib.Path | None = None):
+    def __init__(self, record_calls: bool = False, artifacts: pathlib.Path | None = None,
+                 clause: str | None = None):
         self.examples = 0
         self.artifacts = artifacts       # where large failing inputs are saved (None: default)
+        self.clause = clause             # the clause being checked (named in repros)
         self.by_dtype: dict[str, DtypeEntry] = {}
         self.worst: Worst | None = None
         self.record_calls = record_calls

@@ -122,6 +122,7 @@ class SessionHooks:
     def __init__(self, config):
         self.config = config
         self.run = None          # the session.Run, once the suite is active
+        self.lost: list[str] = []    # tests whose xdist worker died before the suite was active
 
     def pytest_report_header(self, config):
         return self.run.header_lines() if self.run is not None else None
@@ -173,7 +174,20 @@ class SessionHooks:
         if run is None and any(k == _REPORT_KEY for k, _ in report.user_properties):
             run = activate(self.config)
         if run is not None:
+            for nodeid in self.lost:
+                run.collector.worker_crashed(nodeid)
+            self.lost.clear()
             run.collector.logreport(report)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem, report, sched):
+        """xdist's hook on its controller: the worker running ``crashitem`` died (xdist then
+        replaces it and reports the test failed). Kept until the suite is active, since the
+        controller may activate only at the first of its reports."""
+        if self.run is not None:
+            self.run.collector.worker_crashed(crashitem)
+        else:
+            self.lost.append(crashitem)
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if self.run is not None:

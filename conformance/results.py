@@ -11,20 +11,33 @@ results, such as docs/history/, are about a tenth of the size).
 A *column* is one implementation as run on one host and device: ``Column(impl, host, device)``,
 with the device from the implementation's ``environment``. Results files from several hosts (a CI
 matrix, a GPU fleet) merge into one table whose columns stay apart.
+
+The document is typed: :class:`Document` holds :class:`ImplementationRecord` and
+:class:`Result` (one clause x implementation cell, with :class:`Worst`, :class:`DtypeResult` and
+:class:`ByD` records). Each record's fields are named once, in its dataclass, in the order the
+JSON object has them; ``from_json`` reads a checked JSON object and ``to_json`` writes it back
+(``Document.from_json(d).to_json() == d`` for every valid document of this version). The
+collector of a run (``report.py``) builds them, and every tool reads them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import gzip
 import importlib.resources
 import json
+import math
 import os
 import re
 import tempfile
-from typing import Any, Iterable, Mapping
+import types
+import typing
+from typing import Any, ClassVar, Iterable, Mapping
+
+from rmsnorm_conformance.conformance import clauses
 
 SCHEMA_ID = "rmsnorm-conformance/results"
 SCHEMA_VERSION = 1
@@ -34,10 +47,8 @@ SCHEMA_FILE = "results-v1.schema.json"
 STATUSES = ("CRASH", "TIMEOUT", "ERROR", "FAIL", "unmet", "pass", "skip")
 #: Higher is worse: CRASH > TIMEOUT > ERROR > FAIL > unmet > pass > skip.
 RANK = {s: len(STATUSES) - 1 - k for k, s in enumerate(STATUSES)}
-LEVELS = ("MUST", "SHOULD", "MAY")
+LEVELS = clauses.LEVELS
 STATES = ("ok", "unavailable", "broken")
-#: SPEC.md's section order; clauses of other sections sort after these.
-SECTIONS = ("TOL", "REF", "COV", "FWD", "DTY", "ACC", "MOD", "VAL", "SPV", "MET", "IMP", "GRAD")
 #: The pseudo-implementation of results that check the suite itself.
 SUITE_IMPL = "(suite)"
 
@@ -50,11 +61,228 @@ class ResultsError(Exception):
 
 
 # --------------------------------------------------------------------------------------------
+# the typed model: one dataclass per JSON object of the schema
+
+class Record:
+    """A JSON object of the results document as a dataclass. ``from_json`` reads an object that
+    has passed ``validate`` (or came from ``to_json``); ``to_json`` writes it back, fields in
+    their declared order, leaving out the ``OPTIONAL`` ones that are None. Nested records, lists
+    and mappings of records are converted by the fields' annotations; other values (the free-form
+    ``environment``, ``capabilities``, ``fingerprint``) are copied as they are."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping):
+        hints = _hints(cls)
+        return cls(**{f.name: _decode(hints[f.name], data[f.name])
+                      for f in dataclasses.fields(cls) if f.name in data})
+
+    def to_json(self) -> dict:
+        return {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if not (f.name in self.OPTIONAL and getattr(self, f.name) is None)}
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _decode(hint, value):
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):           # X | None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _decode(hint, value)
+    if origin is list:
+        return [_decode(args[0], v) for v in value]
+    if origin is dict:
+        return {k: _decode(args[1], v) for k, v in value.items()}
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return hint.from_json(value)
+    return copy.deepcopy(value)
+
+
+def _encode(value):
+    if isinstance(value, Record):
+        return value.to_json()
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encode(v) for k, v in value.items()}
+    return copy.deepcopy(value)
+
+
+@dataclasses.dataclass
+class CaseRef(Record):
+    """The input behind a worst error: its description, and a repro (small inputs) or a saved
+    file (relative to the document)."""
+
+    describe: str
+    repro: str | None = None
+    file: str | None = None
+
+
+@dataclasses.dataclass
+class Worst(Record):
+    """The element with the largest error/bound ratio: its error and bound in ulps of the output
+    dtype, the ratio (error / bound: above 1 the bound is exceeded), the dtype key (x's, then
+    ``+weight's`` where they differ), which value (``output``, ``dx``, ...) and its input."""
+
+    error_ulps: float
+    bound_ulps: float
+    ratio: float
+    dtype: str
+    label: str
+    case: CaseRef | None = None
+
+
+@dataclasses.dataclass
+class DtypeResult(Record):
+    """One dtype key of a cell: its status, examples and worst error."""
+
+    status: str = "pass"
+    examples: int = 0
+    worst: Worst | None = None
+
+
+@dataclasses.dataclass
+class ByD(Record):
+    """The worst error of one value (``label``) of one dtype key at one last-axis length d, over
+    ``examples`` examples with that d."""
+
+    dtype: str
+    label: str
+    d: int
+    error_ulps: float
+    bound_ulps: float
+    examples: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.dtype, self.label, self.d)
+
+    @property
+    def ratio(self) -> float:
+        return self.error_ulps / self.bound_ulps if self.bound_ulps else 0.0
+
+
+@dataclasses.dataclass
+class Result(Record):
+    """One clause x implementation cell: the worst status of the tests that check the clause,
+    its one-line reason (None for a pass), and what was measured."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("details", "by_d")
+
+    clause: str
+    title: str
+    impl: str
+    level: str
+    status: str
+    reason: str | None = None
+    tests: int = 0
+    examples: int = 0
+    time_s: float = 0.0
+    worst: Worst | None = None
+    dtypes: dict[str, DtypeResult] = dataclasses.field(default_factory=dict)
+    details: str | None = None        # the multi-line detail behind the reason
+    by_d: list[ByD] | None = None
+
+    def worst_by_dtype(self) -> dict[str, Worst]:
+        """dtype key -> worst record, from the per-dtype entries, else the cell's own."""
+        found = {k: e.worst for k, e in self.dtypes.items() if e.worst is not None}
+        if not found and self.worst is not None:
+            found[self.worst.dtype] = self.worst
+        return found
+
+
+@dataclasses.dataclass
+class Distribution(Record):
+    name: str
+    version: str
+
+
+@dataclasses.dataclass
+class ImplementationRecord(Record):
+    """What the document says of one implementation (keyed by its id in ``implementations``):
+    where it comes from, whether it could run (``state``: ok, unavailable, broken; with the
+    reason otherwise), what it runs on, what it declares, and its rounding-order fingerprint."""
+
+    entry_point: str
+    distribution: Distribution | None
+    state: str
+    reason: str | None
+    environment: dict[str, str]
+    capabilities: dict
+    fingerprint: dict | None = None
+
+    @property
+    def device(self) -> str | None:
+        return self.environment.get("device") or None
+
+    def framework(self) -> str:
+        """``mlx 0.32.4``, or '' when the environment does not say."""
+        env = self.environment
+        return " ".join(v for v in (env.get("framework"), env.get("version")) if v)
+
+
+@dataclasses.dataclass
+class Suite(Record):
+    version: str
+    commit: str | None
+    spec_sha256: str
+
+
+@dataclasses.dataclass
+class Options(Record):
+    impl: list[str]
+    clause: list[str]
+    strict_should: bool
+    isolation: str
+    call_timeout: float
+    workers: int
+
+
+@dataclasses.dataclass
+class Run(Record):
+    profile: str
+    options: Options
+    duration_s: float
+    exit_status: int | None
+
+
+@dataclasses.dataclass
+class Host(Record):
+    name: str
+    platform: str
+    machine: str
+    python: str
+    cpu_count: int | None
+
+
+@dataclasses.dataclass
+class Document(Record):
+    """One run of the suite: ``to_json`` adds ``schema`` and ``schema_version``."""
+
+    created: str
+    suite: Suite
+    run: Run
+    host: Host
+    implementations: dict[str, ImplementationRecord]
+    results: list[Result]
+    worker_crashes: list[str] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA_ID, "schema_version": SCHEMA_VERSION, **super().to_json()}
+
+
+# --------------------------------------------------------------------------------------------
 # schema and validation
 
 @functools.lru_cache(maxsize=None)
 def _schema_text() -> str:
-    here = importlib.resources.files("conformance").joinpath("schema")
+    here = importlib.resources.files(__package__).joinpath("schema")
     return here.joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
 
 
@@ -180,8 +408,13 @@ def check(doc: Any, where: str = "document") -> dict:
     return doc
 
 
-def load(path: str | os.PathLike) -> dict:
+def load(path: str | os.PathLike) -> Document:
     """Read and check one results file; every problem is one ResultsError line."""
+    return Document.from_json(load_json(path))
+
+
+def load_json(path: str | os.PathLike) -> dict:
+    """``load``, as the checked JSON object."""
     p = os.fspath(path)
     try:
         with open(p, "rb") as f:
@@ -249,10 +482,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_atomic(path: str | os.PathLike, doc: dict) -> None:
-    """Validate ``doc`` (ResultsError if invalid, and nothing is written), then write it as JSON
-    atomically: an interrupted write leaves ``path`` as it was. A path ending in ``.gz`` gets
-    gzip-compressed JSON (with no timestamp in the header, so equal documents give equal bytes)."""
+def write_atomic(path: str | os.PathLike, doc: Document | Mapping) -> None:
+    """Validate ``doc`` (a Document, or its JSON object; ResultsError if invalid, and nothing is
+    written), then write it as JSON atomically: an interrupted write leaves ``path`` as it was.
+    A path ending in ``.gz`` gets gzip-compressed JSON (with no timestamp in the header, so equal
+    documents give equal bytes)."""
+    if isinstance(doc, Document):
+        doc = doc.to_json()
     validate(doc)
     if os.fspath(path).endswith(".gz"):
         text = json.dumps(doc, indent=1) + "\n"
@@ -290,15 +526,16 @@ def _fsync_dir(directory: str) -> None:
 # what the tools share
 
 def clause_sort_key(clause: str) -> tuple:
-    """SPEC.md order: by section (SECTIONS; unknown sections last, alphabetically), then
-    number."""
+    """SPEC.md order: by section (``clauses.sections()``, the order of SPEC.md's headings;
+    unknown sections last, alphabetically), then number."""
+    sections = clauses.sections()
     m = _CLAUSE.match(clause)
     if not m:
-        return (len(SECTIONS) + 1, clause, 0)
+        return (len(sections) + 1, clause, 0)
     section, number = m.group(1), int(m.group(2))
-    if section in SECTIONS:
-        return (SECTIONS.index(section), "", number)
-    return (len(SECTIONS), section, number)
+    if section in sections:
+        return (sections.index(section), "", number)
+    return (len(sections), section, number)
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -316,11 +553,10 @@ class Column:
         return f"{self.impl} @ {self.host}" + (f" ({self.device})" if self.device else "")
 
 
-def column(doc: Mapping, impl: str) -> Column:
+def column(doc: Document, impl: str) -> Column:
     """The column of implementation ``impl`` in ``doc``."""
-    info = doc["implementations"].get(impl) or {}
-    device = (info.get("environment") or {}).get("device")
-    return Column(impl, doc["host"]["name"], device or None)
+    record = doc.implementations.get(impl)
+    return Column(impl, doc.host.name, record.device if record else None)
 
 
 def full_labels(columns: Iterable[Column]) -> bool:
@@ -343,8 +579,8 @@ class ColumnInfo:
     """Where a column comes from: its implementation record and the document around it."""
 
     column: Column
-    implementation: dict | None     # None for SUITE_IMPL
-    doc: dict
+    implementation: ImplementationRecord | None     # None for SUITE_IMPL
+    doc: Document
     path: str
 
 
@@ -353,9 +589,9 @@ class Merged:
     """Several results documents as one table: clause x column."""
 
     columns: dict[Column, ColumnInfo]
-    cells: dict[tuple[str, Column], dict]          # (clause, column) -> result
+    cells: dict[tuple[str, Column], Result]        # (clause, column) -> result
     clauses: dict[str, tuple[str, str]]            # clause -> (level, title)
-    sources: list[tuple[str, dict]]                # (path, document), in the order given
+    sources: list[tuple[str, Document]]            # (path, document), in the order given
 
     def clause_ids(self) -> list[str]:
         return sorted(self.clauses, key=clause_sort_key)
@@ -366,20 +602,24 @@ class Merged:
     def labels(self) -> dict[Column, str]:
         return labels(self.columns)
 
+    def column_cells(self, col: Column) -> list[Result]:
+        """Every result of one column, in clause order."""
+        return [self.cells[c, col] for c in self.clause_ids() if (c, col) in self.cells]
 
-def _column_records(doc: dict, impl: str) -> tuple[Any, list]:
-    return (doc["implementations"].get(impl),
-            sorted((r for r in doc["results"] if r["impl"] == impl), key=lambda r: r["clause"]))
+
+def _column_records(doc: Document, impl: str) -> tuple[Any, list]:
+    return (doc.implementations.get(impl),
+            sorted((r for r in doc.results if r.impl == impl), key=lambda r: r.clause))
 
 
-def merge(sources: Iterable[tuple[str, dict]]) -> Merged:
+def merge(sources: Iterable[tuple[str, Document]]) -> Merged:
     """Merge checked documents ``(path, doc)``. The same column in two documents is a
     ResultsError unless its implementation record and results are identical there (e.g. the same
     file given twice)."""
     merged = Merged({}, {}, {}, [])
     for path, doc in sources:
         merged.sources.append((path, doc))
-        impl_ids = set(doc["implementations"]) | {r["impl"] for r in doc["results"]}
+        impl_ids = set(doc.implementations) | {r.impl for r in doc.results}
         for impl in sorted(impl_ids):
             col = column(doc, impl)
             if col in merged.columns:
@@ -390,23 +630,17 @@ def merge(sources: Iterable[tuple[str, dict]]) -> Merged:
                         f"results; give each run of one host once (several runs of one host "
                         f"and device can't share a table)")
                 continue
-            merged.columns[col] = ColumnInfo(col, doc["implementations"].get(impl), doc, path)
-        for r in doc["results"]:
-            col = column(doc, r["impl"])
-            merged.cells.setdefault((r["clause"], col), r)
-            merged.clauses.setdefault(r["clause"], (r["level"], r["title"]))
+            merged.columns[col] = ColumnInfo(col, doc.implementations.get(impl), doc, path)
+        for r in doc.results:
+            col = column(doc, r.impl)
+            merged.cells.setdefault((r.clause, col), r)
+            merged.clauses.setdefault(r.clause, (r.level, r.title))
     return merged
 
 
 def load_merged(paths: Iterable[str | os.PathLike]) -> Merged:
     """Load several results files and merge them (ResultsError on any problem)."""
     return merge((os.fspath(p), load(p)) for p in paths)
-
-
-def error_ulps(result: Mapping) -> float | None:
-    """The worst error in ulps of a result (or of one of its ``dtypes`` entries), or None."""
-    worst = result.get("worst")
-    return None if worst is None else worst["error_ulps"]
 
 
 def format_ulps(value: float | None) -> str:
@@ -418,3 +652,22 @@ def format_ulps(value: float | None) -> str:
     if value in (float("inf"), float("-inf")):
         return "inf"
     return f"{value:.2g}" if value < 10 else f"{value:.3g}" if value < 1000 else f"{value:.2g}"
+
+
+def format_ratio(value: float) -> str:
+    """A worst error as a multiple of its bound (error / bound), ``x`` its unit: ``0.98x``,
+    ``1.01x``, ``42x``, ``1.2e+06x``. Below 10 it has two decimals, rounded away from 1, so that
+    a value within the bound never reads above ``1.00x`` and one beyond it never reads
+    ``1.00x``; ``<0.01x`` for tiny values, ``0x`` for none."""
+    if value != value:
+        return "nan x"
+    if value == float("inf"):
+        return "inf x"
+    if value == 0:
+        return "0x"
+    if value < 0.01:
+        return "<0.01x"
+    if value < 10:
+        hundredths = round(value * 100, 6)
+        return f"{(math.floor(hundredths) if value < 1 else math.ceil(hundredths)) / 100:.2f}x"
+    return f"{value:.0f}x" if value < 999.5 else f"{value:.1e}x"

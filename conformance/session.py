@@ -217,7 +217,7 @@ class Run:
             yield
             return
         book = ledger.Ledger(record_calls=self.config.getoption("rmsnorm_coverage"),
-                             artifacts=self.artifacts)
+                             artifacts=self.artifacts, clause=clause_of(item))
         item.stash[LEDGER] = book
         with ledger.active(book), profiles.same_examples_everywhere():
             yield

@@ -9,8 +9,11 @@ reach, and a failing case prints both the exact arrays and the plan that made th
 
 Every plan a property draws is *informative* unless the property says otherwise: no empty arrays,
 no all-zero x or weight, no constant rows, rows neither overflowing the float32 accumulator nor
-dominated by eps (``magnitudes="informative"``). Degenerate inputs have their own clauses and
-their own plans (``magnitudes=`` "overflow", "underflow", "subnormal", ...).
+dominated by eps (``regime="informative"``). Degenerate inputs have their own clauses and their
+own plans (``regime=`` "overflow", "underflow", "subnormal", ...). Mixed x/weight dtypes are
+drawn only where a property asks (``mixed=True``): the clauses about mixed dtypes (DTY-2,
+ACC-8, ACC-9, the gradients') judge them, so that a mixed-dtype deviation is reported there and
+nowhere else.
 
 All public strategies validate their arguments when built and say what to pass instead.
 """
@@ -27,34 +30,31 @@ from hypothesis.extra import numpy as hnp
 
 from rmsnorm_conformance.conformance.cases import Case
 from rmsnorm_conformance.conformance.dtypes import INFO, info
+from rmsnorm_conformance.conformance.regions import (ALL_DTYPES, D_TARGETS, MAX_D,  # noqa: F401
+                                                     MIXED_PAIRS)
 from rmsnorm_conformance.protocol import DTYPES
 
-#: Axis lengths where kernels switch code paths (MLX's GPU kernels: simd width 32, block sizes
-#: 256..1024, the looped kernel above 4096; row tiling) and their neighbours. Every run reaches
-#: each for every dtype, forward and backward (anchors below).
-D_TARGETS = (1, 7, 33, 256, 257, 1024, 4096, 4097, 8193, 16385, 65535, 65536)
 #: Notable axis lengths the random draws favour besides any length.
 NOTABLE_D = (1, 2, 3, 7, 8, 31, 32, 33, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1023, 1024,
              1025, 2047, 2048, 2049, 4095, 4096, 4097, 8192, 8193, 16384, 16385, 32768, 65535,
              65536)
 #: eps values in common use (MLX and PyTorch 1e-5, Keras/Flax 1e-6, LLaMA 1e-6/1e-5, T5 1e-6).
-COMMON_EPS = (1e-5, 1e-6, 1e-8, 1e-12, 1e-3, 1e-1, 1.0)
 #: For implementations that compile per shape (``compiles_per_shape``: JAX, Flax, mx.compile) a
 #: generated plan takes the anchors' shapes and eps values: its axis length rounded up to one of
 #: D_TARGETS, 3 rows (fewer for the longest rows) and its eps the nearest of COMMON_EPS, so that a
 #: run compiles few programs, mostly shared with the anchors; dtypes, values and weights are
 #: drawn as for everyone.
-MAX_D = 65536
+COMMON_EPS = (1e-5, 1e-6, 1e-8, 1e-12, 1e-3, 1e-1, 1.0)
 F32_EMAX = 128                # float32 overflows at 2**128
 MAX_ELEMENTS = 1 << 17        # one example stays within a few milliseconds of NumPy
+MAX_PLAN_ELEMENTS = 1 << 22   # no plan (anchors included) builds more than this
 ELEMENTWISE_LIMIT = 48        # arrays up to this size may be drawn element by element
-ALL_DTYPES = tuple(DTYPES)
-MIXED_PAIRS = (("float16", "float32"), ("bfloat16", "float32"), ("float32", "float16"),
-               ("float32", "bfloat16"), ("float16", "bfloat16"), ("bfloat16", "float16"))
 WEIGHTS = ("ones", "random", "ints", "none", "zeros")
 KINDS = ("normal", "spike", "exact")
-MAGNITUDES = ("informative", "any", "overflow", "half_overflow", "underflow", "subnormal",
-              "eps_comparable")
+#: What a plan's magnitudes are drawn for: informative rows (the default), or the degenerate
+#: regime of a clause of its own (see ``exponent_range``).
+REGIMES = ("informative", "any", "overflow", "half_overflow", "underflow", "subnormal",
+           "eps_comparable")
 
 
 def _check_subset(what: str, values, allowed) -> tuple:
@@ -83,7 +83,9 @@ class Plan:
     normal distribution (or the drawn ``mantissas``), o uniform in 0..spread per element plus
     0..row_spread per row. ``kind`` "exact" makes x = k * 2**exp with integers k whose squares sum
     below 2**24 per row (every float32 partial sum exact, in any order: ACC-3, MET-2, MET-5);
-    "spike" puts one element 2**spike_exp above the others in each row.
+    "spike" puts one element 2**spike_exp above the others in each row. ``regime`` says what
+    ``exp`` was drawn for (``REGIMES``), so that a plan mapped to another dtype keeps an exponent
+    valid for it. Every field is checked when a plan is made.
     """
 
     x_dtype: str
@@ -100,6 +102,54 @@ class Plan:
     seed: int = 0
     mantissas: tuple | None = None  # small arrays: the drawn values in [-2, 2], row-major
     anchor: bool = False            # an explicit anchor: skipped, not mapped, where inapplicable
+    regime: str = "informative"
+
+    def __post_init__(self):
+        object.__setattr__(self, "lead", tuple(self.lead))
+        for problem in self._problems():
+            raise InvalidArgument(f"Plan({problem})")
+
+    def _problems(self):
+        if self.x_dtype not in DTYPES:
+            yield f"x_dtype={self.x_dtype!r}: pass one of {tuple(DTYPES)}"
+        if self.w_dtype is not None and self.w_dtype not in DTYPES:
+            yield (f"w_dtype={self.w_dtype!r}: pass one of {tuple(DTYPES)}, or None for x's "
+                   f"dtype")
+        if not (_is_int(self.d) and 1 <= self.d <= MAX_D):
+            yield (f"d={self.d!r}: pass an integer 1..{MAX_D} (the normalised axis; an empty "
+                   f"axis is FWD-5's own case)")
+        if not all(_is_int(n) and n >= 0 for n in self.lead):
+            yield f"lead={self.lead!r}: pass a tuple of non-negative integers (leading dims)"
+        elif _is_int(self.d) and math.prod(self.lead) * self.d > MAX_PLAN_ELEMENTS:
+            yield (f"lead={self.lead!r}, d={self.d}: more than {MAX_PLAN_ELEMENTS} elements; "
+                   f"pass fewer rows")
+        for name in ("exp", "spike_exp"):
+            if not _is_int(getattr(self, name)):
+                yield f"{name}={getattr(self, name)!r}: pass an integer (a binary exponent)"
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) \
+                or self.eps != self.eps:
+            yield f"eps={self.eps!r}: pass a number (not NaN)"
+        if self.weight not in WEIGHTS:
+            yield f"weight={self.weight!r}: pass one of {WEIGHTS}"
+        if self.kind not in KINDS:
+            yield f"kind={self.kind!r}: pass one of {KINDS}"
+        if self.regime not in REGIMES:
+            yield f"regime={self.regime!r}: pass one of {REGIMES}"
+        if not (_is_int(self.spread) and 0 <= self.spread <= 40):
+            yield f"spread={self.spread!r}: pass an integer 0..40"
+        if not (_is_int(self.row_spread) and 0 <= self.row_spread <= 60):
+            yield f"row_spread={self.row_spread!r}: pass an integer 0..60"
+        if not (_is_int(self.seed) and 0 <= self.seed < 2 ** 64):
+            yield f"seed={self.seed!r}: pass a non-negative integer"
+        if self.kind == "exact" and (self.spread or self.mantissas is not None):
+            yield "kind='exact' draws its own integers: pass spread=0 and no mantissas"
+        if self.mantissas is not None and (
+                len(self.mantissas) != math.prod(self.lead) * self.d
+                or not all(isinstance(m, float) and -2 <= m <= 2 for m in self.mantissas)):
+            yield (f"mantissas: pass {math.prod(self.lead) * self.d} floats in [-2, 2] "
+                   f"(rows x d, row-major), or None")
+        if not isinstance(self.anchor, bool):
+            yield f"anchor={self.anchor!r}: pass True or False"
 
     @property
     def shape(self) -> tuple:
@@ -109,37 +159,49 @@ class Plan:
     def rows(self) -> int:
         return math.prod(self.lead)
 
-    def dtypes_for(self, caps) -> tuple[str, str | None]:
-        """(x dtype, weight dtype or None) for an implementation with capabilities ``caps``: a
-        dtype it does not declare is replaced by one it does (anchors are skipped instead),
-        mixed pairs collapse to x's dtype without ``mixed``, weight None to ones without
-        ``weight_none``."""
-        x_dt, w_dt = self.x_dtype, self.w_dtype or self.x_dtype
+    def for_caps(self, caps) -> "Plan":
+        """This plan as sent to an implementation with ``caps``. An anchor asking for something
+        the implementation does not declare is dropped (UnsatisfiedAssumption: Hypothesis skips
+        that explicit example). A generated plan is mapped instead: a dtype it does not declare
+        becomes one it does, with the exponent moved into that dtype's range for the plan's
+        regime (never cast to infinity); a mixed pair becomes x's dtype without ``mixed``; a
+        weight of None becomes ones without ``weight_none``; and for an implementation that
+        compiles per shape the shape and eps become an anchor's."""
         declared = tuple(caps.dtypes)
-        if x_dt not in declared or (w_dt not in declared and caps.mixed is not None):
+        x_dt, w_dt = self.x_dtype, self.w_dtype or self.x_dtype
+        changes = {}
+        if x_dt not in declared:
             self._inapplicable()
-            x_dt = x_dt if x_dt in declared else declared[self.seed % len(declared)]
-            w_dt = w_dt if w_dt in declared else x_dt
-        if caps.mixed is None and w_dt != x_dt:
+            x_dt = declared[self.seed % len(declared)]
+        if w_dt != x_dt and (caps.mixed is None or w_dt not in declared):
             self._inapplicable()
             w_dt = x_dt
         if self.weight == "none" and not caps.weight_none:
             self._inapplicable()
-            return x_dt, w_dt
-        return x_dt, (None if self.weight == "none" else w_dt)
+            changes["weight"] = "ones"
+        if x_dt != self.x_dtype:
+            changes.update(self._moved_to(x_dt))
+        if (x_dt, w_dt) != (self.x_dtype, self.w_dtype or self.x_dtype):
+            changes.update(x_dtype=x_dt, w_dtype=None if w_dt == x_dt else w_dt)
+        if getattr(caps, "compiles_per_shape", False) and not self.anchor:
+            d = next((m for m in D_TARGETS if m >= self.d), D_TARGETS[-1])
+            lead = rows_for(d) if self.rows else (0,)
+            eps = self.eps if not self.eps > 0 else min(
+                COMMON_EPS, key=lambda e: abs(math.log10(e) - math.log10(self.eps)))
+            if (d, lead, eps) != (self.d, tuple(self.lead), self.eps):
+                changes.update(d=d, lead=lead, eps=eps, mantissas=None)
+        return dataclasses.replace(self, **changes) if changes else self
 
-    def for_caps(self, caps) -> "Plan":
-        """This plan as sent to an implementation with ``caps``: unchanged, except that a
-        generated plan for one that compiles per shape takes an anchor's shape (D_TARGETS)."""
-        if not getattr(caps, "compiles_per_shape", False) or self.anchor:
-            return self
-        d = next((m for m in D_TARGETS if m >= self.d), D_TARGETS[-1])
-        lead = rows_for(d) if self.rows else (0,)
-        eps = self.eps if not self.eps > 0 else min(
-            COMMON_EPS, key=lambda e: abs(math.log10(e) - math.log10(self.eps)))
-        if (d, lead, eps) == (self.d, tuple(self.lead), self.eps):
-            return self
-        return dataclasses.replace(self, d=d, lead=lead, eps=eps, mantissas=None)
+    def _moved_to(self, dtype: str) -> dict:
+        """The exponent (and rows' spread) of this plan's regime in another dtype."""
+        lo, hi = exponent_range(self.regime, self.kind, dtype, self.d, self.eps, self.spread)
+        rs = min(self.row_spread, max(hi - lo, 0))
+        changes = {"exp": min(max(self.exp, lo + rs), hi), "row_spread": rs}
+        if self.kind == "spike":
+            changes["spike_exp"] = min(self.spike_exp - self.exp + changes["exp"],
+                                       informative_exponents(dtype, self.d, self.eps)[1]
+                                       if self.regime == "informative" else hi + 2)
+        return changes
 
     def _inapplicable(self) -> None:
         """An anchor the implementation cannot take is dropped (what ``assume(False)`` raises:
@@ -147,14 +209,30 @@ class Plan:
         if self.anchor:
             raise UnsatisfiedAssumption(f"anchor {self!r} asks for an undeclared capability")
 
+    def dtypes_for(self, caps) -> tuple[str, str | None]:
+        """(x dtype, weight dtype or None) of this plan as sent to an implementation with
+        ``caps`` (``for_caps``)."""
+        plan = self.for_caps(caps)
+        w = None if plan.weight == "none" else (plan.w_dtype or plan.x_dtype)
+        return plan.x_dtype, w
+
     def build(self, caps) -> Case:
-        if self.for_caps(caps) is not self:
-            return self.for_caps(caps).build(caps)
-        x_dt, w_dt = self.dtypes_for(caps)
-        x = self.x_values(x_dt)
-        w = None if w_dt is None else weight_values(
-            "ones" if self.weight == "none" else self.weight, self.d, w_dt, self.seed + 1)
-        return Case(x=x, weight=w, eps=self.eps, recipe=repr(self))
+        """The case for an implementation with ``caps`` (``for_caps``). With ``weight_offset``
+        declared the case holds the parameter ``applied - offset`` and the offset; the applied
+        weights drawn are those of any other implementation."""
+        plan = self.for_caps(caps)
+        x = plan.x_values(plan.x_dtype)
+        params = {"exact_sum": True} if plan.kind == "exact" else {}
+        if plan.weight == "none":
+            return Case(x=x, weight=None, eps=plan.eps, recipe=repr(plan), params=params)
+        w_dt = plan.w_dtype or plan.x_dtype
+        applied = weight_values(plan.weight, plan.d, w_dt, plan.seed + 1)
+        offset = float(getattr(caps, "weight_offset", 0.0) or 0.0)
+        case = Case(x=x, weight=applied, eps=plan.eps, recipe=repr(plan), params=params,
+                    weight_offset=offset)
+        if offset:
+            case = case.with_applied(applied, f"parameter = weight - {offset!r}")
+        return case
 
     def x_values(self, dtype: str) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
@@ -172,6 +250,10 @@ class Plan:
             v[np.arange(rows), rng.integers(0, d, rows)] = np.ldexp(
                 rng.choice([-1.0, 1.0], rows), self.spike_exp)
         return cast(v, dtype).reshape(self.shape)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def cast(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -241,31 +323,48 @@ def exact_exponents(dtype: str, d: int, eps: float) -> tuple[int, int]:
     return lo, max(lo, hi)
 
 
-def _exponent(draw, dtype: str, d: int, eps: float, spread: int, magnitudes: str,
-              kind: str = "normal") -> int:
+def exponent_range(regime: str, kind: str, dtype: str, d: int, eps: float,
+                   spread: int = 0) -> tuple[int, int]:
+    """The range of ``exp`` (the binary exponent of the rows' largest elements) for a plan of
+    ``regime`` in ``dtype``: "informative" (``informative_exponents``, or
+    ``exact_exponents`` for exact-sum rows); "eps_comparable": mean square within a factor 8 of
+    eps (FWD-3); "any": the dtype's whole finite range; "overflow": the float32 sum of squares
+    overflows (ACC-4, ACC-5); "half_overflow": float16 squares overflow float16 (ACC-2);
+    "underflow": float32 squares underflow, |x| < 2**-75 (ACC-7); "subnormal": x subnormal in
+    its dtype (SPV-6). Ranges a dtype cannot reach end at its limit."""
     fi = INFO[dtype]
     top = int(math.floor(math.log2(fi.max)))
-    if magnitudes == "informative":
-        lo, hi = (exact_exponents(dtype, d, eps) if kind == "exact"
-                  else informative_exponents(dtype, d, eps, spread))
+    if regime == "informative":
+        return (exact_exponents(dtype, d, eps) if kind == "exact"
+                else informative_exponents(dtype, d, eps, spread))
+    if regime == "eps_comparable":
+        mid = math.log2(eps) / 2 if eps > 0 else 0.0
+        return int(round(mid - 1.5)), int(round(mid + 1.5))
+    if regime == "any":
+        return fi.emin - fi.p + 1, top - 2
+    if regime == "overflow":
+        need = int(math.ceil((F32_EMAX + 1 - math.log2(max(d, 1))) / 2)) + 1
+        return min(need, top - 2), top - 2
+    if regime == "half_overflow":
+        return min(9, top - 2), top - 2
+    if regime == "underflow":
+        return min(fi.emin + spread + 1, -78), -78
+    if regime == "subnormal":
+        return fi.emin - fi.p + 3, fi.emin - 2
+    raise InvalidArgument(f"unknown regime {regime!r}; use one of {REGIMES}")
+
+
+def _exponent(draw, dtype: str, d: int, eps: float, spread: int, regime: str,
+              kind: str = "normal") -> int:
+    lo, hi = exponent_range(regime, kind, dtype, d, eps, spread)
+    if regime == "informative":
         mid = min(max(0, lo), hi)
         # the ends of the range and the middle, and anywhere
         return draw(st.one_of(st.integers(lo, hi), st.integers(lo, min(lo + 4, hi)),
                               st.integers(max(lo, hi - 4), hi), st.integers(mid, min(mid + 4, hi))))
-    if magnitudes == "eps_comparable":  # mean square within a factor 8 of eps (FWD-3)
+    if regime == "eps_comparable":      # mean square within a factor 8 of eps (FWD-3)
         return int(round((math.log2(eps) + draw(st.floats(-3.0, 3.0))) / 2))
-    if magnitudes == "any":
-        return draw(st.integers(fi.emin - fi.p + 1, top - 2))
-    if magnitudes == "overflow":        # the float32 sum of squares overflows (ACC-4, ACC-5)
-        need = int(math.ceil((F32_EMAX + 1 - math.log2(max(d, 1))) / 2)) + 1
-        return draw(st.integers(min(need, top - 2), top - 2))
-    if magnitudes == "half_overflow":   # float16 squares overflow float16 (ACC-2)
-        return draw(st.integers(9, top - 2))
-    if magnitudes == "underflow":       # float32 squares underflow (ACC-7): |x| < 2**-75
-        return draw(st.integers(fi.emin + spread + 1, -78))
-    if magnitudes == "subnormal":       # x subnormal in its dtype (SPV-6)
-        return draw(st.integers(fi.emin - fi.p + 3, fi.emin - 2))
-    raise InvalidArgument(f"unknown magnitudes {magnitudes!r}; use one of {MAGNITUDES}")
+    return draw(st.integers(lo, hi))
 
 
 # ---- public strategies ---------------------------------------------------------------------
@@ -326,7 +425,7 @@ def leading_shapes(d: int, max_dims: int = 3, min_rows: int = 1,
     return _leading_shape(max_dims, min_rows, cap)
 
 
-def dtype_pairs(dtypes=ALL_DTYPES, mixed=True) -> st.SearchStrategy[tuple]:
+def dtype_pairs(dtypes=ALL_DTYPES, mixed=False) -> st.SearchStrategy[tuple]:
     """(x dtype, weight dtype): mostly equal, a quarter of the time a mixed pair (always with
     ``mixed="only"``, never with False)."""
     dtypes = _check_subset("dtypes", dtypes, ALL_DTYPES)
@@ -344,17 +443,19 @@ def dtype_pairs(dtypes=ALL_DTYPES, mixed=True) -> st.SearchStrategy[tuple]:
     return st.one_of(same, same, same, st.sampled_from(pairs))
 
 
-def plans(*, dtypes=ALL_DTYPES, mixed: bool = True, min_d: int = 1, max_d: int = MAX_D,
+def plans(*, dtypes=ALL_DTYPES, mixed=False, min_d: int = 1, max_d: int = MAX_D,
           max_dims: int = 3, min_rows: int = 1, max_elements: int = MAX_ELEMENTS,
           weights=("ones", "random", "none"), kinds=("normal", "spike"),
-          magnitudes: str = "informative", spread: int = 6, row_spread: int = 0,
+          regime: str = "informative", spread: int = 6, row_spread: int = 0,
           eps=None, elementwise: bool = True, max_exp: int | None = None
           ) -> st.SearchStrategy[Plan]:
     """Plans for cases: every argument restricts what is drawn, and is validated here.
 
-    magnitudes:  "informative" (default; see ``informative_exponents``), "any" (the dtype's whole
-                 finite range), or a degenerate regime of its own clause: "overflow",
-                 "half_overflow", "underflow", "subnormal".
+    mixed:       False (default: x and weight of one dtype), True (a quarter of the plans a
+                 mixed pair) or "only" (mixed pairs only).
+    regime:      "informative" (default; see ``informative_exponents``), "any" (the dtype's whole
+                 finite range), or a degenerate regime of its own clause (``REGIMES``,
+                 ``exponent_range``).
     spread:      exponents within a row spread 0..spread below the row's largest.
     row_spread:  rows' scales spread 0..row_spread binades apart (FWD-2).
     eps:         a strategy of eps values (default ``eps_values()``).
@@ -366,8 +467,8 @@ def plans(*, dtypes=ALL_DTYPES, mixed: bool = True, min_d: int = 1, max_d: int =
     weights = _check_subset("weights", weights, WEIGHTS)
     kinds = _check_subset("kinds", kinds, KINDS)
     _check_range("d", min_d, max_d, 1, MAX_D)
-    if magnitudes not in MAGNITUDES:
-        raise InvalidArgument(f"unknown magnitudes {magnitudes!r}; use one of {MAGNITUDES}")
+    if regime not in REGIMES:
+        raise InvalidArgument(f"unknown regime {regime!r}; pass one of {REGIMES}")
     if not (isinstance(spread, int) and 0 <= spread <= 40 and isinstance(row_spread, int)
             and 0 <= row_spread <= 60):
         raise InvalidArgument(f"need integers 0 <= spread <= 40 and 0 <= row_spread <= 60, got "
@@ -387,12 +488,12 @@ def plans(*, dtypes=ALL_DTYPES, mixed: bool = True, min_d: int = 1, max_d: int =
         kind = draw(st.sampled_from(kinds))
         s = 0 if kind == "exact" else draw(st.integers(0, spread))
         rs = draw(st.integers(0, row_spread)) if row_spread else 0
-        if rs and magnitudes == "informative":        # the smallest row stays informative too
+        if rs and regime == "informative":        # the smallest row stays informative too
             lo, hi = informative_exponents(x_dt, d, e, s)
             rs = min(rs, hi - lo)
             exp = draw(st.integers(lo + rs, hi))
         else:
-            exp = _exponent(draw, x_dt, d, e, s, magnitudes, kind)
+            exp = _exponent(draw, x_dt, d, e, s, regime, kind)
         if max_exp is not None:
             exp = min(exp, max_exp)
         rows = math.prod(lead)
@@ -405,12 +506,13 @@ def plans(*, dtypes=ALL_DTYPES, mixed: bool = True, min_d: int = 1, max_d: int =
                                elements=st.sampled_from([-1.0, 1.0]))
             mant = tuple(float(v) for v in draw(mags) * draw(signs))
         spike = exp + draw(st.integers(1, 12)) if kind == "spike" else 0
-        if kind == "spike" and magnitudes == "informative":
+        if kind == "spike" and regime == "informative":
             spike = min(spike, informative_exponents(x_dt, d, e)[1])
         return Plan(x_dtype=x_dt, w_dtype=w_dt if w_dt != x_dt else None, d=d, lead=lead,
                     exp=exp, eps=e, weight=draw(st.sampled_from(weights)), kind=kind,
                     spread=s, row_spread=rs,
-                    spike_exp=spike, seed=draw(st.integers(0, 2 ** 32 - 1)), mantissas=mant)
+                    spike_exp=spike, seed=draw(st.integers(0, 2 ** 32 - 1)), mantissas=mant,
+                    regime=regime)
 
     return plan()
 
@@ -467,17 +569,20 @@ def rows_for(d: int, max_elements: int = MAX_ELEMENTS, want: int = 3) -> tuple:
 
 def anchor(x_dtype: str, d: int, *, lead=None, eps: float = 1e-5, weight: str = "random",
            kind: str = "normal", exp: int | None = None, w_dtype=None, spread: int = 4,
-           seed: int | None = None, **kw) -> Plan:
-    """One explicit plan (an anchor); by default informative: ordinary magnitudes, 3 rows."""
-    lead = rows_for(d) if lead is None else tuple(lead)
+           seed: int | None = None, regime: str = "informative", **kw) -> Plan:
+    """One explicit plan (an anchor); by default informative: ordinary magnitudes, 3 rows, the
+    exponent nearest 0 in the regime's range. Every argument is checked (``Plan``)."""
+    if not _is_int(d) or d < 1:
+        Plan(x_dtype=x_dtype, d=d)                   # raises, saying what to pass
+    plan = Plan(x_dtype=x_dtype, d=d, lead=rows_for(d) if lead is None else tuple(lead),
+                exp=0 if exp is None else exp, eps=eps, weight=weight, w_dtype=w_dtype,
+                kind=kind, spread=0 if kind == "exact" else spread,
+                seed=seed if seed is not None else (d * 7919 + len(str(x_dtype))) % 2 ** 32,
+                anchor=True, regime=regime, **kw)
     if exp is None:
-        lo, hi = (exact_exponents(x_dtype, d, eps) if kind == "exact"
-                  else informative_exponents(x_dtype, d, eps, spread))
-        exp = min(max(lo, 0), hi)
-    return Plan(x_dtype=x_dtype, d=d, lead=lead, exp=exp, eps=eps, weight=weight,
-                w_dtype=w_dtype, kind=kind, spread=0 if kind == "exact" else spread,
-                seed=seed if seed is not None else (d * 7919 + len(x_dtype)) % 2 ** 32,
-                anchor=True, **kw)
+        lo, hi = exponent_range(regime, kind, x_dtype, d, eps, plan.spread)
+        plan = dataclasses.replace(plan, exp=min(max(lo, 0), hi))
+    return plan
 
 
 def regime_anchors(dtypes=ALL_DTYPES, d_values=D_TARGETS, **kw) -> list[Plan]:

@@ -34,6 +34,10 @@ class Bound:
     out_dtype:  the output dtype the bound is stated for.
     nonfinite_ok: elements that may also be inf or NaN (gradients: an intermediate term of the
                 computation exceeds the range of the least precise type involved); None: none.
+    ref_name:   what ``ref`` is, in messages: the float64 reference, or (self-comparisons) the
+                implementation's own other output, e.g. "f(x, eps)".
+    truth:      for self-comparisons, the float64 reference of the same quantity (printed
+                beside, never judged against); None otherwise.
     """
 
     ref: np.ndarray
@@ -41,6 +45,8 @@ class Bound:
     zero_ok: np.ndarray
     out_dtype: np.dtype
     nonfinite_ok: np.ndarray | None = None
+    ref_name: str = "float64 reference"
+    truth: np.ndarray | None = None
 
     def without_zero_ok(self) -> "Bound":
         """The same bound with no exactly-zero allowance (ACC-5)."""
@@ -72,12 +78,18 @@ def output_roundings(weight_dtype, out_dtype) -> int:
 
 
 def forward_bound(x: np.ndarray, weight: np.ndarray | None, eps: float, out_dtype,
-                  exact_sum: bool = False, flush_allowed: bool = True) -> Bound:
-    """The ACC-1 bound for ``rms_norm(x, weight, eps)``; ACC-3's with ``exact_sum``; without
-    the allowance for inputs flushed to zero (SPV-6) when not ``flush_allowed``."""
+                  exact_sum: bool = False, flush_allowed: bool = True,
+                  normalised_dtype=None) -> Bound:
+    """The ACC-1 bound for ``rms_norm(x, weight, eps)`` (``weight``: the weight applied);
+    ACC-3's with ``exact_sum``; without the allowance for inputs flushed to zero (SPV-6) when
+    not ``flush_allowed``. ``normalised_dtype``: a type narrower than the output's that the
+    normalised value is rounded to before the weight (the declared convention
+    ``normalised_in_input_dtype``: one more rounding, of that type's unit roundoff)."""
     d = x.shape[-1]
     out = info(out_dtype)
     r_out = output_roundings(None if weight is None else weight.dtype, out_dtype)
+    u_norm = (info(normalised_dtype).u if normalised_dtype is not None
+              and info(normalised_dtype).u > out.u else 0.0)
     x64 = x.astype(np.float64)
     w64 = np.ones(d) if weight is None else weight.astype(np.float64)
     ref = reference.rms_norm(x, weight, eps)
@@ -87,9 +99,11 @@ def forward_bound(x: np.ndarray, weight: np.ndarray | None, eps: float, out_dtyp
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         theta_q = gamma(k, U32) + ETA_Q / q                      # relative error of q
         rho = theta_q / (2.0 * (1.0 - theta_q))                  # of 1/sqrt(q), before rsqrt
-        rel = ((1.0 + rho) * (1.0 + U32) ** (C_RSQRT + 1) * (1.0 + out.u) ** r_out - 1.0
-               + reference.reference_error(d))
-        absolute = (1.0 + 2.0 * np.abs(w64)) * (TAU if out.name != "float16" else out.min_subnormal / 2)
+        rel = ((1.0 + rho) * (1.0 + U32) ** (C_RSQRT + 1) * (1.0 + out.u) ** r_out
+               * (1.0 + u_norm) - 1.0 + reference.reference_error(d))
+        absolute = (1.0 + 2.0 * np.abs(w64)) * _sigma(out_dtype)
+        if u_norm:      # the normalised value rounded below the narrower type's normal range
+            absolute = absolute + np.abs(w64) * _sigma(normalised_dtype)
         flushed = np.where(flush_allowed & (np.abs(x64) < TAU), np.abs(ref), 0.0)
         bound = rel * np.abs(ref) + absolute + flushed
     bound = np.where(theta_q >= UNCHECKABLE, np.inf, bound)
@@ -105,6 +119,13 @@ def forward_bound(x: np.ndarray, weight: np.ndarray | None, eps: float, out_dtyp
 K_ELEM = 8          # elementwise roundings allowed in the least precise type involved
 Q_MAX = 2.0 ** 80   # rows with mean(x^2) + eps above this leave float32's range in n^3 (GRAD-10/11)
 Q_MAX_HVP = 2.0 ** 48   # ... and above this n^5, which second order forms (GRAD-12)
+
+
+def _weight_dtype(weight, weight_dtype):
+    """The dtype the implementation is given the weight in (and returns dweight in)."""
+    if weight is None:
+        return None
+    return np.dtype(weight_dtype) if weight_dtype is not None else weight.dtype
 
 
 def _u_compute(*dtypes) -> float:
@@ -155,8 +176,10 @@ def _finish(ref, bound, checkable, out_dtype, overflow=None):
                                                                             ref.shape).copy())
 
 
-def vjp_bounds(x, weight, eps, g, beyond_range=False, exact=False):
+def vjp_bounds(x, weight, eps, g, beyond_range=False, exact=False, weight_dtype=None):
     """Bounds for (dx, dweight) of the VJP with cotangent g (dweight None without weight).
+    ``weight`` is the weight applied; ``weight_dtype`` the parameter's dtype where it differs
+    (a parametrised weight, capability weight_offset: dweight comes back in it).
 
     dx = n a - x n^3 p (a = g w, p = <a, x>/d) is judged against the size of the two terms it
     subtracts, M_i = n |a_i| + |x_i| n^3 <|a|, |x|>/d, not against the (possibly cancelled) result.
@@ -164,9 +187,10 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False, exact=False):
     neither reduction contributes a rounding error.
     """
     d = x.shape[-1]
+    wdt = _weight_dtype(weight, weight_dtype)
     x64, w64, n, eps_n, ok, known = _row_terms(x, weight, eps, beyond_range, exact)
     g64 = g.astype(np.float64)
-    uc = _u_compute(x.dtype, g.dtype, None if weight is None else weight.dtype)
+    uc = _u_compute(x.dtype, g.dtype, wdt)
     dx_ref, dw_ref = reference.rms_norm_vjp(x, weight, eps, g)
     with np.errstate(invalid="ignore", over="ignore"):
         a = np.abs(g64 * w64)
@@ -174,12 +198,12 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False, exact=False):
         m = n * a + np.abs(x64) * n ** 3 * p_abs
         rel = (3 * eps_n + gamma(2 if exact else d + 2, U32) + K_ELEM * uc
                + reference.reference_error(d))
-        top = _max_c(x.dtype, g.dtype, None if weight is None else weight.dtype)
+        top = _max_c(x.dtype, g.dtype, wdt)
         overflow = (m > top) | (a > top)
         # a rounding below the normal range (sigma_c) of an intermediate is scaled by what
         # multiplies it afterwards: g w by n, x n by n^2 p, the result and the difference by 1;
         # float32 intermediates feeding x_i (n^3 p, n^2 p) by |x_i| (1 + n)
-        sc = _sigma(x.dtype, g.dtype, None if weight is None else weight.dtype)
+        sc = _sigma(x.dtype, g.dtype, wdt)
         absolute = sc * (2 + n + n ** 2 * p_abs) + TAU * np.abs(x64) * (1 + n)
         flushed = np.where(np.abs(x64) < TAU, m, 0.0)
         dx_b = _finish(dx_ref, rel * m + info(x.dtype).u * np.abs(dx_ref) + absolute + flushed,
@@ -195,29 +219,29 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False, exact=False):
         row_ok = np.all(known) if known.size else True
         # per row: x n rounded (sigma_c, then scaled by |g|) and the product g (x n) (sigma_c)
         low = np.sum((sc * (1 + np.abs(g64))).reshape(-1, d), axis=0)
-        dw_bound = (rel_w * total + info(weight.dtype).u * np.abs(dw_ref) + _sigma(weight.dtype)
-                    + low)
-        dw_b = _finish(dw_ref, dw_bound, np.broadcast_to(row_ok, dw_ref.shape), weight.dtype,
+        dw_bound = (rel_w * total + info(wdt).u * np.abs(dw_ref) + _sigma(wdt) + low)
+        dw_b = _finish(dw_ref, dw_bound, np.broadcast_to(row_ok, dw_ref.shape), wdt,
                        total > top)
     return dx_b, dw_b
 
 
-def jvp_bound(x, weight, eps, tx, tweight, out_dtype, beyond_range=False):
+def jvp_bound(x, weight, eps, tx, tweight, out_dtype, beyond_range=False, weight_dtype=None):
     """Bound for the tangent ty = (tx n + x dn) w + x n tw, dn = -n^3 <x, tx>/d, against the size
-    of its terms."""
+    of its terms (``weight``, ``weight_dtype``: as for ``vjp_bounds``)."""
     d = x.shape[-1]
+    wdt = _weight_dtype(weight, weight_dtype)
     x64, w64, n, eps_n, ok, known = _row_terms(x, weight, eps, beyond_range)
     tx64 = np.abs(tx.astype(np.float64))
     tw64 = np.zeros(d) if tweight is None else np.abs(tweight.astype(np.float64))
     ref = reference.rms_norm_jvp(x, weight, eps, tx, tweight)
-    uc = _u_compute(x.dtype, out_dtype, None if weight is None else weight.dtype)
+    uc = _u_compute(x.dtype, out_dtype, wdt)
     with np.errstate(invalid="ignore", over="ignore"):
         s_abs = np.sum(np.abs(x64) * tx64, axis=-1, keepdims=True) / max(d, 1)
         pre = tx64 * n + np.abs(x64) * n ** 3 * s_abs          # the tangent before the weight
         m = pre * np.abs(w64) + np.abs(x64) * n * tw64
         overflow = (pre > _max_c(x.dtype, out_dtype)) | (m > _max_c(x.dtype, out_dtype))
         rel = 3 * eps_n + gamma(d + 2, U32) + K_ELEM * uc + reference.reference_error(d)
-        sc = _sigma(x.dtype, out_dtype, None if weight is None else weight.dtype)
+        sc = _sigma(x.dtype, out_dtype, wdt)
         # tx n and x n rounded (scaled by |w| + |tw| and n^2 s |w|), the products and the sum
         absolute = (sc * (3 + (np.abs(w64) + tw64) * (1 + n ** 2 * s_abs) + np.abs(w64))
                     + TAU * np.abs(x64) * (1 + n) * (1 + np.abs(w64)))
@@ -225,16 +249,17 @@ def jvp_bound(x, weight, eps, tx, tweight, out_dtype, beyond_range=False):
     return _finish(ref, bound, ok, out_dtype, overflow)
 
 
-def hvp_bound(x, weight, eps, g, v, beyond_range=False):
+def hvp_bound(x, weight, eps, g, v, beyond_range=False, weight_dtype=None):
     """Bound for the second-order product H v (reference.rms_norm_hvp), against the size of its
     four terms; the second-order graph has about twice the roundings of the first, so the
     constants double (5 eps_n for n^5, two reductions, 2 K_ELEM)."""
     d = x.shape[-1]
+    wdt = _weight_dtype(weight, weight_dtype)
     x64, w64, n, eps_n, ok, known = _row_terms(x, weight, eps, beyond_range, q_max=Q_MAX_HVP)
     a = np.abs(g.astype(np.float64) * w64)
     v64 = np.abs(v.astype(np.float64))
     ref = reference.rms_norm_hvp(x, weight, eps, g, v)
-    uc = _u_compute(x.dtype, g.dtype, None if weight is None else weight.dtype)
+    uc = _u_compute(x.dtype, g.dtype, wdt)
     dd = max(d, 1)
     with np.errstate(invalid="ignore", over="ignore"):
         ax = np.abs(x64)
@@ -244,12 +269,12 @@ def hvp_bound(x, weight, eps, g, v, beyond_range=False):
         m = n ** 3 * s * a + n ** 3 * p * v64 + 3 * n ** 5 * s * p * ax + n ** 3 * t * ax
         rel = (5 * eps_n + 2 * gamma(d + 2, U32) + 2 * K_ELEM * uc
                + reference.reference_error(d))
-        sc = _sigma(x.dtype, g.dtype, None if weight is None else weight.dtype)
+        sc = _sigma(x.dtype, g.dtype, wdt)
         # as for dx, with the extra factors of the second order (n^2 s, n^2 t, 3 n^4 s p)
         absolute = (sc * (4 + n + n ** 2 * (p + s + t) + 3 * n ** 4 * s * p)
                     + TAU * (ax + v64) * (1 + n) ** 3)
         bound = rel * m + info(x.dtype).u * np.abs(ref) + absolute
-        overflow = m > _max_c(x.dtype, g.dtype, None if weight is None else weight.dtype)
+        overflow = m > _max_c(x.dtype, g.dtype, wdt)
     return _finish(ref, bound, ok, x.dtype, overflow)
 
 

@@ -11,6 +11,7 @@ import importlib.util
 
 import ml_dtypes
 import numpy as np
+from packaging.version import Version
 
 from rmsnorm_conformance.protocol import Layout
 
@@ -25,22 +26,21 @@ from rmsnorm_conformance.protocol import Layout
 #    before 0.30.1 (MLX PR #2854, "Reduce JVP"), so rms_norm has no jvp and no second order
 #    (forward-over-reverse) there: those capabilities are declared from 0.30.1 on.
 
-FORWARD_MODE_SINCE = (0, 30, 1)
+FORWARD_MODE_SINCE = Version("0.30.1")
 
 
-def mlx_version() -> tuple[int, ...] | None:
-    """The installed MLX release as a tuple, read from its metadata (MLX is not imported), or
-    None when MLX is not installed."""
+def mlx_version() -> Version | None:
+    """The installed MLX release, read from its metadata (MLX is not imported), or None when
+    MLX is not installed."""
     try:
-        text = importlib.metadata.version("mlx")
+        return Version(importlib.metadata.version("mlx"))
     except importlib.metadata.PackageNotFoundError:
         return None
-    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
 
 
 def gradients(second_order: bool = True) -> tuple[str, ...]:
     """The gradient entry points the installed release supports for rms_norm."""
-    if (mlx_version() or (0,)) >= FORWARD_MODE_SINCE:
+    if (mlx_version() or Version("0")) >= FORWARD_MODE_SINCE:
         return ("vjp", "jvp", "hvp") if second_order else ("vjp", "jvp")
     return ("vjp",)
 

@@ -22,23 +22,16 @@ import importlib.util
 
 import ml_dtypes
 import numpy as np
+from packaging.version import Version
 
 from rmsnorm_conformance.protocol import DTYPES, LAYOUTS, Capabilities, Implementation, ModuleInfo
 
 EXTRA = "pip install 'rmsnorm-conformance[torch]'"
 #: torch.nn.functional.rms_norm and torch.nn.RMSNorm first shipped in torch 2.4.
-MIN_VERSION = (2, 4)
+MIN_VERSION = Version("2.4")
 BF16 = np.dtype(ml_dtypes.bfloat16)
 #: Every layout torch builds as a view: all but "reversed" (torch has no negative strides).
 TORCH_LAYOUTS = tuple(k for k in LAYOUTS if k != "reversed")
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for p in text.split("+")[0].split(".")[:2]:
-        digits = "".join(c for c in p if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
 
 
 def unavailable(device: str) -> str | None:
@@ -47,7 +40,7 @@ def unavailable(device: str) -> str | None:
     if importlib.util.find_spec("torch") is None:
         return f"torch is not installed: {EXTRA}"
     version = importlib.metadata.version("torch")
-    if _version_tuple(version) < MIN_VERSION:
+    if Version(version).release < MIN_VERSION.release:
         return (f"torch {version} has no torch.nn.functional.rms_norm (added in torch 2.4): "
                 f"{EXTRA}")
     if device == "cuda":

@@ -1,15 +1,31 @@
-"""Float64 NumPy reference of RMSNorm (forward, VJP, JVP).
+"""Float64 NumPy reference of RMSNorm (forward, VJP, JVP, HVP).
 
 ``y = x / sqrt(mean(x**2, axis=-1) + eps) * weight`` evaluated in float64 from the exact values of
 the (float32/float16/bfloat16) inputs. Its own error is bounded by ``reference_error(d)`` relative
-to |y| (SPEC.md, TOL section): the float64 sum of d squares, the division by d, the eps addition,
-the square root, the division and the weight product, each rounded once in float64 with unit
+to |y| (SPEC.md REF-1): the float64 sum of d squares, the division by d, the eps addition, the
+square root, the division and the weight product, each rounded once in float64 with unit
 roundoff 2**-53. tests/test_reference.py checks that bound against an exact rational oracle.
+
+The gradients are right to 8 * 2**-53 of the result itself, however much their terms cancel
+(REF-3; ``_grad``). Inputs holding float64 values (any argument of dtype float64; issue 18) take
+a double-double path whose own error is at most 2**-96 of the result (REF-4): ``rms_norm_dd`` and
+``rms_norm_vjp_dd`` return its (hi, lo) pairs, ``rms_norm`` and ``rms_norm_vjp`` the float64 hi,
+which is the correctly rounded result up to that 2**-96.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from . import _grad
+
+
+def _has_bf16() -> bool:
+    try:
+        import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy)
+        return True
+    except ImportError:
+        return False
 
 U64 = 2.0 ** -53
 
@@ -48,8 +64,25 @@ def inv_rms(x, eps):
         return 1.0 / np.sqrt(mean_square(x) + np.float64(eps))
 
 
+def _is_narrow(*arrays) -> bool:
+    """True when every given array is float32, float16 or bfloat16: values of at most 24
+    significant bits, whose float64 squares and pairwise products are exact."""
+    for a in arrays:
+        if a is not None and getattr(a, "dtype", None) not in _NARROW:
+            if np.asarray(a).dtype not in _NARROW:
+                return False
+    return True
+
+
+_NARROW = frozenset([np.dtype(np.float32), np.dtype(np.float16)]
+                    + [np.dtype(t) for t in ("bfloat16",) if _has_bf16()])
+
+
 def rms_norm(x, weight, eps):
-    """Forward pass in float64. ``weight=None`` means no scaling."""
+    """Forward pass in float64. ``weight=None`` means no scaling. float64 inputs: the hi part
+    of ``rms_norm_dd`` (REF-4)."""
+    if not _is_narrow(x, weight):
+        return rms_norm_dd(x, weight, eps)[0]
     x64 = _f64(x)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         y = x64 * inv_rms(x, eps)
@@ -58,38 +91,79 @@ def rms_norm(x, weight, eps):
     return y
 
 
+def _rows(a, shape, to_f64=True):
+    """a (float64 unless not to_f64) as a 2-D array of rows of the last axis (d = 0 and empty
+    leading axes too)."""
+    a = _f64(a) if to_f64 else np.asarray(a)
+    return a.reshape(int(np.prod(shape[:-1], dtype=np.int64)), shape[-1])
+
+
+def rms_norm_dd(x, weight, eps):
+    """Forward pass in double-double for inputs of any float dtype (REF-4): (hi, lo), float64
+    arrays of x's shape with |hi + lo - y| <= 2**-96 |y| (+ float64 underflow), hi the float64
+    nearest to hi + lo. Per row: Q = sum(x**2) + d eps from exact products (two_prod) summed by
+    extraction, n = sqrt(d/Q) by one double-double Newton step, then x w n in double-double;
+    elements whose error bound is not certified (magnitudes outside 2**-240..2**240, or
+    cancellation) are computed exactly (rational Q, 60-digit square root)."""
+    x64 = _f64(x)
+    shape = x64.shape
+    d = shape[-1]
+    xr = _rows(x64, shape)
+    w = _f64(weight)
+    hi = np.empty_like(xr)
+    lo = np.zeros_like(xr)
+    if xr.size:
+        _grad.forward_dd(xr, w, eps, hi, lo)
+    return hi.reshape(shape), lo.reshape(shape)
+
+
 def rms_norm_vjp(x, weight, eps, g):
     """Vector-Jacobian product: (dx, dweight) for cotangent g (dweight None without weight).
 
-    With n = inv_rms(x, eps) and gw = g * weight:
-      dx = n * gw - x * n**3 * mean(gw * x)      (mean over the last axis)
+    With n = 1/sqrt(mean(x**2) + eps), a = g * weight and Q = sum(x**2) + d eps:
+      dx = n * a - x * n**3 * mean(a * x) = n * (a - x <a, x>/Q)   (mean over the last axis)
       dweight = sum over all leading axes of g * x * n
+    dx is within 8 * 2**-53 of its exact value (REF-3), computed as ``_grad`` says; dweight
+    within 2**-53 |dweight| + (3 * 2**-53 + gamma_{R-1}) sum over the R rows of |g x n|.
+    float64 inputs: the hi parts of ``rms_norm_vjp_dd``.
     """
+    if not _is_narrow(x, weight, g):
+        (dx, _), dw = rms_norm_vjp_dd(x, weight, eps, g)
+        return dx, None if dw is None else dw[0]
+    # x and g keep their dtypes: _grad converts them block by block (a 1 MB float64 temporary
+    # costs more in page faults than the arithmetic on it)
+    x, g = np.asarray(x), np.asarray(g)
+    shape = x.shape
+    dx, dw = _grad.vjp(_rows(x, shape, False), _rows(g, shape, False), _f64(weight), eps,
+                       narrow=True)
+    return dx.reshape(shape), dw
+
+
+def rms_norm_vjp_dd(x, weight, eps, g):
+    """The VJP in double-double (REF-4): ((dx_hi, dx_lo), (dw_hi, dw_lo) or None), with
+    |dx_hi + dx_lo - dx| <= 2**-96 |dx| and |dw_hi + dw_lo - dw| <= 2**-96 sum|g x n|
+    (+ float64 underflow)."""
     x64, g64 = _f64(x), _f64(g)
-    n = inv_rms(x, eps)
-    gw = g64 if weight is None else g64 * _f64(weight)
-    d = x64.shape[-1]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        proj = np.sum(gw * x64, axis=-1, keepdims=True) / max(d, 1)
-        dx = n * gw - x64 * n ** 3 * proj
-        dw = None
-        if weight is not None:
-            dw = np.sum(g64 * x64 * n, axis=tuple(range(x64.ndim - 1)))
-    return dx, dw
+    shape = x64.shape
+    d = shape[-1]
+    w = _f64(weight)
+    narrow = _is_narrow(x, weight, g)
+    (hi, lo), dw = _grad.vjp(_rows(x64, shape), _rows(g64, shape), w, eps, narrow=narrow,
+                             dd=True)
+    return (hi.reshape(shape), lo.reshape(shape)), dw
 
 
 def rms_norm_jvp(x, weight, eps, tx, tweight=None):
-    """Jacobian-vector product: the tangent of y for tangents tx (and tweight)."""
+    """Jacobian-vector product: the tangent of y for tangents tx (and tweight),
+    ty = (tx n - x n**3 <x, tx>/d) w + x n tw = n (w tx + x tw - w x <x, tx>/Q),
+    within 8 * 2**-53 of its exact value (REF-3)."""
     x64, tx64 = _f64(x), _f64(tx)
-    n = inv_rms(x, eps)
-    d = x64.shape[-1]
-    w = np.ones(d) if weight is None else _f64(weight)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        dn = -n ** 3 * np.sum(x64 * tx64, axis=-1, keepdims=True) / max(d, 1)
-        ty = (tx64 * n + x64 * dn) * w
-        if tweight is not None:
-            ty = ty + x64 * n * _f64(tweight)
-    return ty
+    shape = x64.shape
+    d = shape[-1]
+    narrow = _is_narrow(x, weight, tx, tweight)
+    ty = _grad.jvp_ty(_rows(x64, shape), _f64(weight), eps, _rows(tx64, shape),
+                      _f64(tweight), narrow)
+    return ty.reshape(shape)
 
 
 def rms_norm_hvp(x, weight, eps, g, v):
@@ -98,13 +172,13 @@ def rms_norm_hvp(x, weight, eps, g, v):
 
     With a = g * weight, p = <a, x>/d, s = <x, v>/d, t = <a, v>/d:
       H v = -n^3 s a - n^3 p v + 3 n^5 s p x - n^3 t x
+    computed as -n/Q (d s a + d p v + x (d t - 3 d^2 s p / Q)), within 8 * 2**-53 of its exact
+    value (REF-3); v may hold any float64 values.
     """
     x64, g64, v64 = _f64(x), _f64(g), _f64(v)
-    n = inv_rms(x, eps)
-    a = g64 if weight is None else g64 * _f64(weight)
-    d = max(x64.shape[-1], 1)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        p = np.sum(a * x64, axis=-1, keepdims=True) / d
-        s = np.sum(x64 * v64, axis=-1, keepdims=True) / d
-        t = np.sum(a * v64, axis=-1, keepdims=True) / d
-        return -n ** 3 * s * a - n ** 3 * p * v64 + 3 * n ** 5 * s * p * x64 - n ** 3 * t * x64
+    shape = x64.shape
+    d = shape[-1]
+    narrow = _is_narrow(x, weight, g)
+    out = _grad.hvp(_rows(x64, shape), _rows(g64, shape), _f64(weight), eps,
+                    _rows(v64, shape), narrow)
+    return out.reshape(shape)

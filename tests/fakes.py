@@ -11,6 +11,7 @@ applies to it and the suite draws for it exactly the examples it draws for that 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import ml_dtypes
@@ -512,13 +513,126 @@ class MixedWeightCastToHalf(Mutant):
     """With a half-precision x and a float32 weight the kernel casts the weight to x's type
     before the (float32) product: the output dtype is right, the weight lost 13 or 16 bits."""
 
-    target = "ACC-1"
+    target = "ACC-8"
 
     def view(self, x, weight, layout):
         xv, wv = super().view(x, weight, layout)
         if wv is not None and xv.dtype.name in HALF_NAMES and wv.dtype == F32:
             wv = wv.astype(xv.dtype).astype(F32)
         return xv, wv
+
+
+class NormalisedRoundedToInput(Mutant):
+    """Hugging Face LlamaRMSNorm's order, undeclared: the normalised value is rounded to x's
+    dtype before a wider weight multiplies it, so a half x with a float32 weight gives a float32
+    output of half precision. One cause: it must fail ACC-8 and no other clause."""
+
+    target = "ACC-8"
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        xv, wv = self.view(x, weight, layout)
+        if wv is None or np.dtype(wv.dtype).itemsize <= np.dtype(xv.dtype).itemsize:
+            return super().rms_norm(x, weight, eps, layout)
+        self.check_args(xv, wv)
+        with np.errstate(all="ignore"):
+            x32 = self.load(xv)
+            normalised = (x32 * self.inv_rms(xv, x32, eps)).astype(xv.dtype)   # the fault
+            out = normalised.astype(F32) * self.load(wv)
+            return np.asarray(out.astype(self.out_dtype(xv, wv)))
+
+
+class DeclaredNormalisedRoundedToInput(NormalisedRoundedToInput):
+    """The same Llama order, declared (``normalised_in_input_dtype``): ACC-8 judges it under its
+    convention and passes; ACC-9 reports once that its float32 outputs carry half precision."""
+
+    target = "ACC-9"
+    capabilities = dataclasses.replace(NumpyTextbook.capabilities,
+                                       normalised_in_input_dtype=True)
+
+
+class FixedPointRsqrt(Mutant):
+    """n quantised to multiples of 2**-16 (a fixed-point reciprocal square root): the result
+    depends on the magnitude of x, so scaling x and eps together changes it."""
+
+    target = "MET-2"
+    also = ("MET-3",)
+
+    def rsqrt(self, q):
+        n = super().rsqrt(q)
+        return np.maximum(np.round(n * F32(65536)), F32(1)) / F32(65536)
+
+
+class PositionDependentScale(Mutant):
+    """Each output element is scaled by (1 + i 2**-23) for its column i (a per-lane rounding
+    slip): permuting the columns changes the results."""
+
+    target = "MET-5"
+
+    def scale(self, x32, n, weight, out):
+        d = x32.shape[-1]
+        return super().scale(x32 * (F32(1) + np.arange(d, dtype=F32) * F32(2.0 ** -23)), n,
+                             weight, out)
+
+
+class StridedRowsSummedInPlace(Mutant):
+    """Views are read where they lie (no copy to row-major order), so the float32 sum of a
+    transposed row runs in another order than the contiguous row's: a view's result differs
+    from the contiguous copy's in the last bit (MET-8; within the bound, MET-7 passes)."""
+
+    target = "MET-8"
+
+    def load(self, a):
+        return np.asarray(a, dtype=F32)
+
+    def row_sum(self, terms):
+        if terms.ndim > 1 and not terms.flags.c_contiguous:
+            return np.add.reduce(np.swapaxes(terms, -1, 0), axis=0, dtype=F32)[..., None] \
+                if terms.ndim == 2 else super().row_sum(terms)
+        return super().row_sum(terms)
+
+
+class BatchDependentRounding(Mutant):
+    """A batched path rounds n once more than the single-row path (n * (1 + 2**-23) for more
+    than one row): a row's result depends on the batch around it."""
+
+    target = "SPV-8"
+
+    def inv_rms(self, x, x32, eps):
+        n = super().inv_rms(x, x32, eps)
+        rows = x32.size // max(x32.shape[-1], 1)
+        return n * F32(1 + 2.0 ** -23) if rows > 1 else n
+
+
+class InfRowAllNan(Mutant):
+    """A row holding an infinity comes back NaN throughout (allowed by SPV-4, not MLX's zeros
+    beside the infinity)."""
+
+    target = "SPV-5"
+
+    def scale(self, x32, n, weight, out):
+        y = super().scale(x32, n, weight, out)
+        rows = np.any(np.isinf(x32), axis=-1, keepdims=True)
+        return np.where(rows, np.asarray(np.nan, y.dtype), y)
+
+
+class ZeroRowGuardedAtZeroEps(Mutant):
+    """A zero row is special-cased to give zeros even with eps = 0 (MLX gives NaN, 0/0)."""
+
+    target = "SPV-2"
+
+    def rsqrt(self, q):
+        return np.where(q == 0, F32(0), super().rsqrt(q))
+
+
+class EmptyAxisRejected(Mutant):
+    """An empty normalised axis raises ValueError instead of returning an empty array."""
+
+    target = "FWD-5"
+
+    def rms_norm(self, x, weight, eps, layout=None):
+        if x.shape[-1] == 0:
+            raise ValueError("empty normalised axis")
+        return super().rms_norm(x, weight, eps, layout)
 
 
 class FlattenedOutput(Mutant):

@@ -283,3 +283,50 @@ class ModuleGradDiffersFromFunctional(ModuleMutant):
         if not self._module:
             return super().dx(n, a, x32, p)
         return n * a - x32 * (n * n * n) * p
+
+
+# -- beyond the MUST domains, and bit for bit
+
+
+class CubedNInBackward(Mutant):
+    """dx formed with an explicit n^3 in float32 (MLX's, PyTorch's and JAX's formulation): rows
+    with mean(x^2) + eps above 2**80 underflow n^3 and get wrong dx (GRAD-11, SHOULD)."""
+
+    target = "GRAD-11"
+
+    def dx(self, n, a, x32, p):
+        return n * a - x32 * (n * n * n) * p
+
+
+class HalfPrecisionTerms(Mutant):
+    """dx's two terms rounded to x's (half) dtype before they are subtracted: they overflow
+    float16 where n is large, giving inf - inf = NaN where dx is an ordinary number (Flax's
+    float16 VJP; GRAD-17, SHOULD)."""
+
+    target = "GRAD-17"
+
+    def vjp(self, x, weight, eps, g):
+        if x.dtype.name not in HALF_NAMES:
+            return super().vjp(x, weight, eps, g)
+        with np.errstate(all="ignore"):
+            x32, g32 = self.load(x), self.load(g)
+            n = self.inv_rms(x, x32, eps)
+            a = self._gw(g32, weight)
+            p = self.mean(a, x32)
+            direct = (n * a).astype(x.dtype).astype(F32)
+            projected = ((x32 * n) * (n * n * p)).astype(x.dtype).astype(F32)
+            dx = (direct - projected).astype(x.dtype)
+            dw = None if weight is None else self.dweight(g32, x32, n).astype(weight.dtype)
+        return dx, dw
+
+
+class ScaleDependentDx(Mutant):
+    """dx rounded once more (times 1 + 2**-23) where x's largest magnitude exceeds 1: within
+    every bound, but dx(c x) * c is no longer dx(x) bit for bit (GRAD-8, SHOULD)."""
+
+    target = "GRAD-8"
+
+    def dx(self, n, a, x32, p):
+        dx = super().dx(n, a, x32, p)
+        big = np.max(np.abs(x32), axis=-1, keepdims=True) > 1
+        return np.where(big, dx * F32(1 + 2.0 ** -23), dx)

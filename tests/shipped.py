@@ -228,7 +228,7 @@ def run(fn, impl, shrink: bool = False, record: bool = False) -> tuple[Outcome, 
     if why:
         outcome.status, outcome.message = "skipped", f"{impl.id} {why}"
         return outcome, []
-    with ledger.active(ledger.Ledger()), _Instrument(impl, record) as inst, \
+    with ledger.active(ledger.Ledger(clause=clause_of(fn))), _Instrument(impl, record) as inst, \
             as_shipped(fn, shrink):
         try:
             for params in parameter_sets(fn):

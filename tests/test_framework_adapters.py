@@ -25,7 +25,7 @@ import pytest
 from rmsnorm_conformance import reference
 from rmsnorm_conformance.conformance.cases import Case
 from rmsnorm_conformance.conformance.registry import discover
-from rmsnorm_conformance.conformance.test_met import layout_for
+from rmsnorm_conformance.conformance.test_met import layout_for, layout_input
 from rmsnorm_conformance.conformance.tolerance import forward_bound
 from rmsnorm_conformance.impl import equinox_rmsnorm, hf_rmsnorm, jax_rmsnorm, keras_rmsnorm, \
     onnx_rmsnorm, torch_rmsnorm
@@ -170,7 +170,8 @@ def test_torch_layouts_are_views(kind):
     strides the layout means; and "reversed" is not declared because torch can't build it."""
     x = _x((3, 4, 6), "float32")
     w = np.linspace(0.5, 2, 6).astype(np.float32)
-    case, layout = layout_for(kind, Case(x, w, 1e-5, ""), seed=4)   # offset 5, padding 5
+    case = layout_input(kind, Case(x, w, 1e-5, ""))
+    layout = layout_for(kind, case, seed=4)   # offset 5, padding 5
     x, w = case.x, case.weight
     xv, wv = torch_rmsnorm._tensors(x, w, "cpu", layout)
     assert np.array_equal(xv.numpy(), x) and np.array_equal(wv.numpy(), w)

@@ -13,6 +13,7 @@ tracked text names a path outside the repository.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -122,11 +123,7 @@ def _modules(log: list[str]) -> set[str]:
 
 
 def _has_xdist() -> bool:
-    try:
-        import xdist  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("xdist") is not None
 
 
 @clause("IMP-8")

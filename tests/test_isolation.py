@@ -48,6 +48,7 @@ import time
 import pytest
 
 from rmsnorm_conformance.conformance.marks import clause
+from tests import endtable
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "plugin_fixtures_crash"
 MLX = "mlx-fast-cpu"
@@ -79,8 +80,6 @@ BASE_ARGS = ("-p", "no:cacheprovider", "--assert=plain", "--hypothesis-profile=i
 CLAUSES = ("IMP-1", "ACC-1", "DTY-1", "FWD-1")
 PROPERTIES = {"ACC-1": "test_error_bound_whole_range", "DTY-1": "test_same_dtype_output",
               "FWD-1": "test_output_shape_any_leading_shape"}
-SEP = "RMSNorm conformance: clause x implementation"
-PREFIX = len(f"{'clause':<8} {'level':<6} {'':<44} ")
 
 
 def _died(status, summary, always):
@@ -196,19 +195,9 @@ def outcomes(run: Inner) -> dict[str, int]:
 
 
 def table(run: Inner) -> dict[tuple[str, str], str]:
-    """The summary table as {(clause, impl): status} (note numbers dropped)."""
-    start = next(i for i, line in enumerate(run.lines) if SEP in line)
-    header = run.lines[start + 1]
-    impls = header[PREFIX:].split()
-    cells = {}
-    for line in run.lines[start + 2:]:
-        if not re.match(r"^[A-Z]+-\d+ +(MUST|SHOULD|MAY) ", line):
-            break
-        row = line[PREFIX:].split()
-        assert len(row) == len(impls), line
-        cells.update({(line.split()[0], i): re.sub(r"\[\d+\]$", "", c)
-                      for i, c in zip(impls, row)})
-    return cells
+    """The end-of-run table (tests/endtable.py reads it) as {(clause, impl): status}: worst
+    errors and note numbers dropped."""
+    return {k: v.split()[0] for k, v in endtable.parse(run.lines).cells.items()}
 
 
 def failure_section(run: Inner, test_id: str) -> str:

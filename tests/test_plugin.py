@@ -35,6 +35,7 @@ import sys
 import pytest
 
 from rmsnorm_conformance.conformance.marks import clause
+from tests import endtable
 
 pytest_plugins = ["pytester"]
 
@@ -109,8 +110,6 @@ clauses.load = _load_with_test_clauses
 #: where bytecode isn't cached (PYTHONDONTWRITEBYTECODE); the inner tests use no bare asserts.
 BASE_ARGS = ("-p", "no:cacheprovider", "--assert=plain", "--hypothesis-profile=plugin-selftest",
              "-rA")
-SEP = "RMSNorm conformance: clause x implementation"
-PREFIX = len(f"{'clause':<8} {'level':<6} {'':<44} ")
 
 
 @pytest.fixture
@@ -140,34 +139,14 @@ def outcomes(result) -> dict[str, int]:
     return {k: v for k, v in result.parseoutcomes().items() if v and k != "deselected"}
 
 
-def table(result) -> tuple[dict, dict, list[str]]:
-    """The summary table as {(clause, impl): cell}, {"1": note}, and the raw table lines."""
-    lines = result.outlines
-    start = next(i for i, line in enumerate(lines) if SEP in line)
-    header = lines[start + 1]
-    assert header.split()[:3] == ["clause", "level", "title"], header
-    impls = header[PREFIX:].split()
-    cells, notes, raw = {}, {}, [header]
-    for line in lines[start + 2:]:
-        m = re.match(r"^\[(\d+)\] (.*)$", line)
-        if m:
-            notes[m.group(1)] = m.group(2)
-        elif re.match(r"^[A-Z]+-\d+ +(MUST|SHOULD|MAY|\?) ", line):
-            row = line[PREFIX:].split()
-            assert len(row) == len(impls), line
-            cells.update({(line.split()[0], i): c for i, c in zip(impls, row)})
-        elif line.startswith("statuses:") or not line.strip():
-            pass
-        else:
-            break
-        raw.append(line)
-    return cells, notes, raw
+def table(result) -> endtable.EndTable:
+    """The end-of-run table (tests/endtable.py): cells, notes, the lines under it."""
+    return endtable.parse(result.outlines)
 
 
-def note_of(cells, notes, key) -> str:
-    m = re.fullmatch(r"\w+\[(\d+)\]", cells[key])
-    assert m, cells[key]
-    return notes[m.group(1)]
+def status(cell: str) -> str:
+    """A cell's status, without its worst error (``pass 0.51x``) and note number."""
+    return cell.split()[0]
 
 
 def failure_section(result, test_id: str) -> str:
@@ -221,9 +200,9 @@ def test_broken_entry_point_alone_is_an_imp1_failure(inner):
     section = failure_section(result, "test_entry_point_loads[fake-broken]")
     assert (f"entry point fake-broken = {BROKEN_VALUE} from distribution {DIST} failed to load: "
             f"{BROKEN_ERROR}") in section
-    cells, notes, _ = table(result)
-    assert cells[("IMP-1", "fake-broken")].startswith("FAIL")
-    assert note_of(cells, notes, ("DTY-1", "fake-broken")) == \
+    t = table(result)
+    assert t.cells[("IMP-1", "fake-broken")].startswith("FAIL")
+    assert t.note(("DTY-1", "fake-broken")) == \
         f"skip: not loaded ({BROKEN_ERROR}; IMP-1)"
     assert f"BROKEN implementation fake-broken = {BROKEN_VALUE}: {BROKEN_ERROR}" in out
 
@@ -296,11 +275,11 @@ def test_adapter_errors_fail_the_clause_with_a_short_repro(inner, monkeypatch):
             assert adapters.wrong_shape.rms_norm(case.x, case.weight, case.eps).shape \
                 != case.x.shape
             assert adapters.good.rms_norm(case.x, case.weight, case.eps).shape == case.x.shape
-    cells, notes, _ = table(result)
-    assert cells[("DTY-1", "fake-good")] == "pass"
+    t = table(result)
+    assert t.cells[("DTY-1", "fake-good")] == "pass"
     for eid, message in BAD.items():
-        assert re.match("FAIL: " + message, note_of(cells, notes, ("DTY-1", eid)))
-    assert note_of(cells, notes, ("DTY-1", "fake-notimpl")).startswith(
+        assert re.match("FAIL: " + message, t.note(("DTY-1", eid)))
+    assert t.note(("DTY-1", "fake-notimpl")).startswith(
         "ERROR: AdapterError: fake-notimpl: rms_norm is not implemented by the adapter")
 
 
@@ -324,9 +303,9 @@ def test_statuses_each_mean_one_thing(inner, pytester):
         "XFAIL test_inner.py::test_may_clause[[]fake-good[]] - MAY clause TST-9 unmet by "
         "fake-good: optional feature missing",
     ])
-    cells, notes, _ = table(result)
-    assert note_of(cells, notes, ("TST-8", "fake-good")) == "unmet: optional behaviour missing"
-    assert note_of(cells, notes, ("TST-7", "fake-good")).startswith(
+    t = table(result)
+    assert t.note(("TST-8", "fake-good")) == "unmet: optional behaviour missing"
+    assert t.note(("TST-7", "fake-good")).startswith(
         "ERROR: KeyError: \"a property's own bug\" (a defect of the suite")
     data = results_doc(path)
     got = {r["clause"]: (r["status"], r["reason"]) for r in data["results"]}
@@ -336,18 +315,19 @@ def test_statuses_each_mean_one_thing(inner, pytester):
     result = inner(*impl_args("fake-good"), "-k", "TST-8 or TST-9", "--rmsnorm-strict-should",
                    "test_inner.py")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    cells, _, _ = table(result)
-    assert {k: v[:4] for k, v in cells.items()} == {("TST-8", "fake-good"): "FAIL",
-                                                    ("TST-9", "fake-good"): "FAIL"}
+    assert {k: status(v) for k, v in table(result).cells.items()} == {
+        ("TST-8", "fake-good"): "FAIL", ("TST-9", "fake-good"): "FAIL"}
 
 
 #: --rmsnorm-impl selection and expected table (serial and xdist) for the full inner suite.
 FULL_IDS = ("fake-good", "fake-raises", "fake-unavailable", "fake-broken")
+#: the columns: fake-unavailable skipped every clause, so it is listed under the table instead
+SHOWN_IDS = ("fake-broken", "fake-good", "fake-raises")
 FULL_TABLE_CELLS = {    # rows in SPEC.md order; notes numbered as they first appear
-    "DTY-1": ["skip[1]", "pass", "FAIL[2]", "skip[3]"],
-    "DTY-2": ["skip[1]", "skip[4]", "skip[4]", "skip[3]"],
-    "ACC-1": ["skip[1]", "pass", "FAIL[2]", "skip[3]"],     # the same reason as DTY-1's: [2]
-    "IMP-1": ["FAIL[5]", "pass", "pass", "pass"],
+    "DTY-1": ["skip [1]", "pass", "FAIL [2]"],
+    "DTY-2": ["skip [1]", "skip [3]", "skip [3]"],
+    "ACC-1": ["skip [1]", "pass {ratio}", "FAIL [2]"],     # the same reason as DTY-1's: [2]
+    "IMP-1": ["FAIL [4]", "pass", "pass"],
 }
 
 
@@ -360,40 +340,102 @@ DISTRIBUTIONS = {"serial": ["-n", "0"], "xdist": ["-n", "2"],
 @clause("IMP-3")
 @pytest.mark.parametrize("how", list(DISTRIBUTIONS))
 def test_table_and_results_identical_with_and_without_xdist(inner, pytester, how):
-    """The table (titles, legend, shared notes) and the results document are complete and the
-    same whether the tests run in-process, in xdist workers or through execnet gateways; the
-    results validate against the schema."""
+    """The table (titles, legend, shared notes, the implementation that tested nothing listed
+    under it) and the results document are complete and the same whether the tests run
+    in-process, in xdist workers or through execnet gateways; the results validate against the
+    schema and keep every implementation; a cell's number is its worst error / bound."""
+    from rmsnorm_conformance.conformance.results import format_ratio
+
     path = pytester.path / f"r-{how}.json"
     result = inner(*impl_args(*FULL_IDS), *DISTRIBUTIONS[how], "-k", "IMP-1 or DTY or ACC-1",
                    "--rmsnorm-results", str(path), "test_inner.py")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    cells, notes, raw = table(result)
-    assert raw[0][PREFIX:].split() == sorted(FULL_IDS)
-    got = {}
-    for (cid, impl), cell in cells.items():
-        got.setdefault(cid, {})[impl] = cell
-    assert {c: [got[c][i] for i in sorted(FULL_IDS)] for c in got} == FULL_TABLE_CELLS
-    assert notes["4"] == "skip: does not declare capability mixed='promote'  " \
-                         "(fake-good, fake-raises)"
-    assert notes["3"] == "skip: no fake accelerator here  (fake-unavailable)"
-    assert notes["2"].startswith("FAIL: rms_norm raised RuntimeError: fake kernel exploded")
-    assert any(line.startswith("statuses: pass; FAIL = a MUST clause") and
-               "- = not checked" in line for line in result.outlines)
-    assert result.outlines.count(raw[0]) == 1       # printed once, by the controller
+    t = table(result)
+    assert t.impls == list(SHOWN_IDS)
     data = results_doc(path)
+    by_key = {(r["clause"], r["impl"]): r for r in data["results"]}
+    good = by_key[("ACC-1", "fake-good")]
+    assert good["examples"] > 0 and good["worst"]["ratio"] <= 1
+    ratio = format_ratio(good["worst"]["ratio"])
+    assert re.fullmatch(r"(0\.\d\d|1\.00|<0\.01)x", ratio), ratio
+    assert {c: [t.cells[c, i] for i in SHOWN_IDS] for c in FULL_TABLE_CELLS} == {
+        c: [v.format(ratio=ratio) for v in row] for c, row in FULL_TABLE_CELLS.items()}
+    assert len(t.cells) == len(FULL_TABLE_CELLS) * len(SHOWN_IDS)
+    assert t.notes["3"] == "skip: does not declare capability mixed='promote' " \
+                           "(fake-good, fake-raises)"
+    assert t.notes["2"].startswith("FAIL: rms_norm raised RuntimeError: fake kernel exploded")
+    assert t.notes["5"] == "unavailable: no fake accelerator here"
+    assert t.line("Not in the table") == \
+        "Not in the table (nothing tested: every clause skipped): fake-unavailable [5]."
+    legend = t.line("Cells:")
+    assert "x = worst error / bound" in legend and "FAIL = a MUST clause not met" in legend
+    assert "- = not checked" in legend
+    assert result.outlines.count(t.headers[0]) == 1       # printed once, by the controller
     assert set(data["implementations"]) == set(FULL_IDS)
     assert data["implementations"]["fake-broken"]["state"] == "broken"
     assert data["implementations"]["fake-unavailable"]["reason"] == "no fake accelerator here"
     assert data["implementations"]["fake-good"]["distribution"] == {
         "name": "fake_rmsnorm_impls", "version": "0.1"}
-    by_key = {(r["clause"], r["impl"]): r for r in data["results"]}
-    assert {k: r["status"] for k, r in by_key.items()} == {
-        k: re.sub(r"\[\d+\]$", "", v) for k, v in cells.items()}
-    good = by_key[("ACC-1", "fake-good")]
-    assert good["examples"] > 0 and good["worst"]["ratio"] <= 1
+    assert {k: r["status"] for k, r in by_key.items() if k[1] != "fake-unavailable"} == {
+        k: status(v) for k, v in t.cells.items()}
+    assert {r["status"] for k, r in by_key.items() if k[1] == "fake-unavailable"
+            and k[0] != "IMP-1"} == {"skip"}
     assert set(good["dtypes"]) == {"float32"}
     bad = by_key[("ACC-1", "fake-raises")]
     assert bad["reason"].startswith("rms_norm raised RuntimeError: fake kernel exploded")
+
+
+@clause("IMP-3")
+def test_table_fits_the_terminal(inner, monkeypatch, pytester):
+    """A table wider than the terminal is split into tables of columns, each line within the
+    terminal's width (pytest's, here COLUMNS=60), each column once, every row in each table;
+    the results document keeps everything."""
+    ids = ("fake-good", "fake-raises", "fake-shape", "fake-dtype", "fake-list", "fake-notimpl",
+           "fake-broken", "fake-unavailable")
+    monkeypatch.setenv("COLUMNS", "60")
+    path = pytester.path / "r.json"
+    result = inner(*impl_args(*ids), "-k", "DTY-1 or IMP-1", "--rmsnorm-results", str(path),
+                   "test_inner.py")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    t = table(result)
+    assert len(t.headers) > 1, t.raw
+    assert all(len(line) <= 60 for line in t.raw), [line for line in t.raw if len(line) > 60]
+    assert sorted(t.impls) == sorted(set(ids) - {"fake-unavailable"})
+    shown = [h.split()[3:] if "title" in h.split() else h.split()[2:] for h in t.headers]
+    assert sorted(sum(shown, [])) == sorted(t.impls)                # each column once
+    data = results_doc(path)
+    assert {r["impl"] for r in data["results"]} == set(ids)
+    assert {k: status(v) for k, v in t.cells.items()} == {
+        (r["clause"], r["impl"]): r["status"] for r in data["results"]
+        if r["impl"] != "fake-unavailable"}
+
+
+def test_text_tables_split_to_any_width():
+    """tables.text_tables at widths from pytest's least (40) up: no line wider, every column in
+    exactly one table (a label wider than the terminal cut with ~), every row in each, each
+    cell under its column's label."""
+    from rmsnorm_conformance.conformance import tables
+
+    labels = [f"impl-{'x' * (k % 4 * 5)}{k}" for k in range(9)] + ["a" * 50]
+    rows = [("FWD-1", "MUST", "Output shape, for any leading shape"),
+            ("ACC-10", "SHOULD", "x" * 60), ("GRAD-2", "MAY", "short")]
+    cells = [[f"pass 0.{k}{j}x" if j % 3 else f"FAIL [{k}]" for j in range(len(labels))]
+             for k in range(len(rows))]
+    for width in [*range(40, 240, 7), 400]:
+        lines = tables.text_tables(rows, labels, cells, width)
+        assert all(len(line) <= width for line in lines), width
+        blocks = "\n".join(lines).split("\n\n")
+        assert len(blocks) == 1 or width < 400
+        seen = []
+        for block in blocks:
+            parsed = endtable.parse([endtable.SEP] + block.split("\n"))
+            assert [line.split()[0] for line in parsed.raw[1:]] == ["FWD-1", "ACC-10", "GRAD-2"]
+            for (cid, label), text in parsed.cells.items():
+                j = next(j for j, x in enumerate(labels)
+                         if x == label or label.endswith("~") and x.startswith(label[:-1]))
+                assert text == cells[[r[0] for r in rows].index(cid)][j], (width, text)
+                seen += [labels[j]] if labels[j] not in seen else []
+        assert sorted(seen) == sorted(labels), width
 
 
 @clause("IMP-4")

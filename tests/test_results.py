@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from rmsnorm_conformance.conformance import results
-from rmsnorm_conformance.conformance.results import Column, ResultsError
+from rmsnorm_conformance.conformance.results import Column, Document, ResultsError
 from rmsnorm_conformance.conformance.marks import clause
 from tests.resultdocs import document, implementation, result, write
 
@@ -210,8 +210,12 @@ def test_load_round_trips_write_atomic(tmp_path):
     doc["results"][0]["worst"]["ratio"] = float("inf")
     path = tmp_path / "r.json"
     results.write_atomic(path, doc)
-    assert results.load(path) == doc
+    assert results.load_json(path) == doc
+    assert results.load(path) == Document.from_json(doc)
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    typed = tmp_path / "typed.json"                 # a Document writes the same file
+    results.write_atomic(typed, Document.from_json(doc))
+    assert typed.read_bytes() == path.read_bytes()
 
 
 def test_gzipped_results_round_trip_and_are_deterministic(tmp_path):
@@ -220,10 +224,10 @@ def test_gzipped_results_round_trip_and_are_deterministic(tmp_path):
     results.write_atomic(a, doc)
     results.write_atomic(b, doc)
     assert a.read_bytes()[:2] == b"\x1f\x8b" and a.read_bytes() == b.read_bytes()
-    assert results.load(a) == doc
+    assert results.load_json(a) == doc
     renamed = tmp_path / "plain-name.json"          # compressed whatever the name says
     renamed.write_bytes(a.read_bytes())
-    assert results.load(renamed) == doc
+    assert results.load_json(renamed) == doc
     broken = tmp_path / "broken.json.gz"
     broken.write_bytes(a.read_bytes()[:40])
     with pytest.raises(results.ResultsError, match="broken.json.gz is not a readable gzip"):
@@ -337,12 +341,13 @@ def test_columns_and_labels():
     a = document([result("FWD-1"), result("FWD-1", impl="mlx-fast-gpu", status="skip")],
                  host="h100-1")
     a["implementations"]["mlx-fast-gpu"]["environment"]["device"] = "cuda"
+    a = Document.from_json(a)
     assert results.column(a, "mlx-fast-gpu") == Column("mlx-fast-gpu", "h100-1", "cuda")
     one = results.merge([("a.json", a)])
     assert set(one.labels().values()) == {"mlx-fast-cpu", "mlx-fast-gpu"}   # one host: plain ids
     b = document([result("FWD-1", impl="mlx-fast-gpu")], host="mac-2")
     b["implementations"]["mlx-fast-gpu"]["environment"]["device"] = "gpu"
-    two = results.merge([("a.json", a), ("b.json", b)])
+    two = results.merge([("a.json", a), ("b.json", Document.from_json(b))])
     assert set(two.labels().values()) == {"mlx-fast-cpu @ h100-1 (cpu)",
                                          "mlx-fast-gpu @ h100-1 (cuda)",
                                          "mlx-fast-gpu @ mac-2 (gpu)"}
@@ -366,6 +371,47 @@ def test_format_ulps():
     f = results.format_ulps
     assert [f(2.1), f(0.5), f(12.34), f(123.4), f(1234.0), f(0.0), f(float("inf")), f(None)] \
         == ["2.1", "0.5", "12.3", "123", "1.2e+03", "0", "inf", ""]
+
+
+def test_format_ratio_says_within_or_beyond_the_bound():
+    """x = worst error / bound: within the bound never reads above 1.00x, beyond it never
+    1.00x."""
+    f = results.format_ratio
+    assert [f(0.0), f(0.004), f(0.29), f(0.9995), f(1.0), f(1.0001), f(4.2105), f(42.4),
+            f(999.4), f(1.2e6), f(float("inf"))] == [
+        "0x", "<0.01x", "0.29x", "0.99x", "1.00x", "1.01x", "4.22x", "42x", "999x",
+        "1.2e+06x", "inf x"]
+
+
+# --------------------------------------------------------------------------------------------
+# the typed model
+
+def test_the_model_round_trips_every_field():
+    doc = good()
+    doc["results"][1]["details"] = "Fatal Python error: Aborted\n  File ..., line 3"
+    typed = Document.from_json(doc)
+    assert typed.to_json() == doc
+    acc = typed.results[0]
+    assert isinstance(acc, results.Result) and isinstance(acc.worst, results.Worst)
+    assert isinstance(acc.worst.case, results.CaseRef)
+    assert isinstance(acc.by_d[0], results.ByD) and acc.by_d[0].ratio == 1.5 / 9.0
+    assert isinstance(acc.dtypes["float32"], results.DtypeResult)
+    assert typed.implementations["mlx-fast-gpu"].device == "gpu"
+    assert typed.run.options.workers == 2 and typed.host.cpu_count == 2
+    assert "by_d" not in typed.results[1].to_json()          # optional fields left out
+    typed.results[0].worst.error_ulps = 4.0                   # a copy: the JSON is untouched
+    assert doc["results"][0]["worst"]["error_ulps"] == 2.1
+
+
+@pytest.mark.parametrize("folder", ["baselines", "docs/history"])
+def test_committed_results_load_and_round_trip(folder):
+    """The committed version-1 documents (gzipped) load into the model and back unchanged."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = sorted(p for p in os.listdir(os.path.join(root, folder)) if p.endswith(".json.gz"))
+    assert paths
+    for name in paths:
+        path = os.path.join(root, folder, name)
+        assert results.load(path).to_json() == results.load_json(path), name
 
 
 def test_tools_never_import_properties_or_hypothesis():

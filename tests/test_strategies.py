@@ -23,7 +23,7 @@ pytestmark = clause("COV-1")
     (lambda: cs.plans(weights=("half",)), "weights must be a non-empty subset of"),
     (lambda: cs.plans(min_d=0), "need integers 1 <= min_d <= max_d <= 65536"),
     (lambda: cs.plans(min_d=9, max_d=4), "min_d=9, max_d=4"),
-    (lambda: cs.plans(magnitudes="huge"), "use one of ('informative'"),
+    (lambda: cs.plans(regime="huge"), "pass one of ('informative'"),
     (lambda: cs.plans(spread=99), "0 <= spread <= 40"),
     (lambda: cs.plans(min_rows=4, min_d=65536), "exceeds max_elements"),
     (lambda: cs.leading_shapes(8, max_dims=5), "max_dims must be an integer 0..3"),

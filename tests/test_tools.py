@@ -98,15 +98,19 @@ def test_matrix_rows_cells_notes_and_header(capsys, tmp_path):
     assert list(rows) == ["TOL-1", "FWD-1", "FWD-5", "ACC-1", "ACC-5", "ACC-10", "ZZZ-1"]
     head = next(line for line in out.split("## Clause x implementation")[1].splitlines()
                 if line.startswith("| clause"))
-    # the unavailable GPU column is only in the header, with its reason (note 1)
+    # the unavailable GPU column (every clause skipped) is only in the header, with its reason
     assert head == "| clause | level | title | (suite) | mlx-fast-cpu |"
-    assert "Not in this table: mlx-fast-gpu (unavailable" in out
+    assert "Not in the table (nothing tested: every clause skipped): mlx-fast-gpu [1]." in out
     assert "| unavailable [1] |" in out
-    assert rows["ACC-1"][3:] == ["-", "pass 2.1"]
-    assert rows["ACC-5"][4] == "unmet 40 [2]"                      # numbered in row order
+    # the worst error as a multiple of its bound, labelled in the legend
+    assert rows["ACC-1"][3:] == ["-", "pass 0.22x"]                   # 2.1 / 9.5
+    assert rows["ACC-5"][4] == "unmet 4.22x [2]"                      # numbered in row order
     assert rows["ZZZ-1"][4] == "FAIL [3]"
+    assert "x = worst error / bound" in out.split("## Notes")[0].split("| ZZZ-1 |")[1]
     notes = out.split("## Notes")[1]
-    assert "1. no GPU here" in notes and "3. x \\| y broke" in notes and "2. ACC-5 unmet" in notes
+    assert "1. unavailable: no GPU here (mlx-fast-gpu)" in notes
+    assert "3. FAIL: x \\| y broke (mlx-fast-cpu)" in notes
+    assert "2. unmet: ACC-5 unmet (mlx-fast-cpu)" in notes
     assert notes.count("no GPU here") == 1
     assert "| mlx-fast-cpu | rmsnorm_conformance.impl.mlx_fast:cpu (rmsnorm-conformance 0.2.0) | mlx 0.32.4 | cpu |" \
         in out
@@ -116,7 +120,9 @@ def test_matrix_rows_cells_notes_and_header(capsys, tmp_path):
     # --all-columns keeps it; identical reasons share a number
     rc, out, err = run_cli(capsys, "matrix", p, "--all-columns")
     rows = table_rows(out)
-    assert rows["ACC-1"][3:] == ["-", "pass 2.1", "skip [1]"] and rows["FWD-1"][5] == "skip [1]"
+    assert rows["ACC-1"][3:] == ["-", "pass 0.22x", "skip [2]"] and rows["FWD-1"][5] == "skip [2]"
+    assert "1. unavailable: no GPU here (mlx-fast-gpu)" in out
+    assert "2. skip: no GPU here (mlx-fast-gpu)" in out
 
 
 def test_matrix_fingerprint_conclusions_and_reasons_without_the_impl_id(capsys, tmp_path):
@@ -124,7 +130,8 @@ def test_matrix_fingerprint_conclusions_and_reasons_without_the_impl_id(capsys, 
           "eps_add": "float32", "seconds": 0.1, "evidence": {"huge": list(range(50))}}
     doc = document([result("ACC-1", status="skip", reason="mlx-fast-cpu does not declare "
                                                            "capability layouts"),
-                    result("MET-7", status="skip", reason="mlx-fast-cpu: no layouts")],
+                    result("MET-7", status="skip", reason="mlx-fast-cpu: no layouts"),
+                    result("FWD-1")],
                    impls={"mlx-fast-cpu": implementation("cpu", fingerprint=fp)})
     rc, out, err = run_cli(capsys, "matrix", write(tmp_path / "a.json", doc))
     assert rc == 0, err
@@ -133,7 +140,8 @@ def test_matrix_fingerprint_conclusions_and_reasons_without_the_impl_id(capsys, 
         or "| mlx-fast-cpu | round-then-weight | sequential | s*(1/d) | float32 |" in out
     assert "huge" not in out
     notes = out.split("## Notes")[1]
-    assert "1. does not declare capability layouts" in notes and "2. no layouts" in notes
+    assert "1. skip: does not declare capability layouts" in notes
+    assert "2. skip: no layouts" in notes
 
 
 def test_matrix_several_hosts_keep_columns_apart_and_out_is_written(capsys, tmp_path):
@@ -145,9 +153,25 @@ def test_matrix_several_hosts_keep_columns_apart_and_out_is_written(capsys, tmp_
     text = out_path.read_text(encoding="utf-8")
     rows = table_rows(text)
     assert "mlx-fast-cpu @ ci-1 (cpu) | mlx-fast-cpu @ ci-2 (cpu)" in text
-    assert "pass 2.1" in rows["ACC-1"] and "pass 3" in rows["ACC-1"]
+    assert "pass 0.22x" in rows["ACC-1"] and "pass 0.31x" in rows["ACC-1"]
     assert [p.name for p in tmp_path.iterdir()] == sorted(["a.json", "b.json", "m.md"]) or \
         {p.name for p in tmp_path.iterdir()} == {"a.json", "b.json", "m.md"}
+
+
+def test_matrix_of_the_committed_baseline_labels_its_numbers(capsys):
+    """The committed (version 1) baseline makes a matrix in which every number is a worst
+    error / bound, ``x``, as the legend says."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    rc, out, err = run_cli(capsys, "matrix", root / "baselines" / "all-cpu.json.gz")
+    assert rc == 0, err
+    rows = table_rows(out)
+    assert len(rows) > 40
+    cell = re.compile(r"-|(CRASH|TIMEOUT|ERROR|FAIL|unmet|pass|skip)"
+                      r"( (\d\.\d\d|<0\.01|\d+|\d\.\de\+\d\d|inf |0)x)?( \[\d+\])?")
+    odd = [c for r in rows.values() for c in r[3:] if not cell.fullmatch(c)]
+    assert not odd, odd[:5]
+    assert any(re.fullmatch(r"pass 0\.\d\dx", c) for r in rows.values() for c in r[3:])
+    assert "x = worst error / bound" in out
 
 
 def test_matrix_same_column_with_different_results_is_bad_input(capsys, tmp_path):
@@ -194,19 +218,23 @@ def test_strict_timeouts_counts_noisy_flips():
     assert diff.status_kind("SHOULD", "TIMEOUT", "pass", strict_timeouts=True) == diff.IMPROVEMENT
 
 
+def typed(r: dict) -> results.Result:
+    return results.Result.from_json(r)
+
+
 def test_error_margin_is_judged_per_dtype():
     m = diff.Margin(1.25, 0.5)
     col = results.Column("i", "h", "cpu")
     b = result("ACC-1", error=2.0)
     at = result("ACC-1", error=2.0 * 1.25 + 0.5)         # on the margin: not a change
     beyond = result("ACC-1", error=3.01 + 0.0001)
-    assert diff.compare_cells("ACC-1", col, b, at, m) == []
-    (ch,) = diff.compare_cells("ACC-1", col, b, beyond, m)
+    assert diff.compare_cells("ACC-1", col, typed(b), typed(at), m) == []
+    (ch,) = diff.compare_cells("ACC-1", col, typed(b), typed(beyond), m)
     assert ch.kind == diff.REGRESSION and ch.dtype == "float32" and "2 -> 3" in ch.text
-    (ch,) = diff.compare_cells("ACC-1", col, beyond, b, m)
+    (ch,) = diff.compare_cells("ACC-1", col, typed(beyond), typed(b), m)
     assert ch.kind == diff.IMPROVEMENT
     other = result("ACC-1", error=9.0, dtype="float16")     # another dtype: not comparable
-    assert diff.compare_cells("ACC-1", col, b, other, m) == []
+    assert diff.compare_cells("ACC-1", col, typed(b), typed(other), m) == []
     fp16_bad = result("ACC-1", error=2.0, dtypes={
         "float32": {"status": "pass", "examples": 1, "worst": b["worst"]},
         "float16": {"status": "pass", "examples": 1, "worst": result(
@@ -215,7 +243,7 @@ def test_error_margin_is_judged_per_dtype():
         "float32": {"status": "pass", "examples": 1, "worst": b["worst"]},
         "float16": {"status": "pass", "examples": 1, "worst": result(
             "ACC-1", error=1.0, dtype="float16")["worst"]}})
-    (ch,) = diff.compare_cells("ACC-1", col, base16, fp16_bad, m)
+    (ch,) = diff.compare_cells("ACC-1", col, typed(base16), typed(fp16_bad), m)
     assert ch.dtype == "float16" and ch.kind == diff.REGRESSION
 
 
@@ -225,9 +253,9 @@ def test_a_dtype_getting_worse_under_an_unchanged_clause_status():
     b = result("ACC-1", status="FAIL", dtypes={"float32": entry, "float16":
                                                {**entry, "status": "pass"}})
     c = result("ACC-1", status="FAIL", dtypes={"float32": entry, "float16": entry})
-    (ch,) = diff.compare_cells("ACC-1", col, b, c, diff.Margin())
+    (ch,) = diff.compare_cells("ACC-1", col, typed(b), typed(c), diff.Margin())
     assert (ch.kind, ch.dtype, ch.text) == (diff.REGRESSION, "float16", "pass -> FAIL")
-    (ch,) = diff.compare_cells("ACC-1", col, c, b, diff.Margin())
+    (ch,) = diff.compare_cells("ACC-1", col, typed(c), typed(b), diff.Margin())
     assert ch.kind == diff.IMPROVEMENT
 
 
@@ -385,8 +413,9 @@ def test_sweep_runs_each_release_and_writes_the_history(capsys, tmp_path, monkey
     fast = page.split("## mlx-fast-cpu")[1].split("\n## ")[0]
     assert "| clause | level | title | 0.29.0 | 0.30.0 | 0.31.0 | 0.32.4 |" in fast
     assert "| FWD-1 | MUST | Output shape, for any leading shape | pass | FAIL |  | pass |" in fast
-    assert "| ACC-1 | MUST | Every element within the tolerance model's bound | pass 2 | pass 2 " \
-           "|  | pass 6 |" in fast
+    assert "| ACC-1 | MUST | Every element within the tolerance model's bound | pass 0.21x | " \
+           "pass 0.21x |  | pass 0.63x |" in fast        # 2 and 6 ulps of a 9.5-ulp bound
+    assert "x = worst error / bound" in page.split("## What changed")[0]
     changes = page.split("## What changed between neighbouring releases")[1]
     first = changes.split("### 0.29.0 -> 0.30.0")[1].split("###")[0]
     assert "**FWD-1 mlx-fast-cpu** (regression): pass -> FAIL" in first

@@ -1,4 +1,5 @@
-"""What the subcommands share: errors, output, Markdown helpers."""
+"""What the subcommands share: errors, output, Markdown tables (a cell's text, the notes and the
+legend are ``conformance/tables.py``'s, shared with the end-of-run table)."""
 
 from __future__ import annotations
 
@@ -22,20 +23,8 @@ def emit(text: str, out: str | None) -> None:
         raise ToolError(f"cannot write {out}: {e.strerror or e}") from None
 
 
-def md(text: object) -> str:
-    """``text`` as the content of one Markdown table cell."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
 
-
-def cell_text(result: dict | None) -> str:
-    """A cell's status with its worst error in ulps where there is one: ``pass 2.1``."""
-    if result is None:
-        return "-"
-    u = results.error_ulps(result)
-    return result["status"] if u is None else f"{result['status']} {results.format_ulps(u)}"

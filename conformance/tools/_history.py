@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from rmsnorm_conformance.conformance import results
+from rmsnorm_conformance.conformance import results, tables
+from rmsnorm_conformance.conformance.tables import md
 from rmsnorm_conformance.conformance.tools import diff
-from rmsnorm_conformance.conformance.tools._common import cell_text, md, md_table
+from rmsnorm_conformance.conformance.tools._common import md_table
 
 NOTE_HEADING = re.compile(r"^##\s+(.+?)\s+(\S+)\s+->\s+(\S+)\s*$")
 #: Changes that need no individual explanation.
@@ -30,7 +31,7 @@ SELF_EXPLAINED = (diff.NOISY,)
 @dataclasses.dataclass
 class Release:
     version: str
-    doc: dict | None          # None: the release gave no results
+    doc: results.Document | None      # None: the release gave no results
     path: str
     message: str = ""         # how its run went (why there are no results)
 
@@ -59,9 +60,9 @@ def _keys(change: diff.Change, v1: str, v2: str) -> list[tuple[str, str, str]]:
     return [(change.clause or impl, v1, v2)]
 
 
-def _exit(doc: dict) -> str:
+def _exit(doc: results.Document) -> str:
     """How the run ended, from the results document itself (when no sweep record says more)."""
-    status = doc["run"].get("exit_status")
+    status = doc.run.exit_status
     return "pytest exit status not recorded" if status is None else f"pytest exit {status}"
 
 
@@ -80,12 +81,10 @@ def render(releases: list[Release], notes: dict, margin: diff.Margin | None = No
         if r.doc is None:
             rows.append([md(r.version), "no results", "-", "-", "-", md(r.message)])
             continue
-        envs = {f"{i['environment'].get('framework', '?')} {i['environment'].get('version', '?')}"
-                for i in r.doc["implementations"].values() if i.get("environment")}
+        envs = {i.framework() for i in r.doc.implementations.values()} - {""}
         rows.append([md(r.version), f"[{md(r.path)}]({r.path})", md(", ".join(sorted(envs)) or "-"),
-                     md(r.doc["host"]["name"]),
-                     md(f"{r.doc['suite']['version']}, {r.doc['run']['profile']}"),
-                     md(f"{r.doc['run']['duration_s']:.0f} s; " + (r.message or _exit(r.doc)))])
+                     md(r.doc.host.name), md(f"{r.doc.suite.version}, {r.doc.run.profile}"),
+                     md(f"{r.doc.run.duration_s:.0f} s; " + (r.message or _exit(r.doc)))])
     out += md_table(["release", "results", "framework", "host", "suite, profile", "run"], rows)
 
     impls = sorted({c.impl for m in merged.values() for c in m.columns})
@@ -104,11 +103,10 @@ def render(releases: list[Release], notes: dict, margin: diff.Margin | None = No
                     continue
                 m = merged[r.version]
                 cells = [res for (c, col), res in m.cells.items() if c == cid and col.impl == impl]
-                row.append(md(cell_text(cells[0]) if cells else "-"))
+                row.append(md(tables.cell_text(cells[0] if cells else None)))
             rows.append(row)
         out += md_table(["clause", "level", "title"] + [md(r.version) for r in releases], rows)
-    out += ["", "Cells: status and, for clauses judged by an error bound, the worst error in ulps "
-                "of the output dtype; - not run; empty: the release gave no results."]
+    out += ["", tables.legend("not run; empty: the release gave no results", notes=False)]
 
     out += ["", "## What changed between neighbouring releases", "",
             f"Every status change, and every worst-error change beyond the margin "

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from rmsnorm_conformance.conformance import results
-from rmsnorm_conformance.conformance.results import RANK, Column, Merged
+from rmsnorm_conformance.conformance import results, tables
+from rmsnorm_conformance.conformance.results import RANK, Column, Merged, Result
 from rmsnorm_conformance.conformance.tools._common import ToolError
 
 HELP = "compare results: regressions, improvements, new and removed clauses (exit 1: regressed)"
@@ -108,38 +108,27 @@ def status_kind(level: str, before: str, after: str, strict_timeouts: bool = Fal
     return REGRESSION if RANK[after] > RANK[before] else IMPROVEMENT
 
 
-def _worsts(r: dict) -> dict[str, dict]:
-    """dtype -> worst record, from the per-dtype entries or else the clause's own."""
-    found = {dt: e["worst"] for dt, e in (r.get("dtypes") or {}).items() if e.get("worst")}
-    if not found and r.get("worst"):
-        found[r["worst"]["dtype"]] = r["worst"]
-    return found
-
-
-def compare_cells(clause: str, col: Column, b: dict, c: dict, margin: Margin,
+def compare_cells(clause: str, col: Column, b: Result, c: Result, margin: Margin,
                   strict_timeouts: bool = False) -> list[Change]:
-    level = c["level"]
-    kind = status_kind(level, b["status"], c["status"], strict_timeouts)
+    level = c.level
+    kind = status_kind(level, b.status, c.status, strict_timeouts)
     if kind is not None:
-        bu, cu = results.error_ulps(b), results.error_ulps(c)
-        before = b["status"] + (f" {results.format_ulps(bu)}" if bu is not None else "")
-        after = c["status"] + (f" {results.format_ulps(cu)}" if cu is not None else "")
-        what = (f"newly skipped (was {before})" if c["status"] == "skip"
+        before, after = tables.cell_text(b), tables.cell_text(c)
+        what = (f"newly skipped (was {before})" if c.status == "skip"
                 else f"{before} -> {after}")
-        why = (f": {c['reason']}" if c.get("reason")
-               else f" (before: {b['reason']})" if b.get("reason") else "")
-        return [Change(kind, clause, col, what + why, level, None, b["status"], c["status"])]
+        why = (f": {c.reason}" if c.reason else f" (before: {b.reason})" if b.reason else "")
+        return [Change(kind, clause, col, what + why, level, None, b.status, c.status)]
     changes = []
-    bd, cd = b.get("dtypes") or {}, c.get("dtypes") or {}
+    bd, cd = b.dtypes, c.dtypes
     for dt in sorted(set(bd) & set(cd)):
-        k = status_kind(level, bd[dt]["status"], cd[dt]["status"], strict_timeouts)
+        k = status_kind(level, bd[dt].status, cd[dt].status, strict_timeouts)
         if k is not None and k != NEWLY_CHECKED:
-            changes.append(Change(k, clause, col, f"{bd[dt]['status']} -> {cd[dt]['status']}",
-                                  level, dt, bd[dt]["status"], cd[dt]["status"]))
-    bw, cw = _worsts(b), _worsts(c)
+            changes.append(Change(k, clause, col, f"{bd[dt].status} -> {cd[dt].status}",
+                                  level, dt, bd[dt].status, cd[dt].status))
+    bw, cw = b.worst_by_dtype(), c.worst_by_dtype()
     for dt in sorted(set(bw) & set(cw)):
-        be, ce = bw[dt]["error_ulps"], cw[dt]["error_ulps"]
-        bound = cw[dt]["bound_ulps"]
+        be, ce = bw[dt].error_ulps, cw[dt].error_ulps
+        bound = cw[dt].bound_ulps
         if margin.grew(be, ce):
             changes.append(Change(
                 REGRESSION, clause, col,
@@ -200,9 +189,9 @@ def compare(base: Merged, cur: Merged, margin: Margin = Margin(), *, ignore_host
             if b is None and c is None:
                 continue
             if b is None:
-                changes.append(Change(NEW_CELL, cid, cc, c["status"], c["level"]))
+                changes.append(Change(NEW_CELL, cid, cc, c.status, c.level))
             elif c is None:
-                changes.append(Change(REMOVED_CELL, cid, cc, f"was {b['status']}", b["level"]))
+                changes.append(Change(REMOVED_CELL, cid, cc, f"was {b.status}", b.level))
             else:
                 changes += compare_cells(cid, cc, b, c, margin, strict_timeouts)
     return changes, ignored
@@ -210,9 +199,8 @@ def compare(base: Merged, cur: Merged, margin: Margin = Margin(), *, ignore_host
 
 def _column_text(merged: Merged, col: Column) -> str:
     info = merged.columns[col]
-    env = (info.implementation or {}).get("environment") or {}
-    parts = [f"{env['framework']} {env.get('version', '')}".strip()] if env.get("framework") \
-        else []
+    framework = info.implementation.framework() if info.implementation else ""
+    parts = [framework] if framework else []
     parts.append(f"host {col.host}")
     if col.device:
         parts.append(f"device {col.device}")
@@ -226,8 +214,8 @@ def counted(changes: list[Change], fail_on_removed: bool = False) -> list[Change
 
 
 def _describe_sources(merged: Merged) -> list[str]:
-    return [f"  {path}: host {doc['host']['name']}, suite {doc['suite']['version']}, profile "
-            f"{doc['run']['profile']}, created {doc['created']}" for path, doc in merged.sources]
+    return [f"  {path}: host {doc.host.name}, suite {doc.suite.version}, profile "
+            f"{doc.run.profile}, created {doc.created}" for path, doc in merged.sources]
 
 
 def render(base: Merged, cur: Merged, changes: list[Change], ignored: bool, margin: Margin,

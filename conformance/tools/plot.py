@@ -43,10 +43,10 @@ def series(merged: results.Merged, clause: str, label: str, impls=()) -> dict:
         if cid != clause or (impls and not any(fnmatch.fnmatchcase(col.impl, p)
                                                for p in impls)):
             continue
-        for rec in r.get("by_d") or ():
-            if rec["label"] == label:
-                found.setdefault(rec["dtype"], {}).setdefault(col, []).append(
-                    (rec["d"], rec["error_ulps"], rec["bound_ulps"]))
+        for rec in r.by_d or ():
+            if rec.label == label:
+                found.setdefault(rec.dtype, {}).setdefault(col, []).append(
+                    (rec.d, rec.error_ulps, rec.bound_ulps))
     for per_col in found.values():
         for col in per_col:
             per_col[col].sort()
@@ -54,8 +54,8 @@ def series(merged: results.Merged, clause: str, label: str, impls=()) -> dict:
 
 
 def _available(merged: results.Merged) -> str:
-    pairs = sorted({(cid, rec["label"]) for (cid, _), r in merged.cells.items()
-                    for rec in r.get("by_d") or ()})
+    pairs = sorted({(cid, rec.label) for (cid, _), r in merged.cells.items()
+                    for rec in r.by_d or ()})
     return ", ".join(f"{c} {lab}" for c, lab in pairs) or "none"
 
 
