@@ -41,7 +41,7 @@ from rmsnorm_conformance.protocol import DTYPES, Capabilities, Implementation, M
 
 EXTRA = "pip install 'rmsnorm-conformance[hf]'"
 
-#: id kind -> (module path, class name, the attribute holding eps, what the class is).
+#: id kind -> (module path, class name, the attribute holding eps).
 MODULES = {
     "llama": ("transformers.models.llama.modeling_llama", "LlamaRMSNorm", "variance_epsilon"),
     "gemma": ("transformers.models.gemma.modeling_gemma", "GemmaRMSNorm", "eps"),
