@@ -1,5 +1,6 @@
-"""Self-tests of the adapters for other frameworks (impl/torch_rmsnorm.py, impl/jax_rmsnorm.py)
-and of the example plug-in (examples/rmsnorm-example-plugin).
+"""Self-tests of the adapters for other frameworks (impl/torch_rmsnorm.py, impl/jax_rmsnorm.py,
+impl/hf_rmsnorm.py, impl/keras_rmsnorm.py, impl/onnx_rmsnorm.py, impl/equinox_rmsnorm.py) and of
+the example plug-in (examples/rmsnorm-example-plugin).
 
 They check the adapters' plumbing, not the frameworks' numerics (that is the conformance
 suite's job): each adapter loads or says why not, arrays cross the boundary bit for bit
@@ -26,7 +27,8 @@ from rmsnorm_conformance.conformance.cases import Case
 from rmsnorm_conformance.conformance.registry import discover
 from rmsnorm_conformance.conformance.test_met import layout_for, layout_input
 from rmsnorm_conformance.conformance.tolerance import forward_bound
-from rmsnorm_conformance.impl import jax_rmsnorm, torch_rmsnorm
+from rmsnorm_conformance.impl import equinox_rmsnorm, hf_rmsnorm, jax_rmsnorm, keras_rmsnorm, \
+    onnx_rmsnorm, torch_rmsnorm
 from rmsnorm_conformance.protocol import DTYPES, Layout
 from rmsnorm_conformance.conformance.marks import clause
 
@@ -47,7 +49,8 @@ JAX = [pytest.param(jax_rmsnorm.numpy_cpu, id="jax-numpy-cpu", marks=needs_jax),
        pytest.param(jax_rmsnorm.flax_cpu, id="flax-nnx-cpu", marks=needs_flax)]
 ALL_CPU = [pytest.param(p.values[0], id=p.id, marks=[needs_torch]) for p in TORCH] + JAX
 IDS = {"torch-functional-cpu", "torch-functional-cuda", "torch-module-cpu", "torch-module-cuda",
-       "jax-numpy-cpu", "flax-nnx-cpu"}
+       "jax-numpy-cpu", "flax-nnx-cpu", "hf-llama-cpu", "hf-gemma-cpu", "hf-t5-cpu",
+       "keras-ops-cpu", "keras-layer-cpu", "onnxruntime-cpu", "equinox-cpu"}
 
 
 def _x(shape, dtype, seed=0):
@@ -66,7 +69,8 @@ def _bits(a):
 # --- loading ------------------------------------------------------------------------------------
 
 def test_entry_points_registered_and_load():
-    """Every framework id is registered; each loads, and is usable or says why not."""
+    """Every framework id is registered (in the default or the opt-in group); each loads, and is
+    usable or says why not."""
     entries = {e.id: e for e in discover()}
     missing = IDS - set(entries)
     assert not missing, f"not registered (reinstall the package: pip install -e .): {missing}"
@@ -81,6 +85,11 @@ def test_entry_points_registered_and_load():
     (("torch",), "rmsnorm_conformance.impl.torch_rmsnorm", ("functional_cpu", "module_cuda"), "[torch]"),
     (("jax", "flax"), "rmsnorm_conformance.impl.jax_rmsnorm", ("numpy_cpu", "flax_cpu"), "[jax]"),
     (("flax",), "rmsnorm_conformance.impl.jax_rmsnorm", ("flax_cpu",), "[jax]"),
+    (("transformers",), "rmsnorm_conformance.impl.hf_rmsnorm",
+     ("llama_cpu", "gemma_cpu", "t5_cpu"), "[hf]"),
+    (("keras",), "rmsnorm_conformance.impl.keras_rmsnorm", ("ops_cpu", "layer_cpu"), "[keras]"),
+    (("onnxruntime",), "rmsnorm_conformance.impl.onnx_rmsnorm", ("cpu",), "[onnx]"),
+    (("equinox",), "rmsnorm_conformance.impl.equinox_rmsnorm", ("cpu",), "[equinox]"),
 ])
 def test_imports_without_framework_and_names_the_extra(blocked, module, attrs, extra):
     """With the framework absent the adapter module still imports, and unavailable_reason()
@@ -350,15 +359,293 @@ def test_jax_computes_float64_without_enabling_it_globally():
     assert not jax.config.jax_enable_x64           # ... without changing the caller's JAX
 
 
+# --- Hugging Face, Keras, ONNX Runtime, Equinox -----------------------------------------------------
+
+HAVE_HF = hf_rmsnorm.unavailable() is None
+HAVE_KERAS = keras_rmsnorm.unavailable() is None
+HAVE_ONNX = onnx_rmsnorm.unavailable() is None
+HAVE_EQX = equinox_rmsnorm.unavailable() is None
+needs_hf = pytest.mark.skipif(not HAVE_HF, reason=str(hf_rmsnorm.unavailable()))
+needs_keras = pytest.mark.skipif(not HAVE_KERAS, reason=str(keras_rmsnorm.unavailable()))
+needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason=str(onnx_rmsnorm.unavailable()))
+needs_eqx = pytest.mark.skipif(not HAVE_EQX, reason=str(equinox_rmsnorm.unavailable()))
+
+HF = [pytest.param(a, id=a.id, marks=needs_hf)
+      for a in (hf_rmsnorm.llama_cpu, hf_rmsnorm.gemma_cpu, hf_rmsnorm.t5_cpu)]
+KERAS_OPS = pytest.param(keras_rmsnorm.ops_cpu, id="keras-ops-cpu", marks=needs_keras)
+KERAS_LAYER = pytest.param(keras_rmsnorm.layer_cpu, id="keras-layer-cpu", marks=needs_keras)
+ONNX = pytest.param(onnx_rmsnorm.cpu, id="onnxruntime-cpu", marks=needs_onnx)
+EQX = pytest.param(equinox_rmsnorm.cpu, id="equinox-cpu", marks=needs_eqx)
+NEW = HF + [KERAS_OPS, KERAS_LAYER, ONNX, EQX]
+#: the new adapters with gradients (all but ONNX Runtime's)
+NEW_GRAD = HF + [KERAS_OPS, KERAS_LAYER, EQX]
+PAIRS = [(a, b) for a in DTYPES for b in DTYPES]
+
+
+def _weight(adapter, d, dtype, lo=0.5, hi=1.5):
+    """A weight of ``dtype`` as the adapter takes it; for Gemma the parameter p, applied as
+    ``weight_offset + p``."""
+    w = np.linspace(lo, hi, d)
+    return (w - adapter.capabilities.weight_offset).astype(DTYPES[dtype])
+
+
+def _applied(adapter, w):
+    """The weight the module applies: ``weight_offset + p`` formed in float32."""
+    if not adapter.capabilities.weight_offset:
+        return w
+    return np.float32(adapter.capabilities.weight_offset) + w.astype(np.float32)
+
+
+@pytest.mark.parametrize("adapter", NEW)
+def test_new_adapters_environment_and_contract(adapter):
+    """environment() names the framework, its version and the CPU; the declaration is well
+    formed, and a plain float32 case is RMSNorm (within ACC-1's bound, against the applied
+    weight)."""
+    env = adapter.environment()
+    assert {"framework", "version", "device"} <= set(env) and env["device"] == "cpu", env
+    assert all(isinstance(v, str) for v in env.values()), env
+    assert not adapter.capabilities.problems(), adapter.capabilities.problems()
+    x = _x((3, 40), "float32")
+    w = _weight(adapter, 40, "float32", -2, 2)
+    y = adapter.rms_norm(x, w, 1e-5)
+    fb = forward_bound(x, _applied(adapter, w), 1e-5, y.dtype)
+    assert y.dtype == np.float32 and np.all(np.abs(y - fb.ref) <= fb.bound)
+
+
+#: the function each jitted adapter compiles, to ask JAX for its output type without compiling
+#: (jax.eval_shape traces the same function the adapter runs)
+TRACED = {"keras-ops-cpu": lambda x, w: keras_rmsnorm.ops_rms_norm(x, w, 1e-5),
+          "equinox-cpu": lambda x, w: equinox_rmsnorm.eqx_rms_norm(x, w, 1e-5)}
+
+
+@clause("DTY-2")
+@pytest.mark.parametrize("adapter", [a for a in NEW
+                                     if a.values[0].capabilities.mixed is not None])
+def test_declared_mixed_convention_is_what_the_library_returns(adapter):
+    """Every x/weight dtype pair: the output dtype is the declared convention's (Llama:
+    "promote", Gemma, Keras' op and Equinox: "input", T5: "weight"). The jitted adapters are
+    asked through jax.eval_shape of the function they compile (nine compilations saved)."""
+    traced = TRACED.get(adapter.id)
+    for x_dt, w_dt in PAIRS:
+        x, w = _x((2, 8), x_dt), _weight(adapter, 8, w_dt)
+        if traced is None:
+            got = adapter.rms_norm(x, w, 1e-5).dtype
+        else:
+            import jax
+
+            got = np.dtype(jax.eval_shape(traced, x, w).dtype)
+        assert got == adapter.capabilities.output_dtype(x.dtype, w.dtype), (x_dt, w_dt, got)
+    if traced is not None:      # and the compiled program agrees on one mixed pair
+        x, w = _x((2, 8), "bfloat16"), _weight(adapter, 8, "float32")
+        assert adapter.rms_norm(x, w, 1e-5).dtype == np.dtype(jax.eval_shape(traced, x, w).dtype)
+
+
+@needs_hf
+@clause("ACC-1")
+def test_llama_rounds_the_normalised_value_to_x_dtype():
+    """normalised_in_input_dtype: with float16 x and a float32 weight of 0.5, Llama's float32
+    output is 0.5 times a float16 number (``weight * h.to(input_dtype)``), float16 precision in
+    a float32 result; T5 and Gemma are not declared so."""
+    impl = hf_rmsnorm.llama_cpu
+    assert impl.capabilities.normalised_in_input_dtype
+    x = _x((4, 64), "float16")
+    y = impl.rms_norm(x, np.full(64, 0.5, np.float32), 1e-6)
+    assert y.dtype == np.float32
+    h = y * 2
+    assert np.array_equal(h.astype(np.float16).astype(np.float32), h)
+    assert not np.array_equal(h, reference.rms_norm(x, None, 1e-6).astype(np.float32))
+    assert not any(a.capabilities.normalised_in_input_dtype
+                   for a in (hf_rmsnorm.gemma_cpu, hf_rmsnorm.t5_cpu))
+
+
+@needs_hf
+@clause("MOD-1")
+def test_gemma_applies_one_plus_its_parameter():
+    """weight_offset 1.0: Gemma's parameter is zeros by default and the module applies 1 + p in
+    float32: p = 0 gives the unit-weight RMSNorm, p = -1 gives zeros, p = 1 doubles it."""
+    impl = hf_rmsnorm.gemma_cpu
+    assert impl.capabilities.weight_offset == 1.0
+    info = impl.module_info(8)
+    assert info.eps == 1e-6 and set(info.parameters) == {"weight"}
+    p = info.parameters["weight"]
+    assert p.dtype == np.float32 and np.array_equal(p, np.zeros(8))
+    x = _x((3, 8), "float32")
+    unit = impl.rms_norm(x, p, 1e-6)
+    np.testing.assert_allclose(unit, reference.rms_norm(x, None, 1e-6), rtol=2e-7, atol=0)
+    assert np.all(impl.rms_norm(x, p - 1, 1e-6) == 0)
+    assert np.array_equal(impl.rms_norm(x, p + 1, 1e-6), 2 * unit)
+
+
+@needs_hf
+@clause("MOD-1")
+@pytest.mark.parametrize("adapter", HF)
+def test_hf_module_info(adapter):
+    """One float32 parameter "weight" (Llama and T5: ones; Gemma: zeros, applied as 1 + p),
+    default eps 1e-6, eps <= 0 accepted: a module, not MLX's."""
+    info = adapter.module_info(6)
+    assert info.eps == 1e-6 and set(info.parameters) == {"weight"}
+    w = info.parameters["weight"]
+    assert w.dtype == np.float32 and np.array_equal(_applied(adapter, w), np.ones(6))
+    assert adapter.module_info(6, 0.0).eps == 0.0 and adapter.module_info(6, -1.0).eps == -1.0
+    caps = adapter.capabilities
+    assert caps.module and not caps.mlx_module and not caps.functional and not caps.weight_none
+    with pytest.raises(ValueError, match="always holds a weight"):
+        adapter.rms_norm(_x((2, 6), "float32"), None, 1e-6)
+
+
+@needs_hf
+@clause("MET-7")
+@pytest.mark.parametrize("kind", torch_rmsnorm.TORCH_LAYOUTS)
+def test_hf_layouts(kind):
+    """The HF modules take torch's views (every layout but "reversed"), never reading the NaN
+    gaps, with the contiguous result within a few float32 ulps."""
+    x, w = _x((3, 4, 6), "float32"), np.linspace(0.5, 2, 6).astype(np.float32)
+    case = layout_input(kind, Case(x, w, 1e-5, ""))
+    layout = layout_for(kind, case, seed=4)
+    for impl in (hf_rmsnorm.llama_cpu, hf_rmsnorm.t5_cpu):
+        got = impl.rms_norm(case.x, case.weight, 1e-5, layout)
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, impl.rms_norm(case.x, case.weight, 1e-5), rtol=4e-7)
+
+
+@needs_keras
+@clause("MOD-3")
+def test_keras_layer_contract():
+    """The layer: default epsilon 1e-6, one float32 parameter "scale" (ones); the op's default
+    epsilon is keras.config.epsilon() (1e-7); the layer equals the op with its scale; and it
+    casts x to its compute dtype first (a float16 layer on float32 input returns float16, NaN
+    where x exceeds float16's range), which is why it declares no mixed convention."""
+    import keras
+
+    layer, ops = keras_rmsnorm.layer_cpu, keras_rmsnorm.ops_cpu
+    assert keras.backend.backend() == "jax" and keras.config.epsilon() == 1e-7
+    assert layer.capabilities.mixed is None and ops.capabilities.mixed == "input"
+    info = layer.module_info(5)
+    assert info.eps == 1e-6 and set(info.parameters) == {"scale"}
+    s = info.parameters["scale"]
+    assert s.dtype == np.float32 and np.array_equal(s, np.ones(5))
+    assert layer.module_info(5, -1.0).eps == -1.0
+    x = _x((3, 5), "bfloat16")
+    w = np.linspace(-2, 2, 5).astype(ml_dtypes.bfloat16)
+    assert np.array_equal(layer.rms_norm(x, w, 1e-6), layer.functional(x, w, 1e-6))
+    assert np.array_equal(layer.rms_norm(x, w, 1e-6), ops.rms_norm(x, w, 1e-6))
+    y = keras_rmsnorm.layer_rms_norm(np.array([[1e5, 1.0]], np.float32), np.ones(2, np.float16),
+                                     1e-5)
+    assert y.dtype == np.float16 and np.isnan(y[0, 0])
+
+
+@needs_onnx
+@clause("FWD-5")
+def test_onnxruntime_contract():
+    """float32 and float16 only, one type for X and scale, a scale required, eps not validated,
+    an empty axis rejected: each refusal comes back as ValueError; one session per (dtypes,
+    rank, eps), reused across shapes."""
+    impl = onnx_rmsnorm.cpu
+    assert tuple(impl.capabilities.dtypes) == ("float32", "float16")
+    assert impl.capabilities.mixed is None and not impl.capabilities.gradients
+    x = _x((3, 8), "float16")
+    with pytest.raises(ValueError, match="onnxruntime rejected"):
+        impl.rms_norm(x, np.ones(8, np.float32), 1e-5)                 # mixed types
+    with pytest.raises(ValueError, match="onnxruntime rejected"):
+        impl.rms_norm(x.astype(BF16), np.ones(8, BF16), 1e-5)          # no bfloat16 kernel
+    with pytest.raises(ValueError, match="must be at least 1"):
+        impl.rms_norm(np.zeros((3, 0), np.float32), np.ones(0, np.float32), 1e-5)
+    with pytest.raises(ValueError, match="required input"):
+        impl.rms_norm(x, None, 1e-5)
+    z = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+    y0 = impl.rms_norm(z, np.ones(2, np.float32), 0.0)
+    assert np.allclose(y0[0], [0.8485281, 1.1313709]) and np.all(np.isnan(y0[1]))
+    before = onnx_rmsnorm.session.cache_info().currsize
+    impl.rms_norm(_x((5, 3), "float32"), np.ones(3, np.float32), 0.125)
+    impl.rms_norm(_x((2, 17), "float32"), np.ones(17, np.float32), 0.125)
+    assert onnx_rmsnorm.session.cache_info().currsize == before + 1
+
+
+@needs_eqx
+@clause("MOD-1")
+def test_equinox_module_and_zero_bias():
+    """A default eqx.nn.RMSNorm has eps 1e-5 and two float32 parameters, weight (ones) and bias
+    (zeros): module_bias. The adapter's zero bias is a runtime array, really added, so a zero
+    output is +0.0 whatever the sign of its x (which keeps MET-1 from holding bit for bit on
+    zeros: docs/notes/frameworks.md, Equinox)."""
+    impl = equinox_rmsnorm.cpu
+    caps = impl.capabilities
+    assert caps.module and caps.module_bias and not caps.mlx_module and caps.mixed == "input"
+    info = impl.module_info(4)
+    assert info.eps == 1e-5 and set(info.parameters) == {"weight", "bias"}
+    assert all(p.dtype == np.float32 for p in info.parameters.values())
+    assert np.array_equal(info.parameters["weight"], np.ones(4))
+    assert np.array_equal(info.parameters["bias"], np.zeros(4))
+    x = np.array([[0.0, 1.0, -2.0]], np.float32)
+    y = impl.rms_norm(-x, np.ones(3, np.float32), 1e-5)
+    assert not np.signbit(y[0, 0]) and np.signbit(impl.rms_norm(x, -np.ones(3, np.float32),
+                                                                1e-5)[0, 1])
+    assert impl.rms_norm(_x((2, 3, 5), "float16"), None, 1e-5).shape == (2, 3, 5)
+
+
+@clause("VAL-5")
+@pytest.mark.parametrize("adapter", NEW)
+def test_new_adapters_accept_nonpositive_eps(adapter):
+    """eps = 0, < 0 and inf are computed, not rejected (nonpositive_eps), with a weight."""
+    assert adapter.capabilities.nonpositive_eps
+    x = np.array([[3.0, 4.0]], np.float32)
+    w = _weight(adapter, 2, "float32", 1, 1)
+    for eps in (0.0, -1e-6, np.inf):
+        np.testing.assert_allclose(adapter.rms_norm(x, w, eps), reference.rms_norm(x, None, eps),
+                                   rtol=1e-6)
+
+
+@clause("GRAD-3")
+@pytest.mark.parametrize("adapter", NEW_GRAD)
+def test_new_adapters_gradients(adapter):
+    """dx like x, dweight like the weight, the tangent like the output, H v like x (the mixed
+    pair where declared), and float32 values against the reference (with the applied
+    weight)."""
+    caps = adapter.capabilities
+    w_dt = "float32" if caps.mixed else "bfloat16"
+    for shape in ((3, 5),):         # zero-size arrays: the suite's GRAD-3
+        x = _x(shape, "bfloat16", 1)
+        w = _weight(adapter, 5, w_dt)
+        out = caps.output_dtype(x.dtype, w.dtype)
+        g, v, tw = _x(shape, out.name, 2), _x(shape, "bfloat16", 3), _x((5,), w_dt, 4)
+        dx, dw = adapter.vjp(x, w, 1e-5, g)
+        assert dx.shape == x.shape and dx.dtype == x.dtype
+        assert dw.shape == w.shape and dw.dtype == w.dtype
+        ty = adapter.jvp(x, w, 1e-5, v, tw)
+        assert ty.shape == x.shape and ty.dtype == out
+        hv = adapter.hvp(x, w, 1e-5, g, v)
+        assert hv.shape == x.shape and hv.dtype == x.dtype
+    x, g, v = _x((4, 16), "float32", 5), _x((4, 16), "float32", 6), _x((4, 16), "float32", 7)
+    w, tw = _weight(adapter, 16, "float32"), _x((16,), "float32", 8)
+    wa = _applied(adapter, w)
+    dx, dw = adapter.vjp(x, w, 1e-3, g)
+    rdx, rdw = reference.rms_norm_vjp(x, wa, 1e-3, g)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(adapter.jvp(x, w, 1e-3, v, tw),
+                               reference.rms_norm_jvp(x, wa, 1e-3, v, tw), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(adapter.hvp(x, w, 1e-3, g, v),
+                               reference.rms_norm_hvp(x, wa, 1e-3, g, v), rtol=1e-4, atol=1e-5)
+
+
 # --- benchmarks ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("adapter", ALL_CPU)
+@pytest.mark.parametrize("adapter", ALL_CPU + NEW_GRAD)
 def test_benchmark_hooks(adapter):
     for op in ("forward", "backward", "copy"):
         run = adapter.benchmark(op, (4, 64), "bfloat16")
         assert callable(run), op
         run()
     assert adapter.benchmark("sideways", (4, 64), "float32") is None
+
+
+@needs_onnx
+def test_onnxruntime_benchmark_forward_only():
+    run = onnx_rmsnorm.cpu.benchmark("forward", (4, 64), "float16")
+    assert callable(run)
+    run()
+    assert onnx_rmsnorm.cpu.benchmark("backward", (4, 64), "float32") is None
+    assert onnx_rmsnorm.cpu.benchmark("forward", (4, 64), "bfloat16") is None
 
 
 # --- the example plug-in ---------------------------------------------------------------------------
