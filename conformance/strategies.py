@@ -79,6 +79,14 @@ def _check_range(what: str, lo, hi, floor: int, ceiling: int) -> None:
 # ---- the plan ------------------------------------------------------------------------------
 
 
+def nearest_declared(dtype: str, declared) -> str:
+    """The declared dtype whose precision is nearest ``dtype``'s (bfloat16 for float16 and the
+    reverse, float32 for float64; the wider on a tie): where a generated plan's dtype is not
+    declared, the example keeps its kind (a half-precision clause stays on half types)."""
+    p = info(dtype).p
+    return min(declared, key=lambda t: (abs(info(t).p - p), -info(t).p))
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """A recipe for one case, independent of the implementation (see the module docstring).
@@ -150,6 +158,10 @@ class Plan:
                    f"mantissas")
         if self.kind == "tie" and _is_int(self.d) and self.d % len(TIE_PATTERN):
             yield f"kind='tie' needs d a multiple of {len(TIE_PATTERN)}, got d={self.d}"
+        if self.kind == "tie" and isinstance(self.eps, (int, float)) \
+                and not 0 <= self.eps <= TIE_EPS:
+            yield (f"kind='tie' needs 0 <= eps <= TIE_EPS (2**-100, absorbed by every "
+                   f"computation up to float64), got eps={self.eps!r}")
         if self.mantissas is not None and (
                 len(self.mantissas) != math.prod(self.lead) * self.d
                 or not all(isinstance(m, float) and -2 <= m <= 2 for m in self.mantissas)):
@@ -179,7 +191,7 @@ class Plan:
         changes = {}
         if x_dt not in declared:
             self._inapplicable()
-            x_dt = declared[self.seed % len(declared)]
+            x_dt = nearest_declared(x_dt, declared)
         if w_dt != x_dt and (caps.mixed is None or w_dt not in declared):
             self._inapplicable()
             w_dt = x_dt
@@ -195,7 +207,7 @@ class Plan:
                     if self.kind != "tie" or m % len(TIE_PATTERN) == 0] or [self.d]
             d = next((m for m in fits if m >= self.d), fits[-1])
             lead = rows_for(d) if self.rows else (0,)
-            eps = self.eps if not self.eps > 0 else min(
+            eps = self.eps if not self.eps > 0 or self.kind == "tie" else min(
                 COMMON_EPS, key=lambda e: abs(math.log10(e) - math.log10(self.eps)))
             if (d, lead, eps) != (self.d, tuple(self.lead), self.eps):
                 changes.update(d=d, lead=lead, eps=eps, mantissas=None)
@@ -610,11 +622,14 @@ def rows_for(d: int, max_elements: int = MAX_ELEMENTS, want: int = 3) -> tuple:
     return (max(1, min(want, max_elements // d)),)
 
 
-def anchor(x_dtype: str, d: int, *, lead=None, eps: float = 1e-5, weight: str = "random",
+def anchor(x_dtype: str, d: int, *, lead=None, eps: float | None = None, weight: str = "random",
            kind: str = "normal", exp: int | None = None, w_dtype=None, spread: int = 4,
            seed: int | None = None, regime: str = "informative", **kw) -> Plan:
     """One explicit plan (an anchor); by default informative: ordinary magnitudes, 3 rows, the
-    exponent nearest 0 in the regime's range. Every argument is checked (``Plan``)."""
+    exponent nearest 0 in the regime's range; eps 1e-5 (``TIE_EPS`` for tie rows). Every
+    argument is checked (``Plan``)."""
+    if eps is None:
+        eps = TIE_EPS if kind == "tie" else 1e-5
     if not _is_int(d) or d < 1:
         Plan(x_dtype=x_dtype, d=d)                   # raises, saying what to pass
     plan = Plan(x_dtype=x_dtype, d=d, lead=rows_for(d) if lead is None else tuple(lead),

@@ -260,7 +260,7 @@ def cases_summary(case) -> str:
 #: bit, at the axis lengths that are multiples of 8; exact-sum rows at every other regime; with
 #: and without a weight, for each half type.
 ROUNDING_ANCHORS = (
-    [anchor(t, d, kind="tie", weight=w, eps=cs.TIE_EPS, lead=(4,) if d < 4096 else (1,))
+    [anchor(t, d, kind="tie", weight=w, lead=(4,) if d < 4096 else (1,))
      for t in HALVES for d in (8, 256, 1024, 4096, 65536) for w in ("odd", "none")]
     + [anchor(t, d, kind="exact", weight=w) for t in HALVES for d in cs.D_TARGETS
        for w in ("random", "none")])

@@ -45,16 +45,14 @@ import importlib.util
 import os
 import sys
 
+from packaging.version import Version
+
 from rmsnorm_conformance.impl import jax_rmsnorm as _jax
 from rmsnorm_conformance.protocol import DTYPES, Capabilities, Implementation, ModuleInfo
 
 EXTRA = "pip install 'rmsnorm-conformance[keras]'"
 #: keras.ops.rms_normalization and keras.layers.RMSNormalization arrived in keras 3.9.0.
-MIN_VERSION = (3, 9)
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in text.split(".")[:2])
+MIN_VERSION = Version("3.9")
 
 
 def unavailable() -> str | None:
@@ -63,7 +61,7 @@ def unavailable() -> str | None:
     if importlib.util.find_spec("jax") is None:
         return f"jax is not installed (the adapters run Keras on its JAX backend): {EXTRA}"
     version = importlib.metadata.version("keras")
-    if _version_tuple(version) < MIN_VERSION:
+    if Version(version).release < MIN_VERSION.release:
         return f"keras {version} has no rms_normalization (added in keras 3.9): {EXTRA}"
     loaded = sys.modules.get("keras")
     if loaded is not None and _backend(loaded) != "jax":

@@ -91,6 +91,10 @@ def test_undeclared_dtypes_and_capabilities_map_onto_declared_ones():
     from hypothesis.errors import UnsatisfiedAssumption
     with pytest.raises(UnsatisfiedAssumption):
         cs.anchor("float16", 8).build(caps)
+    # the nearest precision: a half-precision clause's example stays half precision
+    two = Capabilities(dtypes=("float32", "float16"))
+    assert cs.Plan(x_dtype="bfloat16", d=8, lead=(2,)).build(two).x.dtype.name == "float16"
+    assert cs.Plan(x_dtype="float64", d=8, lead=(2,)).build(two).x.dtype.name == "float32"
 
 
 def test_compiled_implementations_get_the_anchors_shapes():
