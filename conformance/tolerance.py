@@ -163,8 +163,8 @@ def forward_bound(x: np.ndarray, weight: np.ndarray | None, eps: float, out_dtyp
     norm = normalised(x, eps, exact_sum, accumulator)
     wide = x.dtype == np.float64 or (weight is not None and weight.dtype == np.float64)
     if wide:
-        hi, lo = reference.rms_norm_dd(x, weight, eps)
-        ref, ref_lo, ref_err = hi, lo, 2.0 ** -96
+        hi, lo = reference.rms_norm_dd(x, weight, eps, rel=reference.BOUND_REL)
+        ref, ref_lo, ref_err = hi, lo, reference.BOUND_REL
     else:
         ref, ref_lo, ref_err = reference.rms_norm(x, weight, eps), None, \
             reference.reference_error(d)
@@ -316,15 +316,17 @@ def _row_terms(x, weight, eps, beyond_range=False, exact=False, q_max=Q_MAX,
     return x64, w64, n, eps_n, checkable, known
 
 
-def _finish(ref, bound, checkable, out_dtype, overflow=None):
+def _finish(ref, bound, checkable, out_dtype, overflow=None, ref_lo=None):
     """A gradient Bound: infinite where not checkable; ``overflow`` marks elements where an
-    intermediate term exceeds the range of the type it may be formed in (inf or NaN accepted)."""
+    intermediate term exceeds the range of the type it may be formed in (inf or NaN accepted);
+    ``ref_lo``: the reference's low part (a double-double reference)."""
     bound = np.where(checkable, bound, np.inf)
     bound = np.where(np.isnan(bound), np.inf, bound)
     return Bound(ref=ref, bound=bound, zero_ok=np.zeros(ref.shape, bool),
                  out_dtype=np.dtype(out_dtype),
                  nonfinite_ok=None if overflow is None else np.broadcast_to(overflow,
-                                                                            ref.shape).copy())
+                                                                            ref.shape).copy(),
+                 ref_lo=ref_lo)
 
 
 def _final_sigma(out_dtype, intermediates, last: float) -> float:
@@ -358,7 +360,13 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False, exact=False, weight_dtype=
     types = (intermediates,) if intermediates else (x.dtype, g.dtype, wdt)
     uc = _u_compute(*types)
     last = 1.0 if final_rounding else 0.0
-    dx_ref, dw_ref = reference.rms_norm_vjp(x, weight, eps, g)
+    dx_lo = dw_lo = None
+    if accumulator == "float64":       # bounds of float64's own size: the double-double result
+        (dx_ref, dx_lo), dw = reference.rms_norm_vjp_dd(x, weight, eps, g,
+                                                         rel=reference.BOUND_REL)
+        dw_ref, dw_lo = (None, None) if dw is None else dw
+    else:
+        dx_ref, dw_ref = reference.rms_norm_vjp(x, weight, eps, g)
     with np.errstate(invalid="ignore", over="ignore"):
         a = np.abs(g64 * w64)
         p_abs = np.sum(a * np.abs(x64), axis=-1, keepdims=True) / max(d, 1)
@@ -375,7 +383,7 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False, exact=False, weight_dtype=
             + _final_sigma(x.dtype, intermediates, last)
         flushed = np.where(np.abs(x64) < tau, m, 0.0)
         dx_b = _finish(dx_ref, rel * m + last * info(x.dtype).u * np.abs(dx_ref) + absolute
-                       + flushed, ok, x.dtype, overflow)
+                       + flushed, ok, x.dtype, overflow, ref_lo=dx_lo)
         if weight is None:
             return dx_b, None
         terms = np.abs(g64 * x64 * n).reshape(-1, d)
@@ -389,7 +397,7 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False, exact=False, weight_dtype=
         low = np.sum((sc * (1 + np.abs(g64))).reshape(-1, d), axis=0)
         dw_bound = (rel_w * total + last * (info(wdt).u * np.abs(dw_ref) + _sigma(wdt)) + low)
         dw_b = _finish(dw_ref, dw_bound, np.broadcast_to(row_ok, dw_ref.shape), wdt,
-                       total > top)
+                       total > top, ref_lo=dw_lo)
     return dx_b, dw_b
 
 

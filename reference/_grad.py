@@ -202,8 +202,8 @@ def _certified(value, err, accept=ACCEPT):
     return ok & ((np.abs(value) >= TINY) | (err == 0))
 
 
-def _certified_dd(res: DD):
-    return (res.err <= DD_REL * np.abs(res.hi)) & ((np.abs(res.hi) >= TINY) | (res.err == 0))
+def _certified_dd(res: DD, rel: float = DD_REL):
+    return (res.err <= rel * np.abs(res.hi)) & ((np.abs(res.hi) >= TINY) | (res.err == 0))
 
 
 def _a_parts(g, w, narrow):
@@ -322,7 +322,7 @@ def _finish(out, out_lo, ok, claimed, exact_fn, naive_fn):
 # ---------------------------------------------------------------------------------------------
 # VJP
 
-def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
+def vjp(x, g, w, eps, narrow, dd=False, want_dw=True, dd_rel=DD_REL):
     """(dx, dweight) for 2-D float64 x, g (values of the input dtypes), w 1-D or None
     (dweight None then, or when not ``want_dw``). ``narrow``: every input has at most 24
     significant bits. With ``dd`` each result is a (hi, lo) pair."""
@@ -391,7 +391,7 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
                     term = DD.exact_prod(part, ratio.hi) + DD(
                         part * ratio.lo, None, np.abs(part) * (U * np.abs(ratio.lo) + ratio.err))
                     c = term if c is None else c + term
-                _store(out, out_lo, ok, rs, slice(None), c, n, nn, vb, dd)
+                _store(out, out_lo, ok, rs, slice(None), c, n, nn, vb, dd, dd_rel)
             elif fast:
                 keep[rs.start] = (rs, q, p)
                 r = p / q
@@ -424,7 +424,7 @@ def vjp(x, g, w, eps, narrow, dd=False, want_dw=True):
                     lo = xc * r.lo
                     c, _ = bracket([pt[:, cs] for pt in parts] + [-pp, -pe], [-lo],
                                    U * np.abs(lo) + np.abs(xc) * r.err)
-                    _store(out, out_lo, ok, rs, cs, c, n, nn, vb, dd)
+                    _store(out, out_lo, ok, rs, cs, c, n, nn, vb, dd, dd_rel)
     if keep and not np.all(ok):
         _second_chance(x, g, w, out, ok, vec, n_all, keep)
     factors = (lambda r_: [g[r_]]) if w is None else (lambda r_: [g[r_], w])
@@ -500,12 +500,12 @@ def _fast_c(rho2, r_err):
     return k / (U * (1 - 20 * U))
 
 
-def _store(out, out_lo, ok, rs, cs, c, n, nn, vb, dd):
+def _store(out, out_lo, ok, rs, cs, c, n, nn, vb, dd, dd_rel):
     """Write n * bracket into the block: float64 n times the bracket's rounding (certified to
-    ACCEPT U), or the DD product (certified to DD_REL)."""
+    ACCEPT U), or the DD product (certified to ``dd_rel``, DD_REL unless asked for less)."""
     if dd:
         res = nn * c
-        ok[rs, cs] = _certified_dd(res) & vb[:, None]
+        ok[rs, cs] = _certified_dd(res, dd_rel) & vb[:, None]
         out[rs, cs] = res.hi
         out_lo[rs, cs] = res.lo
     else:
@@ -532,20 +532,27 @@ def _dweight(x, g, eps, narrow, dd, claimed, vec, n_all, nn_all):
     """dweight = sum over rows of g x n, relative to sum|g x n| (REF-3, REF-4). Narrow inputs:
     g x exact, times the float64 n (n within 2 U, one more rounding), summed over the rows in
     float64 (any order: gamma_{R-1}); so |dw - exact| <= (3 U + gamma_{R-1}) sum|g x n| + U |dw|
-    (about 3 U for a few rows; the GRAD bounds allow gamma_R of float32 there). float64 inputs
-    (``dd``): g x and n in double-double, the column sums by extraction (2**-96)."""
+    (about 3 U for a few rows; the GRAD bounds allow gamma_R of float32 there); float64 inputs
+    without ``dd`` the same with g x rounded (4 U), or exactly beyond the moderate range. With
+    ``dd``: g x and n in double-double, the column sums by extraction (2**-96)."""
     rows, d = x.shape
     if rows == 0:
         z = np.zeros(d)
         return (z, z.copy()) if dd else z
     with np.errstate(all="ignore"):
-        if not dd:
+        if not dd and (narrow or (np.all(vec) and np.all(np.isfinite(n_all)))):
+            # float64 inputs in the moderate range: g x rounded once more (4 U in all)
             n = np.where(np.isfinite(n_all), n_all, naive_n(_f64(x), eps)) \
                 if not np.all(vec) else n_all
             total = np.zeros(d)
             for rs in row_blocks(rows, d):
                 total += np.sum(_f64(g[rs]) * _f64(x[rs]) * n[rs], axis=0)
             return total
+        if not dd:                  # float64 inputs beyond it: the exact sums where claimed
+            x, g = _f64(x), _f64(g)
+            if np.all(claimed):
+                return _exact_dweight(x, g, eps)[0]
+            return np.sum(g * x * naive_n(x, eps), axis=0)
         if np.all(vec) and np.all(np.isfinite(n_all)):
             nn = DD(np.concatenate([v.hi for v in nn_all]), np.concatenate([v.lo for v in nn_all]))
 
@@ -755,8 +762,10 @@ def hvp(x, g, w, eps, v, narrow):
 # ---------------------------------------------------------------------------------------------
 # Forward in double-double (REF-4)
 
-def forward_dd(x, w, eps, hi, lo):
-    """y = x w n for 2-D float64 x (any values), w 1-D or None, into ``hi``/``lo``."""
+def forward_dd(x, w, eps, hi, lo, rel=DD_REL):
+    """y = x w n for 2-D float64 x (any values), w 1-D or None, into ``hi``/``lo``: within
+    ``rel`` of exact (elements the double-double path cannot certify to it are computed
+    exactly)."""
     rows, d = x.shape
     ok = np.zeros(x.shape, bool)
     claimed = _claimed_rows(eps, x, w)
@@ -770,7 +779,7 @@ def forward_dd(x, w, eps, hi, lo):
             for cs in col_blocks(d):
                 xc = xb[:, cs]
                 y = (DD(xc) if w is None else DD.exact_prod(xc, w[cs])) * nn
-                ok[rs, cs] = _certified_dd(y) & vb[:, None]
+                ok[rs, cs] = _certified_dd(y, rel) & vb[:, None]
                 hi[rs, cs] = y.hi
                 lo[rs, cs] = y.lo
     w1 = np.ones(d) if w is None else w
