@@ -41,8 +41,10 @@ class Entry:
             return "not loaded"
         return "broken" if self.error else ("unavailable" if self.unavailable else "ok")
 
-    def load(self, isolation: str = "process", timeout: float = 30.0) -> "Entry":
-        """Import the adapter (once): sets impl, or error; then unavailable and environment."""
+    def load(self, isolation: str = "process", timeout: float = 30.0,
+             cache: str | None = None) -> "Entry":
+        """Import the adapter (once): sets impl, or error; then unavailable and environment.
+        ``cache``: the directory offered to a supervised adapter (protocol.cache_dir)."""
         if self.loaded:
             return self
         self.loaded = True
@@ -50,7 +52,7 @@ class Entry:
             return self
         try:
             if isolation == "process":
-                impl = Supervised(self.id, self.value, timeout)
+                impl = Supervised(self.id, self.value, timeout, cache)
                 caps, self.unavailable, self.environment = impl.load()
                 impl.capabilities = caps
             else:

@@ -144,7 +144,8 @@ class Run:
 
     def load(self, entry) -> registry.Entry:
         option = self.config.getoption
-        return entry.load(option("rmsnorm_isolation"), option("rmsnorm_call_timeout"))
+        return entry.load(option("rmsnorm_isolation"), option("rmsnorm_call_timeout"),
+                          str(self.artifacts / "cache"))
 
     # ---- reporting ---------------------------------------------------------------------------
     def header_lines(self) -> list[str]:

@@ -132,11 +132,13 @@ def describe_loaded(impl) -> tuple:
     return caps, (None if reason is None else str(reason)), env
 
 
-def _child(conn, spec: str, stack_file: str):
+def _child(conn, spec: str, stack_file: str, cache: str | None):
     import faulthandler
 
     # the child must not react to the terminal's Ctrl-C (the parent handles it)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if cache:                       # protocol.cache_dir: this process is the adapter's own
+        os.environ[protocol.CACHE_ENV] = cache
     try:
         impl = load_entry(spec)
         reply = ("loaded", *describe_loaded(impl))
@@ -205,10 +207,11 @@ class Supervised(Implementation):
     """A proxy for an adapter that lives in a supervised child process: ``load`` starts it and
     learns its capabilities; every call runs there."""
 
-    def __init__(self, impl_id: str, spec: str, timeout: float):
+    def __init__(self, impl_id: str, spec: str, timeout: float, cache: str | None = None):
         self.id = impl_id
         self.spec = spec
         self.timeout = timeout
+        self.cache = cache              # offered to the adapter (protocol.cache_dir)
         self.capabilities = Capabilities()
         self.hung = False
         self.slowest = 0.0
@@ -226,7 +229,7 @@ class Supervised(Implementation):
         fd, self._stack_file = tempfile.mkstemp(prefix=f"rmsnorm-{self.id}-", suffix=".stack")
         os.close(fd)
         self._proc = ctx.Process(target=_child, daemon=True,
-                                 args=(child, self.spec, self._stack_file),
+                                 args=(child, self.spec, self._stack_file, self.cache),
                                  name=f"rmsnorm-impl-{self.id}")
         self._proc.start()
         child.close()

@@ -34,7 +34,7 @@ OPT_IN_GROUP = "rmsnorm_conformance.implementations.opt_in"
 
 #: What ``from rmsnorm_conformance import *`` and attribute access give: the adapter protocol.
 _PROTOCOL = ("Capabilities", "DTYPES", "Implementation", "LAYOUTS", "LOW_PRECISION", "Layout",
-             "MIXED", "ModuleInfo", "as_implementation")
+             "MIXED", "ModuleInfo", "as_implementation", "cache_dir")
 __all__ = [*_PROTOCOL, "GROUP", "OPT_IN_GROUP", "__version__"]
 
 

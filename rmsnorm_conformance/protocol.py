@@ -18,6 +18,8 @@ where ``adapter`` is an ``Implementation`` instance or a zero-argument callable 
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 from typing import Any, Callable, Sequence
 
 import ml_dtypes
@@ -34,6 +36,22 @@ DTYPES: dict[str, np.dtype] = {
 }
 #: The three types the suite draws everywhere (an adapter accepting them all declares these).
 LOW_PRECISION = ("float32", "float16", "bfloat16")
+
+#: Set by the suite in the supervised process an adapter runs in (never in the user's own).
+CACHE_ENV = "RMSNORM_CONFORMANCE_CACHE"
+
+
+def cache_dir(name: str) -> pathlib.Path | None:
+    """A directory where an adapter may keep what it builds between runs (compiled programs),
+    ``<artifacts>/cache/<name>`` (``--rmsnorm-artifacts``, default ``.rmsnorm-conformance``),
+    created; None when the adapter runs in the caller's process (``--rmsnorm-isolation none``
+    or imported directly), where process-wide settings are the caller's to make."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        return None
+    path = pathlib.Path(root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 #: Memory layouts the suite asks for (MET-7, MET-8). Each names a recipe the adapter applies *in
 #: its framework* to ``Layout.source`` (and ``Layout.weight_source``) so that the arrays the kernel

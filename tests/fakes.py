@@ -1054,3 +1054,15 @@ class ModuleDiffersFromFunctional(ModuleMutant):
             x32 = self.load(x)
             y = x32 * self.inv_rms(x, x32, eps) * self.load(weight)
             return y.astype(self.out_dtype(x, weight))
+
+
+class CacheProbe(NumpyTextbook):
+    """numpy-textbook whose environment() reports the cache directory it is offered
+    (``protocol.cache_dir``): tests/test_good_citizen.py."""
+
+    id = "cache-probe"
+
+    def environment(self):
+        from rmsnorm_conformance.protocol import cache_dir
+
+        return {"cache": str(cache_dir("probe"))}

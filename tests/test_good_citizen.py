@@ -219,3 +219,21 @@ def test_a_project_running_a_property_activates_the_suite_when_collected(tmp_pat
     assert "1 passed" in proc.stdout, proc.stdout[-2000:]
     assert re.search(r"^DTY-1 +MUST +Same-dtype inputs +pass\s*$", proc.stdout, re.M), \
         proc.stdout[-2000:]
+
+
+@clause("IMP-8")
+def test_only_a_supervised_adapter_is_offered_a_cache(tmp_path):
+    """``cache_dir`` gives a supervised adapter ``<artifacts>/cache/<name>`` (where the JAX
+    adapters keep compiled programs) and gives None in the caller's own process, whose
+    configuration the suite leaves alone."""
+    from rmsnorm_conformance.conformance.supervisor import Supervised
+    from rmsnorm_conformance.protocol import CACHE_ENV, cache_dir
+
+    assert cache_dir("probe") is None and CACHE_ENV not in os.environ
+    impl = Supervised("cache-probe", "tests.fakes:CacheProbe", 30.0, str(tmp_path / "cache"))
+    try:
+        _, _, env = impl.load()
+    finally:
+        impl.close()
+    assert env["cache"] == str(tmp_path / "cache" / "probe")
+    assert (tmp_path / "cache" / "probe").is_dir() and CACHE_ENV not in os.environ
