@@ -57,6 +57,22 @@ def load() -> dict[str, Clause]:
 
 
 @functools.lru_cache(maxsize=None)
+def body(cid: str) -> str:
+    """The text of clause ``cid`` in SPEC.md, from its heading to the next heading ('' for an
+    unknown clause)."""
+    found, lines = False, []
+    for line in _text().splitlines():
+        if line.startswith("#"):
+            if found:
+                break
+            m = HEADING.match(line)
+            found = bool(m) and m.group(1) == cid
+        if found:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=None)
 def sections() -> tuple[str, ...]:
     """SPEC.md's sections of clauses (``## FWD: ...``), in the document's order."""
     return tuple(m.group(1) for line in _text().splitlines() if (m := SECTION.match(line)))

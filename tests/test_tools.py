@@ -15,7 +15,7 @@ from rmsnorm_conformance.conformance import results
 from rmsnorm_conformance.conformance.tools import bench, cli, diff, sweep
 from rmsnorm_conformance.protocol import Capabilities, Implementation
 from rmsnorm_conformance.conformance.marks import clause
-from tests.resultdocs import document, implementation, result, write
+from tests.resultdocs import document, implementation, result, worst, write
 
 pytestmark = clause("IMP-7")
 
@@ -328,6 +328,180 @@ def test_diff_usage_errors(capsys, tmp_path):
     b = write(tmp_path / "b.json", two_impls("h2"))
     rc, _, err = run_cli(capsys, "diff", "--baseline", a, b, "--current", a, b, "--ignore-host")
     assert rc == 2 and "appears twice in the baseline" in err
+
+
+# --------------------------------------------------------------------------------------------
+# tightness
+
+def ratios(error_by_dtype, bound=10.0, label="output", status="pass"):
+    """A cell's per-dtype entries with the given errors (ulps) of a ``bound``-ulp bound."""
+    return {dt: {"status": status, "examples": 5, "worst": worst(e, bound, dt, label)}
+            for dt, e in error_by_dtype.items()}
+
+
+def tightness_runs(tmp_path):
+    """A default and a thorough run of three implementations with known ratios (bound 10 ulps:
+    a ratio is error / 10). ``bad-cpu`` fails and its ratios are the largest: never counted."""
+    def cell(cid, impl, errors, status="pass", level="MUST", label="output"):
+        top = max(errors, key=errors.get)
+        return result(cid, impl, status, level=level, error=errors[top], bound=10.0, dtype=top,
+                      label=label, dtypes=ratios(errors, label=label, status=status))
+
+    default = document([
+        cell("ACC-1", "mlx-fast-cpu", {"float32": 3.0, "bfloat16": 8.0}),
+        cell("ACC-1", "torch-functional-cpu", {"float16": 6.0}),
+        cell("ACC-1", "bad-cpu", {"float32": 15.0}, status="FAIL"),
+        cell("FWD-4", "mlx-fast-cpu", {"float32": 3.0}),
+        cell("FWD-4", "torch-functional-cpu", {"float16": 4.5}),
+        cell("FWD-4", "bad-cpu", {"float16": 20.0}, status="FAIL"),
+        cell("GRAD-1", "mlx-fast-cpu", {"float16+float32": 4.0}, label="dx"),
+        cell("GRAD-1", "torch-functional-cpu", {"float16": 4.0}, label="dweight"),
+        cell("MET-2", "mlx-fast-cpu", {"float32": 0.0}),
+        cell("MET-2", "torch-functional-cpu", {"float32": 0.0}),
+        result("SPV-6", "bad-cpu", "unmet", level="SHOULD"),     # unmet: no error recorded
+        cell("SPV-6", "mlx-fast-cpu", {"float16": 7.0}, level="SHOULD"),
+        result("FWD-1", "mlx-fast-cpu"),                         # not numerical: no row
+        result("FWD-1", "mlx-fast-gpu", "skip", reason="no GPU here"),
+    ], profile="rmsnorm-default")
+    thorough = document([
+        cell("ACC-1", "mlx-fast-cpu", {"bfloat16": 9.0}),
+        cell("FWD-4", "mlx-fast-cpu", {"float32": 4.0}),
+        cell("GRAD-1", "mlx-fast-cpu", {"float16+float32": 5.5}, label="dx"),
+    ], profile="rmsnorm-thorough", host="host-b")
+    return write(tmp_path / "default.json", default), write(tmp_path / "thorough.json", thorough)
+
+
+def summary_rows(page):
+    part = page.split("## Max over correct implementations")[1].split("\n## ")[0]
+    return {cells[0]: cells for line in part.splitlines()
+            if re.match(r"^\| [A-Z]+-\d+ \|", line)
+            for cells in [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]]}
+
+
+def run_tables(page, label):
+    """{clause: {implementation: cell}} of one run's tables (all parts)."""
+    part = page.split(f"## {label}: clause x implementation")[1].split("\n## ")[0]
+    found: dict = {}
+    header = None
+    for line in part.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if line.startswith("| clause |"):
+            header = cells
+        elif cells and re.fullmatch(r"[A-Z]+-\d+", cells[0]):
+            found.setdefault(cells[0], {}).update(zip(header[1:], cells[1:]))
+    return found
+
+
+def test_tightness_max_over_correct_implementations_and_flags(capsys, tmp_path):
+    d, t = tightness_runs(tmp_path)
+    rc, page, err = run_cli(capsys, "tightness", f"default={d}", f"thorough={t}")
+    assert rc == 0, err
+    rows = summary_rows(page)
+    assert list(rows) == ["FWD-4", "ACC-1", "SPV-6", "MET-2", "GRAD-1"]     # SPEC.md's order
+    head = next(line for line in page.splitlines() if line.startswith("| clause | level"))
+    assert head == "| clause | level | title | default | thorough | flag |"
+    # the largest ratio of a passing cell, over the dtype keys, with the key and who reached it
+    assert rows["ACC-1"][3:] == ["0.80x bf16: mlx-fast-cpu", "0.90x bf16: mlx-fast-cpu", ""]
+    # bad-cpu's FAIL (2.00x) is not counted: 0.45x and 0.40x stay below 1/2, flagged
+    assert rows["FWD-4"][3:] == ["0.45x f16: torch-functional-cpu", "0.40x f32: mlx-fast-cpu",
+                                 "**below 1/2**"]
+    # below 1/2 in the default run, 0.55x in the thorough one: not flagged; a tie is counted
+    assert rows["GRAD-1"][3:] == ["0.40x f16+f32 dx: mlx-fast-cpu (+1)",
+                                  "0.55x f16+f32 dx: mlx-fast-cpu", ""]
+    assert rows["MET-2"][3:] == ["0x: mlx-fast-cpu (+1)", "-", "**below 1/2**"]
+    assert rows["SPV-6"][1] == "SHOULD"
+    assert rows["SPV-6"][3:] == ["0.70x f16: mlx-fast-cpu", "-", ""]
+    assert [r[0] for r in rows.values() if "below 1/2" in r[-1]] == ["FWD-4", "MET-2"]
+    assert "**2 clause(s) below 1/2 without an explanation in SPEC.md: FWD-4, MET-2.**" in page
+    assert rows["ACC-1"][2] == "Every element within the tolerance model's bound"   # SPEC.md's
+
+    # per run, clause x implementation: every implementation's largest ratio, FAIL included
+    default = run_tables(page, "default")
+    assert default["ACC-1"] == {"bad-cpu": "FAIL 1.50x f32", "mlx-fast-cpu": "0.80x bf16",
+                                "torch-functional-cpu": "0.60x f16"}
+    assert default["FWD-4"]["bad-cpu"] == "FAIL 2.00x f16"
+    assert default["SPV-6"] == {"bad-cpu": "unmet", "mlx-fast-cpu": "0.70x f16",
+                                "torch-functional-cpu": "-"}
+    assert default["GRAD-1"]["torch-functional-cpu"] == "0.40x f16 dweight"
+    assert "FWD-1" not in default
+    assert "Not in the table (no error recorded in this run): mlx-fast-gpu (no GPU here)." in page
+    assert run_tables(page, "thorough")["GRAD-1"] == {"mlx-fast-cpu": "0.55x f16+f32 dx"}
+
+
+def test_tightness_page_labels_its_numbers_and_says_how_it_was_made(capsys, tmp_path,
+                                                                    monkeypatch):
+    d, t = tightness_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "docs" / "TIGHTNESS.md"
+    out.parent.mkdir()
+    rc, stdout, err = run_cli(capsys, "tightness", f"default={d}", "thorough.json", "--out", out,
+                              "--columns", "2")
+    assert rc == 0 and stdout == "", err
+    page = out.read_text(encoding="utf-8")
+    header = page.split("## Runs")[0]
+    assert "error/bound" in header and "1.00x = at the bound" in header
+    assert "in ulps of the output dtype" in header and "pass" in header
+    assert ("Generated by `rmsnorm-conformance tightness default=default.json thorough.json "
+            "--columns 2 --out docs/TIGHTNESS.md`") in page           # relative paths
+    assert str(tmp_path) not in page
+    runs = page.split("## Runs")[1].split("\n## ")[0]
+    assert "| default | default.json | rmsnorm-default | 0.2.0 (3923f8d01234) | host-a" in runs
+    assert "| thorough | thorough.json | rmsnorm-thorough |" in runs     # labelled by its profile
+    assert "mlx 0.32.4" in runs and "rmsnorm-conformance 0.2.0" in runs
+    assert "Implementations 2 of 2:" in page.split("## default:")[1]     # 3 columns, 2 a table
+    for label in ("default", "thorough"):
+        assert "ratio error/bound (1.00x = at the bound)" in \
+            page.split(f"## {label}: clause x implementation")[1][:200]
+    # deterministic: the same files give the same bytes
+    rc, _, err = run_cli(capsys, "tightness", f"default={d}", "thorough.json", "--columns", "2",
+                         "--out", "docs/TIGHTNESS.md")
+    assert rc == 0 and out.read_text(encoding="utf-8") == page, err
+
+
+def test_tightness_slack_explained_in_spec_merged_hosts_and_bad_input(capsys, tmp_path,
+                                                                     monkeypatch):
+    from rmsnorm_conformance.conformance import clauses
+    from rmsnorm_conformance.conformance.tools import tightness
+
+    assert tightness.SLACK_MARK not in clauses.body("FWD-4")
+    assert clauses.body("FWD-4").startswith("### FWD-4 (MUST):") and "### " not in \
+        clauses.body("FWD-4")[4:]
+    real = clauses.body
+    monkeypatch.setattr(clauses, "body", lambda cid: real(cid) + (
+        "\n*Slack:* explained here (this test only)." if cid == "MET-2" else ""))
+    d, t = tightness_runs(tmp_path)
+    rc, page, err = run_cli(capsys, "tightness", f"default={d}", f"thorough={t}")
+    assert rc == 0, err
+    rows = summary_rows(page)
+    assert rows["MET-2"][-1] == "below 1/2, slack explained in SPEC.md"
+    assert rows["FWD-4"][-1] == "**below 1/2**"
+    assert "**1 clause(s) below 1/2 without an explanation in SPEC.md: FWD-4.**" in page
+    # two files of one run merge, their hosts kept apart
+    rc, page, err = run_cli(capsys, "tightness", f"default={d}", f"default={t}")
+    assert rc == 0, err
+    assert summary_rows(page)["ACC-1"][3] == "0.90x bf16: mlx-fast-cpu @ host-b (cpu)"
+    assert run_tables(page, "default")["ACC-1"]["mlx-fast-cpu @ host-a (cpu)"] == "0.80x bf16"
+    for argv in (["tightness", f"default={tmp_path / 'missing.json'}"],
+                 ["tightness", d, "--columns", "-1"]):
+        rc, _, err = run_cli(capsys, *argv)
+        assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_tightness_of_the_committed_baseline(capsys):
+    """Every cell of the page made from the committed baseline is a ratio with its dtype key, a
+    status, or -; numerical clauses only."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    rc, page, err = run_cli(capsys, "tightness", root / "baselines" / "all-cpu.json.gz")
+    assert rc == 0, err
+    table = run_tables(page, "default")
+    assert len(table) > 20 and "FWD-1" not in table and "ACC-1" in table
+    ratio = r"(\d\.\d\d|<0\.01|\d+|\d\.\de\+\d\d|inf |nan )x"
+    cell = re.compile(rf"-|((CRASH|TIMEOUT|ERROR|FAIL|unmet) )?({ratio} [bf\d+]+( [\w ]+)?|0x)"
+                      rf"|CRASH|TIMEOUT|ERROR|FAIL|unmet")
+    odd = [c for r in table.values() for c in r.values() if not cell.fullmatch(c)]
+    assert not odd, odd[:5]
+    assert all(re.fullmatch(rf"({ratio} [bf\d+]+( [\w ]+)?|0x): [\w-]+( \(\+\d+\))?|none passes",
+                            r[3]) for r in summary_rows(page).values()), summary_rows(page)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ legend are ``conformance/tables.py``'s, shared with the end-of-run table)."""
 
 from __future__ import annotations
 
+import os
+import pathlib
 import sys
 
 from rmsnorm_conformance.conformance import results
@@ -21,6 +23,15 @@ def emit(text: str, out: str | None) -> None:
         results.write_text_atomic(out, text)
     except OSError as e:
         raise ToolError(f"cannot write {out}: {e.strerror or e}") from None
+
+
+def display_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """``path`` relative to ``base`` (default: the working directory), with ``/``: what a page
+    says of a file, never an absolute path of this machine (unless on another drive)."""
+    try:
+        return pathlib.Path(os.path.relpath(path, base)).as_posix()
+    except ValueError:                  # another drive
+        return str(path)
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:

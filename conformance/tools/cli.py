@@ -20,6 +20,7 @@ from rmsnorm_conformance.conformance.tools._common import ToolError
 COMMANDS = (
     "matrix",
     "diff",
+    "tightness",
     "plot",
     "sweep",
     "bench",

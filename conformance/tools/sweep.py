@@ -38,7 +38,7 @@ import time
 
 from rmsnorm_conformance.conformance import results
 from rmsnorm_conformance.conformance.tools import _history, diff
-from rmsnorm_conformance.conformance.tools._common import ToolError, emit
+from rmsnorm_conformance.conformance.tools._common import ToolError, display_path, emit
 
 HELP = "run the suite against MLX releases in fresh venvs; write the release history page"
 
@@ -271,15 +271,8 @@ def collect(versions: list[str], out_dir: pathlib.Path,
             doc = None
             if record.get("ok") or not message:       # the file changed since, or no record
                 message = str(e)
-        releases.append(_history.Release(v, doc, _display(path, base), message))
+        releases.append(_history.Release(v, doc, display_path(path, base), message))
     return releases
-
-
-def _display(path: pathlib.Path, base: pathlib.Path | None = None) -> str:
-    try:
-        return pathlib.Path(os.path.relpath(path, base)).as_posix()
-    except ValueError:                  # another drive
-        return str(path)
 
 
 def write_history(versions: list[str], out_dir: pathlib.Path, history: pathlib.Path,
@@ -288,7 +281,7 @@ def write_history(versions: list[str], out_dir: pathlib.Path, history: pathlib.P
     notes = (_history.parse_notes(notes_path.read_text(encoding="utf-8"))
              if notes_path.is_file() else {})
     text, unexplained = _history.render(releases, notes, margin,
-                                        _display(notes_path, history.parent), command)
+                                        display_path(notes_path, history.parent), command)
     history.parent.mkdir(parents=True, exist_ok=True)
     emit(text, str(history))
     print(f"wrote {history}: {len(releases)} release(s), {unexplained} unexplained change(s)",
