@@ -102,17 +102,16 @@ def assert_passes(impl, fn):
     assert outcome.status in ("survived", "skipped"), outcome.message
 
 
-#: numpy-textbook in other summation orders (numpy-textbook-pairwise is numpy-textbook, which the
-#: default run's conformance suite runs itself): the sequential order, the worst case the bounds
-#: are derived for, and PyTorch's cascade; "reversed" and "blocked" (tests/fakes.py) lie between
-#: these and are left to `python -m tests.kill_matrix` (each costs about 11 s of the run)
-VARIANTS = [v for v in fakes.textbook_variants() if v.order in ("sequential", "torch")]
+#: numpy-textbook in the other summation orders (numpy-textbook-pairwise is numpy-textbook, which
+#: the default run's conformance suite runs itself); about 11 s each, a slow self-test
+VARIANTS = [v for v in fakes.textbook_variants() if v.order != "pairwise"]
 
 
 def _not_grad(fn):
     return fn.__module__ != "rmsnorm_conformance.conformance.test_grad"
 
 
+@pytest.mark.slow_self_test
 @pytest.mark.parametrize("variant, fn", pass_params(VARIANTS, _not_grad)
                          + pass_params([fakes.TextbookModule()],
                                        lambda fn: fn.__module__ == "rmsnorm_conformance.conformance.test_mod"))
@@ -123,6 +122,7 @@ def test_correct_implementation_passes(variant, fn, tmp_path, monkeypatch):
 
 # ---- one cause, one red cell ------------------------------------------------------------------
 
+@pytest.mark.slow_self_test
 @clause("IMP-3")
 def test_a_mixed_precision_fault_fails_one_clause(tmp_path, monkeypatch):
     """The planted Llama-order fault (the normalised value rounded to a half x's dtype before a
@@ -213,6 +213,7 @@ SHIPPED_CHECK = ["conformance/test_acc.py::test_error_bound_whole_range",
                  "conformance/test_grad.py::test_adjoint_consistency"]
 
 
+@pytest.mark.slow_self_test
 @clause("COV-2")
 def test_harness_meets_the_shipped_runs_examples(tmp_path):
     """A real ``pytest`` run (default profile, process isolation) of a recording numpy-textbook

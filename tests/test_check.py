@@ -130,6 +130,7 @@ def _env():
         p for p in (str(FIXTURES), os.environ.get("PYTHONPATH", "")) if p)}
 
 
+@pytest.mark.slow_self_test
 def test_check_command_on_a_printed_repro_and_a_saved_case(tmp_path):
     case = cases.Case(np.arange(1, 9, dtype=np.float32).reshape(2, 4), None, 1e-5)
     repro = tmp_path / "repro.txt"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+import pytest
 from hypothesis import given
 
 from rmsnorm_conformance import reference
@@ -95,6 +96,7 @@ def record(fn, impl) -> dict:
     return coverage.summarise(book)
 
 
+@pytest.mark.slow_self_test
 def test_the_shipped_run_is_informative_and_reaches_every_region():
     """One test (the replay is the expensive part): every property replayed, every numerical
     property at least 80% informative, every region of SPEC.md's list reached."""

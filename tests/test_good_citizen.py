@@ -101,7 +101,8 @@ def _unrelated(tmp_path: pathlib.Path, *args: str, plugin: bool) -> tuple[str, l
 
 
 @clause("IMP-8")
-@pytest.mark.parametrize("args", [(), ("-n", "2")], ids=["serial", "xdist"])
+@pytest.mark.parametrize("args", [(), pytest.param(("-n", "2"), marks=pytest.mark.slow_self_test)],
+                         ids=["serial", "xdist"])
 def test_an_unrelated_project_is_unchanged(tmp_path, args):
     """Same output, same scheduler; the plugin imports nothing of the suite's core."""
     if args and not _has_xdist():
@@ -199,7 +200,8 @@ from rmsnorm_conformance.conformance.test_dty import test_same_dtype_output  # n
 
 
 @clause("IMP-8")
-@pytest.mark.parametrize("args", [(), ("-n", "2")], ids=["serial", "xdist"])
+@pytest.mark.parametrize("args", [(), pytest.param(("-n", "2"), marks=pytest.mark.slow_self_test)],
+                         ids=["serial", "xdist"])
 def test_a_project_running_a_property_activates_the_suite_when_collected(tmp_path, args):
     """A project's own test module that imports one of the suite's properties, run with no
     ``--rmsnorm-*`` option and arguments that do not reach the suite: the suite activates when

@@ -50,6 +50,9 @@ import pytest
 from rmsnorm_conformance.conformance.marks import clause
 from tests import endtable
 
+#: every test here starts inner pytest sessions: a slow self-test (conftest.py)
+pytestmark = pytest.mark.slow_self_test
+
 FIXTURES = pathlib.Path(__file__).resolve().parent / "plugin_fixtures_crash"
 MLX = "mlx-fast-cpu"
 CALL_TIMEOUT = "2"

@@ -344,7 +344,7 @@ DISTRIBUTIONS = {"serial": ["-n", "0"], "xdist": ["-n", "2"],
 
 
 @clause("IMP-3")
-@pytest.mark.parametrize("how", list(DISTRIBUTIONS))
+@pytest.mark.parametrize("how", [pytest.param(h, marks=[pytest.mark.slow_self_test] if h != "serial" else []) for h in DISTRIBUTIONS])
 def test_table_and_results_identical_with_and_without_xdist(inner, pytester, how):
     """The table (titles, legend, shared notes, the implementation that tested nothing listed
     under it) and the results document are complete and the same whether the tests run
@@ -445,6 +445,7 @@ def test_text_tables_split_to_any_width():
         assert sorted(seen) == sorted(labels), width
 
 
+@pytest.mark.slow_self_test
 @clause("IMP-4")
 def test_each_implementation_runs_in_one_worker_and_accelerators_share_one(inner):
     """Under -n, every test of an implementation goes to one xdist worker (imported and started

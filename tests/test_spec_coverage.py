@@ -11,12 +11,15 @@ import pytest
 
 from rmsnorm_conformance.conformance import clauses
 from rmsnorm_conformance.conformance.marks import CLAUSE, clause
+from tests import COLLECTED
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _items(request):
-    items = [i for i in request.session.items if i.path.name.startswith("test_")]
+    """The session's items, the slow self-tests set aside by the root conftest.py included."""
+    everything = request.config.stash.get(COLLECTED, request.session.items)
+    items = [i for i in everything if i.path.name.startswith("test_")]
     collected = {i.path.resolve() for i in items}
     modules = {p.resolve() for folder in ("conformance", "tests")
                for p in (ROOT / folder).glob("test_*.py")}
