@@ -369,13 +369,16 @@ needs_hf = pytest.mark.skipif(not HAVE_HF, reason=str(hf_rmsnorm.unavailable()))
 needs_keras = pytest.mark.skipif(not HAVE_KERAS, reason=str(keras_rmsnorm.unavailable()))
 needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason=str(onnx_rmsnorm.unavailable()))
 needs_eqx = pytest.mark.skipif(not HAVE_EQX, reason=str(equinox_rmsnorm.unavailable()))
+#: the opt-in adapters' self-tests are slow self-tests (conftest.py): the default run tests no
+#: opt-in adapter, and importing transformers or keras costs a worker about 5 s
+opt_in = pytest.mark.slow_self_test
 
-HF = [pytest.param(a, id=a.id, marks=needs_hf)
+HF = [pytest.param(a, id=a.id, marks=[needs_hf, opt_in])
       for a in (hf_rmsnorm.llama_cpu, hf_rmsnorm.gemma_cpu, hf_rmsnorm.t5_cpu)]
-KERAS_OPS = pytest.param(keras_rmsnorm.ops_cpu, id="keras-ops-cpu", marks=needs_keras)
-KERAS_LAYER = pytest.param(keras_rmsnorm.layer_cpu, id="keras-layer-cpu", marks=needs_keras)
+KERAS_OPS = pytest.param(keras_rmsnorm.ops_cpu, id="keras-ops-cpu", marks=[needs_keras, opt_in])
+KERAS_LAYER = pytest.param(keras_rmsnorm.layer_cpu, id="keras-layer-cpu", marks=[needs_keras, opt_in])
 ONNX = pytest.param(onnx_rmsnorm.cpu, id="onnxruntime-cpu", marks=needs_onnx)
-EQX = pytest.param(equinox_rmsnorm.cpu, id="equinox-cpu", marks=needs_eqx)
+EQX = pytest.param(equinox_rmsnorm.cpu, id="equinox-cpu", marks=[needs_eqx, opt_in])
 NEW = HF + [KERAS_OPS, KERAS_LAYER, ONNX, EQX]
 #: the new adapters with gradients (all but ONNX Runtime's)
 NEW_GRAD = HF + [KERAS_OPS, KERAS_LAYER, EQX]
@@ -441,6 +444,7 @@ def test_declared_mixed_convention_is_what_the_library_returns(adapter):
         assert adapter.rms_norm(x, w, 1e-5).dtype == np.dtype(jax.eval_shape(traced, x, w).dtype)
 
 
+@opt_in
 @needs_hf
 @clause("ACC-1")
 def test_llama_rounds_the_normalised_value_to_x_dtype():
@@ -459,6 +463,7 @@ def test_llama_rounds_the_normalised_value_to_x_dtype():
                    for a in (hf_rmsnorm.gemma_cpu, hf_rmsnorm.t5_cpu))
 
 
+@opt_in
 @needs_hf
 @clause("MOD-1")
 def test_gemma_applies_one_plus_its_parameter():
@@ -477,6 +482,7 @@ def test_gemma_applies_one_plus_its_parameter():
     assert np.array_equal(impl.rms_norm(x, p + 1, 1e-6), 2 * unit)
 
 
+@opt_in
 @needs_hf
 @clause("MOD-1")
 @pytest.mark.parametrize("adapter", HF)
@@ -494,6 +500,7 @@ def test_hf_module_info(adapter):
         adapter.rms_norm(_x((2, 6), "float32"), None, 1e-6)
 
 
+@opt_in
 @needs_hf
 @clause("MET-7")
 @pytest.mark.parametrize("kind", torch_rmsnorm.TORCH_LAYOUTS)
@@ -509,6 +516,7 @@ def test_hf_layouts(kind):
         np.testing.assert_allclose(got, impl.rms_norm(case.x, case.weight, 1e-5), rtol=4e-7)
 
 
+@opt_in
 @needs_keras
 @clause("MOD-3")
 def test_keras_layer_contract():
@@ -562,6 +570,7 @@ def test_onnxruntime_contract():
     assert onnx_rmsnorm.session.cache_info().currsize == before + 1
 
 
+@opt_in
 @needs_eqx
 @clause("MOD-1")
 def test_equinox_module_and_zero_bias():
