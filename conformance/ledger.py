@@ -83,6 +83,17 @@ class Ledger:
         if self.record_calls:
             self.calls.append([])
 
+    def drop_example(self) -> None:
+        """The example just begun was rejected (Hypothesis' ``UnsatisfiedAssumption``: an
+        explicit anchor asking for a capability the implementation does not declare, which
+        Hypothesis skips): it is no example, and is not counted."""
+        self.examples -= 1
+        if self._key is not None:
+            self.by_dtype[self._key].examples -= 1
+            self._key = None
+        if self.record_calls and self.calls:
+            self.calls.pop()
+
     def end_example(self) -> float:
         """The example's largest error/bound ratio (for ``hypothesis.target``)."""
         return self._example_ratio

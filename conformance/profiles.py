@@ -20,6 +20,7 @@ import functools
 import warnings
 
 from hypothesis import HealthCheck, Phase, settings, target
+from hypothesis.errors import UnsatisfiedAssumption
 
 from rmsnorm_conformance.conformance import ledger
 
@@ -62,14 +63,19 @@ def shipped_settings(profile: str = DEFAULT) -> settings:
 
 def _with_ledger(inner):
     """Each Hypothesis example of a property begins and ends one example of the item's ledger;
-    the example's largest error/bound ratio steers the search (hypothesis.target)."""
+    the example's largest error/bound ratio steers the search (hypothesis.target). An example
+    Hypothesis rejects (an anchor skipped for an undeclared capability) is not counted."""
     @functools.wraps(inner)
     def run(*args, **kwargs):
         book = ledger.current()
         if book is None:
             return inner(*args, **kwargs)
         book.begin_example()
-        result = inner(*args, **kwargs)
+        try:
+            result = inner(*args, **kwargs)
+        except UnsatisfiedAssumption:
+            book.drop_example()
+            raise
         target(book.end_example(), label="error / bound")
         return result
     run._rmsnorm_wrapped = True

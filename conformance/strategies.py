@@ -182,8 +182,9 @@ class Plan:
         """This plan as sent to an implementation with ``caps``. An anchor asking for something
         the implementation does not declare is dropped (UnsatisfiedAssumption: Hypothesis skips
         that explicit example). A generated plan is mapped instead: a dtype it does not declare
-        becomes one it does, with the exponent moved into that dtype's range for the plan's
-        regime (never cast to infinity); a mixed pair becomes x's dtype without ``mixed``; a
+        becomes the nearest declared one that can hold the plan's regime
+        (``regime_reachable``), with the exponent moved into that dtype's range for the regime
+        (never cast to infinity); a mixed pair becomes x's dtype without ``mixed``; a
         weight of None becomes ones without ``weight_none``; and for an implementation that
         compiles per shape the shape and eps become an anchor's."""
         declared = tuple(caps.dtypes)
@@ -191,7 +192,8 @@ class Plan:
         changes = {}
         if x_dt not in declared:
             self._inapplicable()
-            x_dt = nearest_declared(x_dt, declared)
+            able = [t for t in declared if regime_reachable(self.regime, t, self.d)]
+            x_dt = nearest_declared(x_dt, able or declared)
         if w_dt != x_dt and (caps.mixed is None or w_dt not in declared):
             self._inapplicable()
             w_dt = x_dt
@@ -370,7 +372,8 @@ def exponent_range(regime: str, kind: str, dtype: str, d: int, eps: float,
     eps (FWD-3); "any": the dtype's whole finite range; "overflow": the float32 sum of squares
     overflows (ACC-4, ACC-5); "half_overflow": float16 squares overflow float16 (ACC-2);
     "underflow": float32 squares underflow, |x| < 2**-75 (ACC-7); "subnormal": x subnormal in
-    its dtype (SPV-6). Ranges a dtype cannot reach end at its limit."""
+    its dtype (SPV-6). Ranges a dtype cannot reach end at its limit (``regime_reachable`` says
+    which: a generated plan is not mapped to such a dtype where a declared one can hold it)."""
     fi = INFO[dtype]
     top = int(math.floor(math.log2(fi.max)))
     if regime == "informative":
@@ -395,6 +398,21 @@ def exponent_range(regime: str, kind: str, dtype: str, d: int, eps: float,
     if regime == "subnormal":
         return fi.emin - fi.p + 3, fi.emin - 2
     raise InvalidArgument(f"unknown regime {regime!r}; use one of {REGIMES}")
+
+
+def regime_reachable(regime: str, dtype: str, d: int) -> bool:
+    """Whether rows of ``d`` elements of ``dtype`` can be in ``regime`` at all. Two cannot be
+    reached from float16: "overflow" (its largest value squared, times 65536 elements, stays
+    far below float32's 2**128) and "underflow" (below 2**-75 it holds only zero: its smallest
+    subnormal is 2**-24); a plan of such a regime mapped to float16 would be neither (ordinary
+    rows, or all zeros). Every other regime is reachable in every dtype."""
+    fi = INFO[dtype]
+    if regime == "overflow":
+        _, hi = exponent_range(regime, "normal", dtype, d, 1.0)
+        return 2 * hi + math.log2(max(d, 1)) >= F32_EMAX
+    if regime == "underflow":
+        return fi.emin - fi.p + 1 <= -78
+    return True
 
 
 def _exponent(draw, dtype: str, d: int, eps: float, spread: int, regime: str,

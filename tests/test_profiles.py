@@ -50,3 +50,30 @@ def test_profiles_are_registered_by_name_and_derived_from_the_default():
     shipped = profiles.shipped_settings(profiles.THOROUGH)
     assert shipped.deadline is None and set(profiles.SUPPRESSED) <= \
         set(shipped.suppress_health_check)
+
+
+def test_a_skipped_anchor_is_no_example():
+    """An anchor asking for a dtype the implementation does not declare is skipped (Hypothesis'
+    UnsatisfiedAssumption), and the ledger does not count it: an item's examples, and COV-1's
+    informative share, are of the examples the implementation was sent."""
+    from hypothesis import given
+
+    from rmsnorm_conformance.conformance import ledger, strategies as cs
+    from rmsnorm_conformance.protocol import Capabilities
+
+    def counted(caps) -> tuple[int, int]:
+        @given(plan=cs.plans(dtypes=("float32",), max_d=4))
+        @cs.anchors([cs.anchor("float16", 4), cs.anchor("float32", 4)])
+        def prop(plan):
+            ledger.current().note_call("rms_norm", plan.build(caps))
+
+        profiles.ship(prop)
+        book = ledger.Ledger(record_calls=True)
+        with ledger.active(book), profiles.same_examples_everywhere():
+            prop()
+        assert all(book.calls) and sum(e.examples for e in book.by_dtype.values()) \
+            == book.examples == len(book.calls)
+        return book.examples, len(book.calls)
+
+    every = counted(Capabilities(dtypes=("float32", "float16")))
+    assert counted(Capabilities(dtypes=("float32",))) == (every[0] - 1, every[1] - 1)

@@ -4,6 +4,8 @@ onto what it declares; capability skips decided before anything is drawn (COV-1)
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -95,6 +97,35 @@ def test_undeclared_dtypes_and_capabilities_map_onto_declared_ones():
     two = Capabilities(dtypes=("float32", "float16"))
     assert cs.Plan(x_dtype="bfloat16", d=8, lead=(2,)).build(two).x.dtype.name == "float16"
     assert cs.Plan(x_dtype="float64", d=8, lead=(2,)).build(two).x.dtype.name == "float32"
+
+
+def test_mapped_plans_keep_their_regime_and_stay_finite():
+    """A plan mapped to a declared dtype is never cast to infinity (no overflow warning): its
+    exponent moves into that dtype's range. Where the nearest declared dtype cannot hold the
+    plan's regime (float16 holds neither an overflowing float32 accumulator nor squares
+    underflowing it), the plan goes to the nearest that can."""
+    half = Capabilities(dtypes=("float16",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for plan in (cs.Plan(x_dtype="float32", d=8, lead=(3,), exp=50, spread=4),
+                     cs.Plan(x_dtype="float32", d=8, lead=(3,), exp=40, kind="exact"),
+                     cs.Plan(x_dtype="bfloat16", d=8, lead=(3,), exp=100, kind="spike",
+                             spike_exp=110, regime="any")):
+            x = plan.build(half).x.astype(np.float64)
+            assert plan.build(half).x.dtype.name == "float16" and np.all(np.isfinite(x))
+            assert np.any(x != 0)
+    two = Capabilities(dtypes=("float32", "float16"))
+    over = cs.Plan(x_dtype="bfloat16", d=29, lead=(4,), exp=99, spread=0, regime="overflow")
+    x = over.build(two).x.astype(np.float64)
+    assert over.build(two).x.dtype.name == "float32" and np.all(np.isfinite(x))
+    assert np.all(np.sum(x * x, axis=-1) > np.finfo(np.float32).max)
+    under = cs.Plan(x_dtype="bfloat16", d=33, lead=(2,), exp=-100, regime="underflow")
+    x = under.build(two).x.astype(np.float64)
+    assert under.build(two).x.dtype.name == "float32" and np.all(np.any(x != 0, axis=-1))
+    assert np.max(np.abs(x)) < 2.0 ** -75
+    assert cs.Plan(x_dtype="bfloat16", d=8, lead=(2,)).build(two).x.dtype.name == "float16"
+    assert [cs.regime_reachable(r, "float16", 65536) for r in ("overflow", "underflow")] \
+        == [False, False]
 
 
 def test_compiled_implementations_get_the_anchors_shapes():
