@@ -20,7 +20,7 @@ from rmsnorm_conformance.conformance.tolerance import forward_bound
 EMPTY_AXIS_SECONDS = 5.0
 
 
-@judge("FWD-1")
+@judge("FWD-1", by_default=True)
 def output_shape(impl, case):
     """An array of x's shape and the declared output dtype."""
     forward(impl, case)            # checks type, shape and dtype

@@ -55,6 +55,13 @@ def _needs(case, *names):
         raise NotApplicable(f"the case carries no {', '.join(missing)} (extras)")
 
 
+def _carries(gradient, *names):
+    """``check`` judges the clause on a case carrying ``names`` (extras) for an implementation
+    declaring ``gradient``."""
+    return lambda impl, case: (gradient in impl.capabilities.gradients
+                               and all(n in case.extras for n in names))
+
+
 def vjp(impl, case):
     """impl.vjp on the case, checked: dx like x, dweight like weight (None without weight)."""
     _needs(case, "g")
@@ -97,7 +104,7 @@ def _check_vjp(impl, case, beyond_range=False, exact=False, context=""):
     return dx, dw, bdx, bdw
 
 
-@judge("GRAD-1")
+@judge("GRAD-1", by_default=_carries("vjp", "g"))
 def vjp_within_bound(impl, case):
     """dx and dweight within the gradient bound of the float64 VJP."""
     _check_vjp(impl, case)
@@ -123,7 +130,7 @@ def test_jvp_against_reference(impl, plan):
     jvp_within_bound(impl, _case(plan, impl))
 
 
-@judge("GRAD-2")
+@judge("GRAD-2", by_default=_carries("jvp", "tx"))
 def jvp_within_bound(impl, case):
     """The output's tangent within the JVP bound."""
     ty = jvp(impl, case)
@@ -270,7 +277,7 @@ def _with_scale(plan, impl) -> Case:
     return base.derived(f"k = {k}", params={**base.params, "k": k})
 
 
-@judge("GRAD-7")
+@judge("GRAD-7", params={"k": 1})
 def scale_covariant_dx(impl, case):
     """dx(2**k x, 4**k eps) within its bound, and 2**k dx(2**k x) within both points' bounds
     of dx(x)."""
@@ -312,7 +319,7 @@ def test_scale_covariance_of_dx_bitwise(impl, plan):
     scale_covariant_dx_bitwise(impl, _with_scale(plan, impl))
 
 
-@judge("GRAD-8")
+@judge("GRAD-8", params={"k": 1})
 def scale_covariant_dx_bitwise(impl, case):
     """2**k dx(2**k x, 4**k eps) == dx(x, eps) bit for bit where both are normal, inside
     GRAD-10's domain at both points."""
@@ -440,7 +447,7 @@ def test_second_order(impl, plan):
     second_order(impl, _case(plan, impl))
 
 
-@judge("GRAD-12")
+@judge("GRAD-12", by_default=_carries("hvp", "g", "v"))
 def second_order(impl, case):
     """The derivative of dx along v within the second-order bound."""
     _needs(case, "g", "v")

@@ -221,7 +221,8 @@ def test_rows_never_affect_each_other(impl, plan):
 PINNED_BATCH = [anchor("float32", 27, lead=(207,), spread=2)]
 
 
-@judge("SPV-8")
+@judge("SPV-8", by_default=lambda impl, case: bool(case.x.size and case.x.ndim > 1 and
+                                                   case.x.reshape(-1, case.d).shape[0] > 1))
 def row_alone_equals_row_in_batch(impl, case):
     """The first and last rows computed alone are bit-identical to the same rows in the
     batch."""

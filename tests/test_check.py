@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from rmsnorm_conformance.conformance import cases
-from rmsnorm_conformance.conformance.check import check_case, default_clauses, exact_sum
+from rmsnorm_conformance.conformance.check import check_case, default_clauses
+from rmsnorm_conformance.conformance.test_acc import exact_sum
 from rmsnorm_conformance.conformance.judges import all_judges
 from rmsnorm_conformance.conformance.marks import clause
 from rmsnorm_conformance.impl.numpy_textbook import NumpyTextbook
