@@ -85,12 +85,18 @@ def param_defaults(clause: str) -> dict:
     return dict(_PARAMS.get(clause, {}))
 
 
+def properties(clause: str) -> list[tuple[Callable, object]]:
+    """The section modules' tests of ``clause`` (a property, or a plain test), each with its
+    module."""
+    from rmsnorm_conformance.conformance.marks import clause_of
+
+    return [(fn, module) for module in section_modules() for fn in vars(module).values()
+            if callable(fn) and clause_of(fn) == clause]
+
+
 def requirements(clause: str) -> list[dict]:
     """The capabilities the clause's property requires (its ``@requires`` and its module's)."""
-    from rmsnorm_conformance.conformance.marks import clause_of, requirements_of
+    from rmsnorm_conformance.conformance.marks import requirements_of
 
-    for module in section_modules():
-        for fn in vars(module).values():
-            if callable(fn) and clause_of(fn) == clause:
-                return requirements_of(fn, module)
-    return []
+    found = properties(clause)
+    return requirements_of(*found[0]) if found else []

@@ -13,7 +13,7 @@ from rmsnorm_conformance.conformance.assertions import accuracy_bound, assert_wi
 from rmsnorm_conformance.conformance.cases import Case
 from rmsnorm_conformance.conformance.dtypes import round_to, ulp
 from rmsnorm_conformance.conformance.judges import NotApplicable, judge
-from rmsnorm_conformance.conformance.marks import clause, requires
+from rmsnorm_conformance.conformance.marks import about, clause, requires
 from rmsnorm_conformance.conformance.strategies import anchor, anchors, regime_anchors
 from rmsnorm_conformance.conformance.tolerance import rounding_candidates
 
@@ -112,6 +112,7 @@ def zero_or_accurate_beyond_accumulator(impl, case):
 
 
 @clause("ACC-4")
+@about("overflow")
 @requires(dtypes=("float32", "bfloat16"))
 @given(plan=cs.plans(**OVERFLOW))
 @anchors(OVERFLOW_ANCHORS)
@@ -130,6 +131,7 @@ def accurate_beyond_accumulator(impl, case):
 
 
 @clause("ACC-5")
+@about("overflow")
 @requires(dtypes=("float32", "bfloat16"))
 @given(plan=cs.plans(**OVERFLOW))
 @anchors(OVERFLOW_ANCHORS)
@@ -161,6 +163,7 @@ def underflowing_squares(impl, case):
 
 
 @clause("ACC-7")
+@about("eps_dominated")
 @requires(dtypes=("float32", "bfloat16"))
 @given(plan=cs.plans(dtypes=("float32", "bfloat16"), regime="underflow",
                      weights=("ones", "random"), max_elements=1 << 15))

@@ -14,7 +14,7 @@ from rmsnorm_conformance.conformance.assertions import accuracy_bound, assert_bi
 from rmsnorm_conformance.conformance.cases import Case, scaled_pair, sequence_case
 from rmsnorm_conformance.conformance.dtypes import info
 from rmsnorm_conformance.conformance.judges import NotApplicable, judge
-from rmsnorm_conformance.conformance.marks import clause, requires
+from rmsnorm_conformance.conformance.marks import about, clause, judges_values, requires
 from rmsnorm_conformance.conformance.strategies import anchor, anchors, gradient_case, \
     regime_anchors, sequences
 from rmsnorm_conformance.conformance.test_met import scale_exponent
@@ -138,6 +138,7 @@ def jvp_within_bound(impl, case):
 
 
 @clause("GRAD-3")
+@judges_values(False)
 @VJP
 @given(plan=cs.plans(max_d=64, min_rows=0, max_elements=4096))
 @anchors([anchor("float32", 8, lead=lead) for lead in [(0,), (2, 0, 3), ()]])
@@ -481,6 +482,7 @@ def module_gradients_equal_functional(impl, case):
 
 
 @clause("GRAD-14")
+@about("constant")
 @VJP
 @given(plan=cs.plans(max_d=8, max_elements=1 << 16, min_rows=1))
 @anchors([anchor(t, d, lead=(65536 // d,)) for t in cs.ALL_DTYPES for d in (1, 8)]
