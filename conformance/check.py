@@ -14,46 +14,21 @@ the verdict is the property's. Without a clause it judges every clause that appl
 
 from __future__ import annotations
 
-import numpy as np
-
 from rmsnorm_conformance.conformance import clauses as spec_clauses, errors, ledger
 from rmsnorm_conformance.conformance.assertions import missing_capability
 from rmsnorm_conformance.conformance.cases import Case
-from rmsnorm_conformance.conformance.judges import NotApplicable, all_judges, requirements
-
-
-def exact_sum(x: np.ndarray) -> bool:
-    """Whether x = k * 2**e for one e and integers k with sum(k^2) < 2**24 in every row (ACC-3's
-    inputs: every float32 partial sum of squares is then exact, in any order)."""
-    v = x.astype(np.float64)
-    nz = v[v != 0]
-    if nz.size == 0 or not np.all(np.isfinite(v)):
-        return False
-    frac, exp = np.frexp(np.abs(nz))
-    mant = np.ldexp(frac, 53).astype(np.int64)            # exact: the inputs have <= 24 bits
-    trailing = np.array([(int(m) & -int(m)).bit_length() - 1 for m in mant])
-    e = int(np.min(exp - 53 + trailing))                    # the lowest set bit of any element
-    k = np.ldexp(v, -e)
-    return bool(np.all(np.sum(k * k, axis=-1) < 2.0 ** 24))
+from rmsnorm_conformance.conformance.judges import (NotApplicable, all_judges, judged_by_default,
+                                                    param_defaults, requirements)
 
 
 def default_clauses(impl, case: Case) -> list[str]:
-    """The clauses that can be judged on one case of any kind: shape and dtype (FWD-1), accuracy
-    (ACC-8 for mixed dtypes, ACC-3 where the float32 sum of squares is exact, else ACC-1), sign
-    symmetry (MET-1), scale covariance bit for bit (MET-3, k = 1 unless the case says), a row
-    alone (SPV-8, batches) and, where the case carries a cotangent, tangents or a direction and
-    the implementation declares them, GRAD-1, GRAD-2, GRAD-12."""
-    mixed = case.weight is not None and case.weight.dtype != case.x.dtype
-    accuracy = "ACC-8" if mixed else (
-        "ACC-3" if case.params.get("exact_sum") or exact_sum(case.x) else "ACC-1")
-    found = ["FWD-1", accuracy, "MET-1", "MET-3"]
-    if case.x.size and case.x.ndim > 1 and case.x.reshape(-1, case.d).shape[0] > 1:
-        found.append("SPV-8")
-    grads, extras = impl.capabilities.gradients, case.extras
-    found += [cid for cid, needs, cap in (("GRAD-1", ("g",), "vjp"), ("GRAD-2", ("tx",), "jvp"),
-                                           ("GRAD-12", ("g", "v"), "hvp"))
-              if cap in grads and all(n in extras for n in needs)]
-    return found
+    """The clauses judged on a case when none is asked for: those whose judge says it applies
+    to a case of any kind (``@judge(..., by_default=...)``, in the section modules): shape and
+    dtype, accuracy (ACC-8 for mixed dtypes, ACC-3 where the float32 sum of squares is exact,
+    else ACC-1), a row alone in batches, the metamorphic relations that need no second case and,
+    where the case carries a cotangent, tangents or a direction and the implementation declares
+    them, the gradients. In SPEC.md's order."""
+    return judged_by_default(impl, case)
 
 
 def check_case(impl, case: Case, clauses=None) -> list[tuple[str, str, str]]:
@@ -74,8 +49,10 @@ def check_case(impl, case: Case, clauses=None) -> list[tuple[str, str, str]]:
             verdicts.append((cid, "skip", f"{impl.id} {why}"))
             continue
         judged = case
-        if cid in ("MET-2", "MET-3", "GRAD-7", "GRAD-8") and "k" not in case.params:
-            judged = case.derived("k = 1", params={**case.params, "k": 1})
+        lacking = {k: v for k, v in param_defaults(cid).items() if k not in case.params}
+        if lacking:
+            judged = case.derived(", ".join(f"{k} = {v}" for k, v in lacking.items()),
+                                  params={**case.params, **lacking})
         try:
             with ledger.active(ledger.Ledger(clause=cid)):
                 judges[cid](impl, judged)

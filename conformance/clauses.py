@@ -14,6 +14,8 @@ import re
 
 HEADING = re.compile(r"^###\s+([A-Z]+-\d+)\s+\((MUST|SHOULD|MAY)\):\s*(.+?)\s*$")
 SECTION = re.compile(r"^##\s+([A-Z]+):\s")
+WITHDRAWN = "## Withdrawn clauses"
+CHECKED_BY = re.compile(r"\*Checked by:\*(.*?)(?:\n\n|\Z)", flags=re.S)
 LEVELS = ("MUST", "SHOULD", "MAY")
 
 
@@ -78,7 +80,6 @@ def sections() -> tuple[str, ...]:
     return tuple(m.group(1) for line in _text().splitlines() if (m := SECTION.match(line)))
 
 
-
 def sort_key(clause: str) -> tuple:
     """SPEC.md order: by section (unknown sections last, alphabetically), then number."""
     section, _, number = clause.partition("-")
@@ -86,3 +87,52 @@ def sort_key(clause: str) -> tuple:
     rank = order.index(section) if section in order else len(order)
     return (rank, section if rank == len(order) else "", int(number) if number.isdigit() else 0,
             clause)
+
+
+@functools.lru_cache(maxsize=None)
+def withdrawn() -> frozenset[str]:
+    """The ids listed under SPEC.md's "Withdrawn clauses" (one bullet each, the id in bold:
+    ``- **MET-6** (title): why``): never reused, and no test may claim to check them."""
+    text = _text()
+    if WITHDRAWN not in text:
+        return frozenset()
+    section = text[text.index(WITHDRAWN):].split("\n## ", 1)[0]
+    return frozenset(re.findall(r"^- \*\*([A-Z]+-\d+)\*\*", section, flags=re.M))
+
+
+@functools.lru_cache(maxsize=None)
+def checked_by() -> dict[str, tuple[tuple[str, str | None, str], ...]]:
+    """Clause id -> the backticked references of its *Checked by:* line, each as (written,
+    file, test): the file relative to the repository (a bare ``test_<section>.py`` is
+    ``conformance/``'s; None where a bare test name follows no file), the test '' where a whole
+    file is named (a bare function name continues the file named before it)."""
+    spec = load()
+    found: dict[str, tuple] = {}
+    for block in re.split(r"^### ", _text(), flags=re.M)[1:]:
+        cid = block.split(" ", 1)[0]
+        m = CHECKED_BY.search(block)
+        if cid not in spec or not m:
+            continue
+        refs, current = [], None
+        for name in re.findall(r"`([^`]+)`", m.group(1)):
+            path, _, func = name.partition("::")
+            if not func and not path.endswith((".py", "/run")):
+                path, func = current, path          # a bare function name
+            if path and "/" not in path and path.startswith("test_"):
+                path = f"conformance/{path}"
+            current = path
+            refs.append((name, path, func))
+        found[cid] = tuple(refs)
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def self_test_sections() -> tuple[str, ...]:
+    """The sections that are the suite's own guarantees (TOL, REF, COV): none of their clauses'
+    *Checked by* lines names a test of ``conformance/``, so they have no section module."""
+    by_section: dict[str, set] = {}
+    for cid, refs in checked_by().items():
+        by_section.setdefault(cid.split("-")[0], set()).update(
+            (path or "").split("/")[0] for _, path, _ in refs)
+    return tuple(sec for sec in sections()
+                 if sec in by_section and "conformance" not in by_section[sec])

@@ -4,33 +4,45 @@ property the examples, how many are informative, and across the run the regions 
 An example is *informative* when at least one of its calls has a non-empty x and weight that
 are not all zero and a row that is finite, not constant, neither overflowing the float32
 accumulator nor dominated by eps (mean square below eps/1024) nor unjudgeable (eps = 0 with
-squares underflowing float32) — unless the clause is about that very condition (``ABOUT``).
-Clauses that judge no values (shapes, dtypes, validation, loading) are not counted.
+squares underflowing float32) — unless the clause is about that very condition (its property's
+``@about(...)``, ``conformance/marks.py``). Clauses that judge no values (shapes, dtypes,
+validation, loading: ``@judges_values(False)`` on the property) are not counted.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 
 import numpy as np
 
-from rmsnorm_conformance.conformance import clauses
+from rmsnorm_conformance.conformance import clauses, judges, marks
 from rmsnorm_conformance.conformance.dtypes import F32
 from rmsnorm_conformance.conformance.ledger import dtype_key
 from rmsnorm_conformance.conformance.regions import (ALL_DTYPES, AXIS_REGIONS, DTYPE_KEYS,
                                                      EPS_DECADES, LEAD_DIMS, MAGNITUDE_CLASSES,
-                                                     axis_region, magnitude_classes)
+                                                     MANY_ROWS, MANY_ROWS_REACHED, axis_region,
+                                                     magnitude_classes)
 
-#: Clauses that judge no values (shapes, dtypes, argument validation, module defaults).
-NOT_NUMERICAL = {"FWD-1", "FWD-5", "DTY-1", "DTY-2", "DTY-3", "MOD-1", "MOD-2", "MOD-4",
-                 "MOD-5", "VAL-1", "VAL-2", "VAL-3", "VAL-4", "IMP-1", "GRAD-3"}
-#: Degenerate conditions that are the point of a clause (not held against it).
-ABOUT = {"ACC-4": {"overflow"}, "ACC-5": {"overflow"}, "ACC-7": {"eps_dominated"},
-         "SPV-1": {"zero_rows"}, "SPV-2": {"zero_x", "unjudgeable"},
-         "SPV-6": {"eps_dominated"}, "SPV-9": {"zero_weight"}, "GRAD-14": {"constant"},
-         "VAL-5": {"unjudgeable"}}
+#: The name of the many-rows region in the coverage report
+ROWS = f"rows > {MANY_ROWS}"
+
 BACKWARD = {"vjp", "jvp", "hvp", "vjp_sequence", "functional_vjp"}
+
+
+@functools.lru_cache(maxsize=None)
+def numerical(clause: str) -> bool:
+    """Whether the clause judges values: False where its property carries
+    ``@judges_values(False)`` (shapes, dtypes, argument validation, module defaults)."""
+    return all(marks.judges_values_of(fn) for fn, _ in judges.properties(clause))
+
+
+@functools.lru_cache(maxsize=None)
+def about(clause: str) -> frozenset[str]:
+    """The degenerate conditions that are the point of the clause (its property's
+    ``@about(...)``): not held against its examples."""
+    return frozenset(c for fn, _ in judges.properties(clause) for c in marks.about_of(fn))
 
 
 def features(method: str, case) -> dict:
@@ -74,7 +86,7 @@ def features(method: str, case) -> dict:
 
 def informative(calls: list[dict], clause: str) -> bool:
     """An example is informative if one of its calls is (SPEC.md's definition, module doc)."""
-    allowed = ABOUT.get(clause, set())
+    allowed = about(clause)
     for f in calls:
         bad = set(f["degenerate"])
         if "empty" in bad or ("zero_weight" in bad and "zero_weight" not in allowed):
@@ -96,7 +108,7 @@ def property_stats(clause: str, summaries: list[dict]) -> dict:
     useful = sum(informative(e, clause) for e in examples)
     ds = [f["d"] for e in examples for f in e]
     return {"examples": len(examples), "informative": useful,
-            "numerical": clause not in NOT_NUMERICAL,
+            "numerical": numerical(clause),
             "max_d": max(ds) if ds else 0,
             "max_informative_d": max([f["d"] for e in examples if informative(e, clause)
                                       for f in e] or [0])}
@@ -119,8 +131,8 @@ def regions(all_summaries: dict) -> dict:
                     r = axis_region(f["d"])
                     if r:
                         found["axis lengths"].add(f"{f['x_dtype']} {f['direction']} d={r}")
-                    if f["rows"] > 65535:
-                        found["rows > 65535"].add(f"{f['x_dtype']} {f['direction']}")
+                    if f["rows"] > MANY_ROWS:
+                        found[ROWS].add(f"{f['x_dtype']} {f['direction']}")
     return found
 
 
@@ -133,7 +145,7 @@ def required_regions(dtypes=ALL_DTYPES) -> dict:
         "magnitudes": {f"{t} {m}" for t in dtypes for m in MAGNITUDE_CLASSES},
         "axis lengths": {f"{t} {direction} d={r.name}" for t in dtypes
                          for direction in ("forward", "backward") for r in AXIS_REGIONS},
-        "rows > 65535": {"float32 forward"},
+        ROWS: set(MANY_ROWS_REACHED),
     }
 
 

@@ -7,7 +7,8 @@ draws"), named once: the strategies anchor them, coverage checks that a run reac
 - dtype pairs: x's dtype and the weight's, equal or mixed (``DTYPE_KEYS``, as the ledger names
   them: "float16+float32");
 - magnitude classes of a row's largest element, per dtype;
-- eps decades 1e-12..1, and 0 to 3 leading dimensions.
+- eps decades 1e-12..1, and 0 to 3 leading dimensions;
+- more than 65535 rows (``MANY_ROWS``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ MAGNITUDE_CLASSES = ("subnormal", "tiny", "ordinary", "near sqrt(max)", "near ma
 EPS_DECADES = tuple(range(-12, 1))
 #: Leading dimensions every run reaches.
 LEAD_DIMS = (0, 1, 2, 3)
+
+#: Every run sends more rows than this in one call (a GPU grid's limit of 65535 blocks in one
+#: dimension: rows beyond it need a second dimension or a loop) ...
+MANY_ROWS = 65535
+#: ... for these x dtypes and directions ("<x dtype> forward|backward").
+MANY_ROWS_REACHED = ("float32 forward",)
 
 
 def magnitude_classes(rows_max: np.ndarray, dtype: str) -> set[str]:

@@ -30,14 +30,19 @@ from hypothesis.extra import numpy as hnp
 
 from rmsnorm_conformance.conformance.cases import Case
 from rmsnorm_conformance.conformance.dtypes import INFO, info
-from rmsnorm_conformance.conformance.regions import (ALL_DTYPES, D_TARGETS,  # noqa: F401
-                                                     FLOAT64_PAIRS, MAX_D, MIXED_PAIRS)
+from rmsnorm_conformance.conformance.regions import (ALL_DTYPES, AXIS_REGIONS,  # noqa: F401
+                                                     D_TARGETS, EPS_DECADES, FLOAT64_PAIRS,
+                                                     LEAD_DIMS, MAX_D, MIXED_PAIRS)
 from rmsnorm_conformance.protocol import DTYPES
 
-#: Notable axis lengths the random draws favour besides any length.
-NOTABLE_D = (1, 2, 3, 7, 8, 31, 32, 33, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1023, 1024,
-             1025, 2047, 2048, 2049, 4095, 4096, 4097, 8192, 8193, 16384, 16385, 32768, 65535,
-             65536)
+#: Axis lengths the random draws favour besides the regions' (powers of two and their
+#: neighbours where other kernels switch block sizes).
+OTHER_NOTABLE_D = (3, 8, 127, 128, 129, 511, 512, 513, 1023, 1025, 2047, 2048, 2049, 4095, 8192,
+                   16384, 32768)
+#: Notable axis lengths the random draws favour besides any length: every region's ends and
+#: anchor, and OTHER_NOTABLE_D.
+NOTABLE_D = tuple(sorted({d for r in AXIS_REGIONS for d in (r.lo, r.hi, r.anchor)}
+                         | set(OTHER_NOTABLE_D)))
 #: eps values in common use (MLX and PyTorch 1e-5, Keras/Flax 1e-6, LLaMA 1e-6/1e-5, T5 1e-6).
 #: For implementations that compile per shape (``compiles_per_shape``: JAX, Flax, mx.compile) a
 #: generated plan takes the anchors' shapes and eps values: its axis length rounded up to one of
@@ -45,6 +50,10 @@ NOTABLE_D = (1, 2, 3, 7, 8, 31, 32, 33, 127, 128, 129, 255, 256, 257, 511, 512, 
 #: run compiles few programs, mostly shared with the anchors; dtypes, values and weights are
 #: drawn as for everyone.
 COMMON_EPS = (1e-5, 1e-6, 1e-8, 1e-12, 1e-3, 1e-1, 1.0)
+#: eps drawn by default: the eps decades of ``regions.EPS_DECADES`` (1e-12 .. 1.0)
+MIN_EPS, MAX_EPS = float(f"1e{EPS_DECADES[0]}"), float(f"1e{EPS_DECADES[-1]}")
+#: leading dimensions drawn at most: ``regions.LEAD_DIMS``
+MAX_DIMS = max(LEAD_DIMS)
 F32_EMAX = 128                # float32 overflows at 2**128
 MAX_ELEMENTS = 1 << 17        # one example stays within a few milliseconds of NumPy
 MAX_PLAN_ELEMENTS = 1 << 22   # no plan (anchors included) builds more than this
@@ -441,7 +450,7 @@ def axis_lengths(min_d: int = 1, max_d: int = MAX_D) -> st.SearchStrategy[int]:
     return st.one_of(parts)
 
 
-def eps_values(min_eps: float = 1e-12, max_eps: float = 1.0) -> st.SearchStrategy[float]:
+def eps_values(min_eps: float = MIN_EPS, max_eps: float = MAX_EPS) -> st.SearchStrategy[float]:
     """eps log-uniform by decade over min_eps..max_eps (every decade equally likely), and the
     common defaults."""
     if not (0 < min_eps <= max_eps):
@@ -469,14 +478,14 @@ def _leading_shape(draw, max_dims: int, min_rows: int, cap: int) -> tuple:
     return tuple(draw(st.permutations(dims))) if ndims > 1 else tuple(dims)
 
 
-def leading_shapes(d: int, max_dims: int = 3, min_rows: int = 1,
+def leading_shapes(d: int, max_dims: int = MAX_DIMS, min_rows: int = 1,
                    max_elements: int = MAX_ELEMENTS) -> st.SearchStrategy[tuple]:
     """Leading dimensions (0 to max_dims of them) holding at least ``min_rows`` rows (0: zero-size
     dimensions allowed) and at most max_elements elements in all; many rows and few. (One
     composite defined once: ``plans`` asks for this per drawn d, and Hypothesis inspects a
     composite's source each time one is defined.)"""
-    if not (isinstance(max_dims, int) and 0 <= max_dims <= 3):
-        raise InvalidArgument(f"max_dims must be an integer 0..3, got {max_dims!r}")
+    if not (isinstance(max_dims, int) and 0 <= max_dims <= MAX_DIMS):
+        raise InvalidArgument(f"max_dims must be an integer 0..{MAX_DIMS}, got {max_dims!r}")
     if not (isinstance(min_rows, int) and min_rows >= 0):
         raise InvalidArgument(f"min_rows must be a non-negative integer, got {min_rows!r}")
     cap = max(1, max_elements // max(d, 1))
@@ -508,7 +517,7 @@ def dtype_pairs(dtypes=ALL_DTYPES, mixed=False) -> st.SearchStrategy[tuple]:
 
 
 def plans(*, dtypes=ALL_DTYPES, mixed=False, min_d: int = 1, max_d: int = MAX_D,
-          max_dims: int = 3, min_rows: int = 1, max_elements: int = MAX_ELEMENTS,
+          max_dims: int = MAX_DIMS, min_rows: int = 1, max_elements: int = MAX_ELEMENTS,
           weights=("ones", "random", "none"), kinds=("normal", "spike"),
           regime: str = "informative", spread: int = 6, row_spread: int = 0,
           eps=None, elementwise: bool = True, max_exp: int | None = None

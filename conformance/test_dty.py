@@ -5,7 +5,7 @@ from hypothesis import given
 from rmsnorm_conformance.conformance import strategies as cs
 from rmsnorm_conformance.conformance.assertions import forward
 from rmsnorm_conformance.conformance.judges import judge
-from rmsnorm_conformance.conformance.marks import clause, requires
+from rmsnorm_conformance.conformance.marks import clause, judges_values, requires
 from rmsnorm_conformance.conformance.strategies import anchor, anchors
 
 SMALL = dict(max_d=40, max_dims=1, elementwise=False)
@@ -19,6 +19,7 @@ def declared_output_dtype(impl, case):
 
 
 @clause("DTY-1")
+@judges_values(False)
 @given(plan=cs.plans(weights=("ones", "random"), **SMALL))
 @anchors([anchor(t, 8) for t in cs.ALL_DTYPES])
 def test_same_dtype_output(impl, plan):
@@ -27,6 +28,7 @@ def test_same_dtype_output(impl, plan):
 
 
 @clause("DTY-2")
+@judges_values(False)
 @requires(mixed="promote")
 @given(plan=cs.plans(mixed="only", weights=("ones", "random"), **SMALL))
 @anchors([anchor(x, 8, w_dtype=w) for x, w in cs.MIXED_PAIRS])
@@ -37,6 +39,7 @@ def test_mixed_dtype_output(impl, plan):
 
 
 @clause("DTY-3")
+@judges_values(False)
 @requires(weight_none=True)
 @given(plan=cs.plans(weights=("none",), **SMALL))
 @anchors([anchor(t, 8, weight="none") for t in cs.ALL_DTYPES])

@@ -14,7 +14,7 @@ from rmsnorm_conformance.conformance.assertions import accuracy_bound, assert_bi
 from rmsnorm_conformance.conformance.cases import Case, scaled_pair, sequence_case
 from rmsnorm_conformance.conformance.dtypes import info
 from rmsnorm_conformance.conformance.judges import NotApplicable, judge
-from rmsnorm_conformance.conformance.marks import clause, requires
+from rmsnorm_conformance.conformance.marks import about, clause, judges_values, requires
 from rmsnorm_conformance.conformance.strategies import anchor, anchors, gradient_case, \
     regime_anchors, sequences
 from rmsnorm_conformance.conformance.test_met import scale_exponent
@@ -53,6 +53,13 @@ def _needs(case, *names):
     missing = [n for n in names if n not in case.extras]
     if missing:
         raise NotApplicable(f"the case carries no {', '.join(missing)} (extras)")
+
+
+def _carries(gradient, *names):
+    """``check`` judges the clause on a case carrying ``names`` (extras) for an implementation
+    declaring ``gradient``."""
+    return lambda impl, case: (gradient in impl.capabilities.gradients
+                               and all(n in case.extras for n in names))
 
 
 def vjp(impl, case):
@@ -97,7 +104,7 @@ def _check_vjp(impl, case, beyond_range=False, exact=False, context=""):
     return dx, dw, bdx, bdw
 
 
-@judge("GRAD-1")
+@judge("GRAD-1", by_default=_carries("vjp", "g"))
 def vjp_within_bound(impl, case):
     """dx and dweight within the gradient bound of the float64 VJP."""
     _check_vjp(impl, case)
@@ -123,7 +130,7 @@ def test_jvp_against_reference(impl, plan):
     jvp_within_bound(impl, _case(plan, impl))
 
 
-@judge("GRAD-2")
+@judge("GRAD-2", by_default=_carries("jvp", "tx"))
 def jvp_within_bound(impl, case):
     """The output's tangent within the JVP bound."""
     ty = jvp(impl, case)
@@ -131,6 +138,7 @@ def jvp_within_bound(impl, case):
 
 
 @clause("GRAD-3")
+@judges_values(False)
 @VJP
 @given(plan=cs.plans(max_d=64, min_rows=0, max_elements=4096))
 @anchors([anchor("float32", 8, lead=lead) for lead in [(0,), (2, 0, 3), ()]])
@@ -270,7 +278,7 @@ def _with_scale(plan, impl) -> Case:
     return base.derived(f"k = {k}", params={**base.params, "k": k})
 
 
-@judge("GRAD-7")
+@judge("GRAD-7", params={"k": 1})
 def scale_covariant_dx(impl, case):
     """dx(2**k x, 4**k eps) within its bound, and 2**k dx(2**k x) within both points' bounds
     of dx(x)."""
@@ -312,7 +320,7 @@ def test_scale_covariance_of_dx_bitwise(impl, plan):
     scale_covariant_dx_bitwise(impl, _with_scale(plan, impl))
 
 
-@judge("GRAD-8")
+@judge("GRAD-8", params={"k": 1})
 def scale_covariant_dx_bitwise(impl, case):
     """2**k dx(2**k x, 4**k eps) == dx(x, eps) bit for bit where both are normal, inside
     GRAD-10's domain at both points."""
@@ -440,7 +448,7 @@ def test_second_order(impl, plan):
     second_order(impl, _case(plan, impl))
 
 
-@judge("GRAD-12")
+@judge("GRAD-12", by_default=_carries("hvp", "g", "v"))
 def second_order(impl, case):
     """The derivative of dx along v within the second-order bound."""
     _needs(case, "g", "v")
@@ -474,6 +482,7 @@ def module_gradients_equal_functional(impl, case):
 
 
 @clause("GRAD-14")
+@about("constant")
 @VJP
 @given(plan=cs.plans(max_d=8, max_elements=1 << 16, min_rows=1))
 @anchors([anchor(t, d, lead=(65536 // d,)) for t in cs.ALL_DTYPES for d in (1, 8)]

@@ -24,7 +24,7 @@ def scale_exponent(seed: int) -> int:
     return seed % 9 - 4
 
 
-@judge("MET-1")
+@judge("MET-1", by_default=True)
 def sign_symmetric(impl, case):
     """f(-x, w) == -f(x, w) and f(x, -w) == -f(x, w) bit for bit (NaNs by position; zeros
     without their sign where a zero bias is declared: IEEE's -0 + 0 is +0)."""
@@ -68,7 +68,7 @@ def _with_scale(plan, impl) -> Case:
     return base.derived(f"k = {k}", params={**base.params, "k": k})
 
 
-@judge("MET-2")
+@judge("MET-2", params={"k": 1})
 def scale_covariant(impl, case):
     """f(2**k x, w, 4**k eps) within the self-comparison bound of f(x, w, eps)."""
     base, scaled, k = _scaled(case)
@@ -86,7 +86,7 @@ def test_scale_covariance(impl, plan):
     scale_covariant(impl, _with_scale(plan, impl))
 
 
-@judge("MET-3")
+@judge("MET-3", by_default=True, params={"k": 1})
 def scale_covariant_bitwise(impl, case):
     """f(2**k x, w, 4**k eps) == f(x, w, eps) bit for bit."""
     base, scaled, k = _scaled(case)

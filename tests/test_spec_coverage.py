@@ -61,23 +61,21 @@ def test_every_clause_is_checked_by_a_test(request):
 
 @clause("IMP-3")
 def test_conformance_modules_match_spec_sections():
-    """One module per SPEC.md section with implementation clauses."""
-    sections = {cid.split("-")[0].lower() for cid in clauses.load()} - {"tol", "ref", "cov"}
+    """One module per SPEC.md section with implementation clauses (the sections whose clauses
+    only self-tests check, TOL, REF and COV, have none: ``clauses.self_test_sections``)."""
+    assert clauses.self_test_sections(), "no section checked by self-tests only: *Checked by*?"
+    sections = {cid.split("-")[0] for cid in clauses.load()} - set(clauses.self_test_sections())
     modules = {p.stem.removeprefix("test_") for p in (ROOT / "conformance").glob("test_*.py")}
-    assert sections == modules, (sections, modules)
+    assert {s.lower() for s in sections} == modules, (sections, modules)
 
 
-#: Ids in the code that are not SPEC.md clauses on purpose: the plugin self-tests' made-up
-#: clauses and the unknown ids the tools' and plugin's tests feed in.
-NOT_CLAUSES = {"TST-7", "TST-8", "TST-9", "ACC-9", "ACC-10", "ACC-99"}
+#: An id in one of SPEC.md's sections (section, dash, number). The made-up clauses of the
+#: plugin's and the tools' self-tests use sections SPEC.md does not have (TST-7, ZZZ-1), which
+#: this never matches.
 CLAUSE_ID = re.compile(rf"\b(?:{'|'.join(clauses.sections())})-\d+\b")
-
-
-def _withdrawn():
-    """The ids listed (one bullet each, in bold) under SPEC.md's "Withdrawn clauses"."""
-    text = (ROOT / "SPEC.md").read_text(encoding="utf-8")
-    section = text[text.index("## Withdrawn clauses"):].split("\n## ", 1)[0]
-    return set(re.findall(r"^- \*\*([A-Z]+-\d+)\*\*", section, flags=re.M))
+#: Ids of SPEC.md's sections that are no clause on purpose: the unknown clause
+#: tests/test_plugin.py passes to --rmsnorm-clause (a usage error).
+NOT_CLAUSES = {"ACC-99"}
 
 
 @clause("IMP-3")
@@ -85,7 +83,7 @@ def test_every_clause_id_in_the_code_exists():
     """A clause id cited anywhere in the code or the docs (comments, docstrings, messages) is
     defined in SPEC.md, or withdrawn there: no stale ids."""
     spec = clauses.load()
-    withdrawn = _withdrawn()
+    withdrawn = clauses.withdrawn()
     files = [p for folder in ("conformance", "impl", "reference", "tests", "rmsnorm_conformance")
              for p in (ROOT / folder).rglob("*.py")] + [ROOT / "README.md"]
     stale = sorted({f"{p.relative_to(ROOT)}: {cid}" for p in files
@@ -94,34 +92,16 @@ def test_every_clause_id_in_the_code_exists():
     assert not stale, stale
 
 
-#: Clauses SPEC.md withdrew, with the reason there: their ids are never reused for another clause
-#: and no test may still claim to check them.
-WITHDRAWN = {"MET-6"}
-
-
 @clause("IMP-3")
 def test_withdrawn_clauses_stay_withdrawn(request):
-    """SPEC.md's withdrawn list is exactly WITHDRAWN, none of them is defined again as a live
-    clause, and no collected test names one."""
-    listed = _withdrawn()
-    assert listed == WITHDRAWN, f"SPEC.md withdraws {sorted(listed)}; update WITHDRAWN"
-    assert not WITHDRAWN & set(clauses.load()), "a withdrawn id is defined again as a clause"
+    """SPEC.md's "Withdrawn clauses" (``clauses.withdrawn``) lists the ids it withdrew: none of
+    them is defined again as a live clause, and no collected test names one."""
+    withdrawn = clauses.withdrawn()
+    assert withdrawn, "SPEC.md's Withdrawn clauses list no id (- **SEC-n** (title): why)"
+    assert not withdrawn & set(clauses.load()), "a withdrawn id is defined again as a clause"
     claiming = sorted(i.nodeid for i in _items(request)
-                      for m in i.iter_markers(CLAUSE) if m.args[0] in WITHDRAWN)
+                      for m in i.iter_markers(CLAUSE) if m.args[0] in withdrawn)
     assert not claiming, f"tests still naming withdrawn clauses: {claiming}"
-
-
-def _checked_by() -> dict[str, list[str]]:
-    """Clause id -> the backticked references of its *Checked by:* line (a bare function name
-    continues the file named before it)."""
-    text = (ROOT / "SPEC.md").read_text(encoding="utf-8")
-    found: dict[str, list[str]] = {}
-    for block in re.split(r"^### ", text, flags=re.M)[1:]:
-        cid = block.split(" ", 1)[0]
-        m = re.search(r"\*Checked by:\*(.*?)(?:\n\n|\Z)", block, flags=re.S)
-        if cid in clauses.load() and m:
-            found[cid] = re.findall(r"`([^`]+)`", m.group(1))
-    return found
 
 
 @clause("IMP-3")
@@ -138,17 +118,10 @@ def test_every_checked_by_line_resolves_to_the_tests_that_check_the_clause(reque
         cids = {m.args[0] for m in item.iter_markers(CLAUSE)}
         by_function.setdefault((path, item.originalname), set()).update(cids)
         by_file.setdefault(path, set()).update(cids)
-    refs = _checked_by()
+    refs = clauses.checked_by()
     problems = [f"{cid} has no *Checked by:* line" for cid in clauses.load() if cid not in refs]
-    for cid, names in refs.items():
-        current = None
-        for name in names:
-            path, _, func = name.partition("::")
-            if not func and not path.endswith((".py", "/run")):
-                path, func = current, path          # a bare function name
-            if path and "/" not in path and path.startswith("test_"):
-                path = f"conformance/{path}"
-            current = path
+    for cid, found in refs.items():
+        for name, path, func in found:
             if path is None or not (ROOT / path).exists():
                 problems.append(f"{cid}: {name}: no such file")
             elif func and cid not in by_function.get((path, func), set()):
