@@ -116,7 +116,6 @@ def rms_norm_dd(x, weight, eps, rel=2.0 ** -96):
     cancellation) are computed exactly (rational Q, 60-digit square root)."""
     x64 = _f64(x)
     shape = x64.shape
-    d = shape[-1]
     xr = _rows(x64, shape)
     w = _f64(weight)
     hi = np.empty_like(xr)
@@ -159,7 +158,6 @@ def rms_norm_vjp_dd(x, weight, eps, g, rel=2.0 ** -96):
     <= 2**-96 sum|g x n| (+ float64 underflow)."""
     x64, g64 = _f64(x), _f64(g)
     shape = x64.shape
-    d = shape[-1]
     w = _f64(weight)
     narrow = _is_narrow(x, weight, g)
     (hi, lo), dw = _grad.vjp(_rows(x64, shape), _rows(g64, shape), w, eps, narrow=narrow,
@@ -173,7 +171,6 @@ def rms_norm_jvp(x, weight, eps, tx, tweight=None):
     within 8 * 2**-53 of its exact value (REF-3)."""
     x64, tx64 = _f64(x), _f64(tx)
     shape = x64.shape
-    d = shape[-1]
     narrow = _is_narrow(x, weight, tx, tweight)
     ty = _grad.jvp_ty(_rows(x64, shape), _f64(weight), eps, _rows(tx64, shape),
                       _f64(tweight), narrow)
@@ -191,7 +188,6 @@ def rms_norm_hvp(x, weight, eps, g, v):
     """
     x64, g64, v64 = _f64(x), _f64(g), _f64(v)
     shape = x64.shape
-    d = shape[-1]
     narrow = _is_narrow(x, weight, g)
     out = _grad.hvp(_rows(x64, shape), _rows(g64, shape), _f64(weight), eps,
                     _rows(v64, shape), narrow)
