@@ -57,11 +57,26 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    """One line where the slow self-tests were left out. Under xdist the workers collect and
+    the controller does not, so there the count is unknown and the line names none."""
     tier, count = config.stash.get(_DESELECTED, (None, 0))
-    if tier == "quick" and count:
+    if tier is None and _tier(config) == "quick" and _selects_self_tests(config):
+        tier, count = "quick", None
+    if tier == "quick" and count != 0:
+        what = "slow self-tests" if count is None else f"{count} slow self-tests"
         terminalreporter.write_line(
-            f"{count} slow self-tests not run (inner pytest sessions, whole-suite replays): "
+            f"{what} not run (inner pytest sessions, whole-suite replays): "
             "pytest -n auto --self-tests=all runs them too, as CI does")
+
+
+def _selects_self_tests(config) -> bool:
+    """Whether the command line's paths include tests/ (the default testpaths do)."""
+    tests = config.rootpath / "tests"
+    for arg in config.args:
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        if path == tests or path in tests.parents or tests in path.parents:
+            return True
+    return False
 
 
 _DESELECTED = pytest.StashKey[tuple]()
