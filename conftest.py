@@ -48,8 +48,9 @@ def pytest_collection_modifyitems(config, items):
     if tier == "all":
         return
     # quick: everything but the slow self-tests; slow: those alone (no property, no quick test)
-    keep = [i for i in items if (i.get_closest_marker(SLOW) is not None) == (tier == "slow")]
-    drop = [i for i in items if i not in keep]
+    keep, drop = [], []
+    for item in items:
+        (keep if (item.get_closest_marker(SLOW) is not None) == (tier == "slow") else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
