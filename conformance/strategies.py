@@ -415,13 +415,13 @@ def regime_reachable(regime: str, dtype: str, d: int) -> bool:
     far below float32's 2**128) and "underflow" (below 2**-75 it holds only zero: its smallest
     subnormal is 2**-24); a plan of such a regime mapped to float16 would be neither (ordinary
     rows, or all zeros). Every other regime is reachable in every dtype."""
-    fi = INFO[dtype]
+    if regime not in ("overflow", "underflow"):
+        return True
+    _, hi = exponent_range(regime, "normal", dtype, d, 1.0)
     if regime == "overflow":
-        _, hi = exponent_range(regime, "normal", dtype, d, 1.0)
         return 2 * hi + math.log2(max(d, 1)) >= F32_EMAX
-    if regime == "underflow":
-        return fi.emin - fi.p + 1 <= -78
-    return True
+    fi = INFO[dtype]
+    return fi.emin - fi.p + 1 <= hi           # the smallest subnormal is within the range
 
 
 def _exponent(draw, dtype: str, d: int, eps: float, spread: int, regime: str,
