@@ -35,11 +35,20 @@ class Entry:
     environment: dict = dataclasses.field(default_factory=dict)
     loaded: bool = False
     opt_in: bool = False              # registered in OPT_IN_GROUP
+    started: Supervised | None = None  # a child spawned ahead of ``load`` (``prestart``)
+
     @property
     def state(self) -> str:
         if not self.loaded:
             return "not loaded"
         return "broken" if self.error else ("unavailable" if self.unavailable else "ok")
+
+    def prestart(self, timeout: float = 30.0, cache: str | None = None) -> None:
+        """Spawn the supervised child now and let it import the adapter while the caller goes
+        on; ``load`` (with isolation "process") then waits for it."""
+        if not (self.loaded or self.error or self.started):
+            self.started = Supervised(self.id, self.value, timeout, cache)
+            self.started.spawn()
 
     def load(self, isolation: str = "process", timeout: float = 30.0,
              cache: str | None = None) -> "Entry":
@@ -52,7 +61,8 @@ class Entry:
             return self
         try:
             if isolation == "process":
-                impl = Supervised(self.id, self.value, timeout, cache)
+                impl = self.started or Supervised(self.id, self.value, timeout, cache)
+                self.started = None
                 caps, self.unavailable, self.environment = impl.load()
                 impl.capabilities = caps
             else:
@@ -67,8 +77,10 @@ class Entry:
         return self
 
     def close(self) -> None:
-        if isinstance(self.impl, Supervised):
-            self.impl.close()
+        for impl in (self.impl, self.started):
+            if isinstance(impl, Supervised):
+                impl.close()
+        self.started = None
 
 
 def discover(group: str = GROUP, opt_in_group: str = OPT_IN_GROUP) -> list[Entry]:

@@ -140,12 +140,25 @@ class Run:
         run.collector = report.Collector(config, entries, run.load)
         config.stash[RUN] = run
         config.pluginmanager.register(sys.modules[__name__], "rmsnorm-conformance-fixtures")
+        run.prestart()
         return run
 
     def load(self, entry) -> registry.Entry:
         option = self.config.getoption
         return entry.load(option("rmsnorm_isolation"), option("rmsnorm_call_timeout"),
                           str(self.artifacts / "cache"))
+
+    def prestart(self) -> None:
+        """In a run without xdist, the first implementation's process is started before
+        collection, so that its framework's import overlaps the collection (a second or more
+        for JAX or PyTorch); every other one starts on first use, as under xdist, where no
+        worker knows beforehand which implementations it will be given."""
+        option = self.config.getoption
+        if (self.entries and option("rmsnorm_isolation") == "process"
+                and not option("collectonly") and not hasattr(self.config, "workerinput")
+                and not option("numprocesses", None)):
+            self.entries[0].prestart(option("rmsnorm_call_timeout"),
+                                     str(self.artifacts / "cache"))
 
     # ---- reporting ---------------------------------------------------------------------------
     def header_lines(self) -> list[str]:

@@ -32,7 +32,7 @@ from rmsnorm_conformance.conformance.cases import Case
 from rmsnorm_conformance.conformance.dtypes import INFO, info
 from rmsnorm_conformance.conformance.regions import (ALL_DTYPES, AXIS_REGIONS,  # noqa: F401
                                                      D_TARGETS, EPS_DECADES, FLOAT64_PAIRS,
-                                                     LEAD_DIMS, MAX_D, MIXED_PAIRS)
+                                                     LEAD_DIMS, MANY_ROWS, MAX_D, MIXED_PAIRS)
 from rmsnorm_conformance.protocol import DTYPES
 
 #: Axis lengths the random draws favour besides the regions' (powers of two and their
@@ -673,6 +673,13 @@ def anchor(x_dtype: str, d: int, *, lead=None, eps: float | None = None, weight:
 def regime_anchors(dtypes=ALL_DTYPES, d_values=D_TARGETS, **kw) -> list[Plan]:
     """An anchor for every dtype x axis length (the kernel regimes and their edges)."""
     return [anchor(t, d, **kw) for t in dtypes for d in d_values]
+
+
+def many_rows_anchors() -> list[Plan]:
+    """Batches of more than ``regions.MANY_ROWS`` rows (a GPU grid's limit of 65535 blocks in
+    one dimension), the shortest rows: float32 (2 per row) and bfloat16 (1 per row)."""
+    return [anchor("float32", 2, lead=(MANY_ROWS + 1,)),
+            anchor("bfloat16", 1, lead=(MANY_ROWS + 2,))]
 
 
 def anchors(plan_list):

@@ -219,9 +219,15 @@ class Supervised(Implementation):
         self._proc = None
         self._conn = None
         self._stack_file = None
+        self._spawned = 0.0
 
     # ---- the child process ----------------------------------------------------------------
-    def _start(self):
+    def spawn(self) -> None:
+        """Start the child, which begins importing the entry point, without waiting for it
+        (``load`` waits): a run can let the import overlap its own collection. Does nothing
+        when the child is already started."""
+        if self._proc is not None:
+            return
         ctx = mp.get_context("forkserver")
         # Preload only what is fork-safe: the adapter's framework is imported after the fork.
         ctx.set_forkserver_preload(["numpy", "ml_dtypes", protocol.__name__])
@@ -232,9 +238,14 @@ class Supervised(Implementation):
                                  args=(child, self.spec, self._stack_file, self.cache),
                                  name=f"rmsnorm-impl-{self.id}")
         self._proc.start()
+        self._spawned = time.monotonic()
         child.close()
         self._conn = parent
-        return self._receive("loading", self.timeout, "--rmsnorm-call-timeout", started=time.monotonic())
+
+    def _start(self):
+        self.spawn()
+        return self._receive("loading", self.timeout, "--rmsnorm-call-timeout",
+                             started=self._spawned)
 
     def load(self):
         """Start the child, which imports the entry point: (capabilities, unavailable reason,

@@ -13,7 +13,8 @@ from rmsnorm_conformance.conformance.assertions import assert_within, call, chec
 from rmsnorm_conformance.conformance.cases import Case, sequence_case
 from rmsnorm_conformance.conformance.judges import NotApplicable, judge
 from rmsnorm_conformance.conformance.marks import clause, judges_values
-from rmsnorm_conformance.conformance.strategies import anchor, anchors, regime_anchors, sequences
+from rmsnorm_conformance.conformance.strategies import anchor, anchors, many_rows_anchors, \
+    regime_anchors, sequences
 from rmsnorm_conformance.conformance.supervisor import time_limit
 from rmsnorm_conformance.conformance.tolerance import forward_bound
 
@@ -44,11 +45,13 @@ def rows_normalised_alone(impl, case):
 
 @clause("FWD-2")
 @given(plan=cs.plans(min_rows=2, row_spread=40, weights=("ones", "random", "none")))
-@anchors(regime_anchors(d_values=(7, 256, 1024, 4097, 16385), lead=(4,), row_spread=20))
+@anchors(regime_anchors(d_values=(7, 256, 1024, 4097, 16385), lead=(4,), row_spread=20)
+         + many_rows_anchors())
 def test_normalises_last_axis_only(impl, plan):
     """Each row (last axis) is normalised by its own statistic: batches whose rows differ in
     scale by up to 2**40 (as far as each dtype's range allows) match the reference row by
-    row."""
+    row, and batches of more than 65535 rows (a GPU grid's limit in y) have every row
+    normalised."""
     rows_normalised_alone(impl, plan.build(impl.capabilities))
 
 

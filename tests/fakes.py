@@ -372,7 +372,7 @@ class ManyRowsGridOverflow(Mutant):
     """One block per row on a grid limited to 65535 blocks: rows from index 65535 on are never
     written (they come back as zeros). Right for up to 65535 rows."""
 
-    target = "SPV-7"
+    target = "FWD-2"
 
     def scale(self, x32, n, weight, out):
         y = super().scale(x32, n, weight, out)

@@ -239,3 +239,29 @@ def test_only_a_supervised_adapter_is_offered_a_cache(tmp_path):
         impl.close()
     assert env["cache"] == str(tmp_path / "cache" / "probe")
     assert (tmp_path / "cache" / "probe").is_dir() and CACHE_ENV not in os.environ
+
+
+@clause("IMP-8")
+def test_a_process_started_ahead_is_the_one_used_or_closed(tmp_path):
+    """Without xdist the first implementation's process starts before collection
+    (``Entry.prestart``) so that its import overlaps it: loading then uses that process, not a
+    second one, and a run that never loads it (every test deselected) leaves no process
+    behind."""
+    from rmsnorm_conformance.conformance.registry import Entry
+
+    used = Entry(id="cache-probe", value="tests.fakes:CacheProbe", distribution="tests")
+    used.prestart(30.0, str(tmp_path / "cache"))
+    started = used.started
+    assert started is not None and started._proc.is_alive()
+    try:
+        used.load("process", 30.0, str(tmp_path / "cache"))
+        assert used.impl is started and used.started is None and not used.error
+    finally:
+        used.close()
+    assert started._proc is None
+
+    unused = Entry(id="cache-probe", value="tests.fakes:CacheProbe", distribution="tests")
+    unused.prestart(30.0, str(tmp_path / "cache"))
+    proc = unused.started._proc
+    unused.close()
+    assert not proc.is_alive() and unused.started is None
