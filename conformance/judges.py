@@ -70,6 +70,15 @@ def all_judges() -> dict[str, Callable]:
     return dict(_JUDGES)
 
 
+def default_judged() -> list[str]:
+    """Every clause ``check`` may judge when asked for none (whose judge has ``by_default``),
+    in SPEC.md's order."""
+    from rmsnorm_conformance.conformance.clauses import sort_key
+
+    section_modules()
+    return sorted(_BY_DEFAULT, key=sort_key)
+
+
 def judged_by_default(impl, case) -> list[str]:
     """The clauses ``check`` judges on ``case`` when asked for none (their judges'
     ``by_default``), in SPEC.md's order."""

@@ -16,7 +16,7 @@ import pytest
 from rmsnorm_conformance.conformance import cases
 from rmsnorm_conformance.conformance.check import check_case, default_clauses
 from rmsnorm_conformance.conformance.test_acc import exact_sum
-from rmsnorm_conformance.conformance.judges import all_judges
+from rmsnorm_conformance.conformance.judges import all_judges, default_judged
 from rmsnorm_conformance.conformance.marks import clause
 from rmsnorm_conformance.impl.numpy_textbook import NumpyTextbook
 from tests import fakes, shipped
@@ -32,6 +32,17 @@ def test_exact_sum_detects_acc3_inputs():
     assert exact_sum(np.full((1, 2), 4096.0, np.float32))           # k = 1, e = 12
     assert not exact_sum(np.array([[4096.0, 4097.0]], np.float32))  # sum of k^2 > 2**24
     assert not exact_sum(np.zeros((1, 3), np.float32))
+
+
+def test_readme_names_the_clauses_check_judges_by_default():
+    """README's list of the clauses ``check`` judges on a case when asked for none is the
+    judges' own (``@judge(..., by_default=...)``): a clause added or dropped there shows here."""
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    sentence = re.search(r"judged on every\s+clause that applies to one case \((.*?)\)\.", text,
+                         re.S)
+    assert sentence, "README.md no longer lists check's default clauses where this test looks"
+    named = re.findall(r"\b[A-Z]{3,4}-\d+\b", sentence.group(1))
+    assert named == default_judged()
 
 
 def test_check_case_gives_each_clause_its_verdict():
