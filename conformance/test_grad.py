@@ -309,10 +309,17 @@ PINNED_BEYOND_N3 = [anchor("float32", 2, lead=(1,), exp=e, spread=0, kind="spike
                            seed=seed, weight="ones") for seed, e, s in ((62, 36, 39), (0, 31, 43))]
 
 
+#: pinned: float16 dx not scale covariant bit for bit where a VJP rounds dx's terms to float16
+#: separately (SPEC.md findings 5 and 7: Flax, T5LayerNorm), as the default run's examples found;
+#: k = 4 from seed 8
+PINNED_SEPARATE_ROUNDINGS = [anchor("float16", d, lead=(rows,), exp=e, spread=0, weight="ones",
+                                    seed=8) for d, rows, e in ((1024, 3, 1), (511, 1, 2))]
+
+
 @clause("GRAD-8")
 @VJP
 @given(plan=cs.plans(**GRAD))
-@anchors(SMALL_ANCHORS + PINNED_BEYOND_N3)
+@anchors(SMALL_ANCHORS + PINNED_BEYOND_N3 + PINNED_SEPARATE_ROUNDINGS)
 def test_scale_covariance_of_dx_bitwise(impl, plan):
     """SHOULD: dx(c x, c^2 eps) * c == dx(x, eps) bit for bit for c = 2**k (MLX measured so),
     where both are normal numbers of dx's type (subnormal results lose bits when scaled), on rows
