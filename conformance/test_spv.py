@@ -3,8 +3,8 @@ other.
 
 The clauses about a special row (zero, NaN, inf, near maximum) judge that row, and judge the
 ordinary rows beside it by relation: they must give what the same implementation gives for them
-in the same batch with an ordinary row in its place, within two TOL bounds. Whether the ordinary rows are accurate is
-ACC's question, not theirs (one cause, one red cell).
+in the same batch with an ordinary row in its place, within two TOL bounds. Whether the ordinary
+rows are accurate is ACC's question, not theirs (one cause, one red cell).
 """
 
 import numpy as np
