@@ -10,7 +10,9 @@ so that float64 inputs are computed in float64; everything else runs in the inpu
 float32, bit for bit as without it.
 
 Both are jitted (``jax.jit``), as models run them; a jitted function is reused across calls and
-recompiles per shape and dtype. Gradients: ``jax.vjp``, ``jax.jvp``, second order
+recompiles per shape and dtype. Where the suite offers a cache directory, each compiled program is
+also kept there by its call signature (``Programs``), so that a later run loads it instead of
+tracing, lowering and compiling it again. Gradients: ``jax.vjp``, ``jax.jvp``, second order
 forward-over-reverse (``jax.jvp`` of the ``jax.vjp`` pullback). JAX arrays have no views, so no
 layouts are declared.
 """
@@ -19,7 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import importlib.metadata
 import importlib.util
+import os
+import pathlib
+import pickle
+import platform
+import sys
 
 import numpy as np
 
@@ -43,29 +52,12 @@ def _cpu():
     return jax.devices("cpu")[0]
 
 
-@functools.cache
-def _persistent_cache() -> None:
-    """Compiled programs kept between runs in the directory the suite offers its supervised
-    adapters (``protocol.cache_dir``; nothing is set in a caller's own process): a second run
-    compiles nothing it compiled before (XLA on the CPU: about 60% of these adapters' time)."""
-    where = cache_dir("jax")
-    if where is None:
-        return
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", str(where))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def x64():
     """A context in which float64 inputs stay float64 (``jax.enable_x64(True)``, or
     ``jax.experimental.enable_x64()`` on JAX releases before it; thread-local, so the caller's
     process-wide ``jax_enable_x64`` is left as it was). Without it JAX would silently compute
     float64 inputs in float32; it changes no float32, float16 or bfloat16 result (measured
-    bit-identical, docs/notes/float64.md). Every call of the adapters enters it (and, the first
-    time, turns on the persistent compilation cache where the suite offers one)."""
-    _persistent_cache()
+    bit-identical, docs/notes/float64.md). Every call of the adapters enters it."""
     import jax
 
     state = getattr(jax, "enable_x64", None)
@@ -169,11 +161,100 @@ def nnx_rms_norm(x, weight, eps):
 
 # --- shared plumbing: every entry point is one jitted function per op -------------------------------
 
+#: Distributions whose versions decide what a stored program is (the adapters' frameworks).
+_FRAMEWORKS = ("jax", "jaxlib", "flax", "keras", "equinox", "ml_dtypes", "numpy")
+
+
+@functools.cache
+def _build_key(module: str) -> str:
+    """What a program stored by ``Programs`` was built from, besides its function and signature:
+    the frameworks' versions, the source of this module and of the module defining the function,
+    the Python, the machine and its CPU's features (XLA compiles for the host CPU), and the
+    environment variables that configure XLA, JAX and Keras. A change to any of them makes every
+    stored program a miss."""
+    versions = {}
+    for dist in _FRAMEWORKS:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    sources = [pathlib.Path(__file__).read_bytes()]
+    origin = getattr(sys.modules.get(module), "__file__", None)
+    if origin:
+        sources.append(pathlib.Path(origin).read_bytes())
+    try:
+        cpu = next((line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        cpu = ""
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_", "KERAS_")))
+    digest = hashlib.sha256()
+    for part in (repr(versions), sys.version, platform.machine(), platform.processor(), cpu,
+                 repr(env), *sources):
+        digest.update(part if isinstance(part, bytes) else part.encode())
+    return digest.hexdigest()
+
+
+class Programs:
+    """A ``jax.jit`` function whose compiled programs are kept in the suite's cache directory
+    (``protocol.cache_dir("jax-programs")``), one file per call signature (the arguments' pytree,
+    shapes and dtypes, and whether x64 is on), keyed also by ``_build_key``. A call whose program
+    is stored loads it (``jax.experimental.serialize_executable``: about 3 ms) instead of tracing
+    and lowering it (about 25 ms) and compiling it (about 100 ms, or 5 ms from JAX's persistent
+    cache); it is the executable that ``jax.jit`` compiles for that signature, stored after its
+    first compilation. JAX's own persistent cache is not used: an executable it loaded serializes
+    without its code (jax 0.10.2: the stored program then fails with "NOT_FOUND: Function ...
+    not found"), so every program stored here is one XLA has just compiled. Without a cache
+    directory (the adapter in the caller's own process) it is the jitted function alone."""
+
+    def __init__(self, jitted, fn, op: str):
+        self.jitted = jitted
+        self.name = f"{fn.__module__}.{fn.__qualname__}/{op}"
+        self.module = fn.__module__
+        self.loaded: dict = {}
+
+    def __call__(self, *args, **kwargs):
+        where = cache_dir("jax-programs")
+        if where is None:
+            return self.jitted(*args, **kwargs)
+        import jax
+
+        leaves, tree = jax.tree.flatten((args, kwargs))
+        signature = (str(tree), bool(jax.config.jax_enable_x64),
+                     tuple((tuple(a.shape), a.dtype.name) if hasattr(a, "dtype") else
+                           type(a).__name__ for a in leaves))
+        program = self.loaded.get(signature)
+        if program is None:
+            program = self.loaded[signature] = self._program(where, signature, args, kwargs)
+        return program(*args, **kwargs)
+
+    def _program(self, where: pathlib.Path, signature, args, kwargs):
+        from jax.experimental import serialize_executable
+
+        key = repr((_build_key(self.module), self.name, signature)).encode()
+        path = where / f"{hashlib.sha256(key).hexdigest()}.program"
+        try:
+            payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+            return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+        except Exception:    # not stored yet, or unreadable: compiled (and stored) again
+            pass
+        program = self.jitted.lower(*args, **kwargs).compile()
+        try:
+            data = pickle.dumps(serialize_executable.serialize(program))
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            partial.write_bytes(data)
+            os.replace(partial, path)
+        except Exception:    # a program that cannot be serialized, or a full disk: not stored
+            pass
+        return program
+
+
 @functools.cache
 def compiled(fn, op):
     """``op`` of ``fn(x, weight, eps)`` as one ``jax.jit`` function (eps traced, a float32 scalar
-    as in a layer's constant, so one program serves every eps; weight None is an empty pytree).
-    The whole VJP, JVP or second-order product is jitted, as in a jitted training step."""
+    as in a layer's constant, so one program serves every eps; weight None is an empty pytree),
+    its programs kept between runs (``Programs``). The whole VJP, JVP or second-order product is
+    jitted, as in a jitted training step."""
     import jax
 
     def with_weight(w, f1, f2):
@@ -198,7 +279,7 @@ def compiled(fn, op):
             return jax.jvp(dx, (x,), (v,))[1]
     else:
         raise ValueError(f"unknown op {op!r}")
-    return jax.jit(body)
+    return Programs(jax.jit(body), fn, op)
 
 
 def _j(a):

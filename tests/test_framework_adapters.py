@@ -356,6 +356,47 @@ def test_jax_computes_float64_without_enabling_it_globally():
     assert not jax.config.jax_enable_x64           # ... without changing the caller's JAX
 
 
+@needs_jax
+def test_jax_programs_are_stored_once_and_loaded_bit_identical(tmp_path, monkeypatch):
+    """``jax_rmsnorm.Programs`` (the compiled programs kept between runs): the first call of a
+    signature compiles and stores one file; a later run (a new Programs) loads that file without
+    tracing or compiling and gives the plain ``jax.jit`` result bit for bit; a damaged file is
+    compiled again; without a cache directory nothing is stored."""
+    import jax
+
+    from rmsnorm_conformance.protocol import CACHE_ENV
+
+    fn = jax_rmsnorm.jnp_rms_norm
+    x = _x((3, 33), "float16")
+    w = np.linspace(0.5, 1.5, 33).astype(np.float16)
+    with jax_rmsnorm.x64():
+        args = (jax_rmsnorm.to_jax(x), jax_rmsnorm.to_jax(w))
+        expected = np.asarray(jax.jit(fn)(*args, eps=1e-5))
+
+        def run(programs):
+            with jax_rmsnorm.x64():
+                return np.asarray(programs(*args, eps=1e-5))
+
+        monkeypatch.delenv(CACHE_ENV, raising=False)
+        plain = run(jax_rmsnorm.Programs(jax.jit(fn), fn, "forward"))
+        assert plain.tobytes() == expected.tobytes()
+        assert not any(tmp_path.iterdir())            # nothing stored without a directory
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+        first = run(jax_rmsnorm.Programs(jax.jit(fn), fn, "forward"))
+        stored = sorted((tmp_path / "jax-programs").glob("*.program"))
+        assert len(stored) == 1 and first.tobytes() == expected.tobytes()
+
+        class NotTraced:
+            def lower(self, *a, **k):
+                raise AssertionError("a stored program was traced and compiled again")
+
+        loaded = run(jax_rmsnorm.Programs(NotTraced(), fn, "forward"))
+        assert loaded.tobytes() == expected.tobytes()
+        stored[0].write_bytes(b"damaged")
+        again = run(jax_rmsnorm.Programs(jax.jit(fn), fn, "forward"))
+        assert again.tobytes() == expected.tobytes()
+        assert run(jax_rmsnorm.Programs(NotTraced(), fn, "forward")).tobytes() == expected.tobytes()
+
 # --- Hugging Face, Keras, ONNX Runtime, Equinox -----------------------------------------------------
 
 HAVE_HF = hf_rmsnorm.unavailable() is None
