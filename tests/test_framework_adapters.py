@@ -397,6 +397,32 @@ def test_jax_programs_are_stored_once_and_loaded_bit_identical(tmp_path, monkeyp
         assert again.tobytes() == expected.tobytes()
         assert run(jax_rmsnorm.Programs(NotTraced(), fn, "forward")).tobytes() == expected.tobytes()
 
+
+@needs_jax
+def test_jax_program_key_changes_with_what_built_it(monkeypatch):
+    """A stored program is found again only by the same frameworks' versions, sources, machine
+    and XLA/JAX settings: another jaxlib or another XLA_FLAGS makes every program a miss."""
+    import importlib.metadata
+
+    key = jax_rmsnorm._build_key
+    name = jax_rmsnorm.jnp_rms_norm.__module__
+    key.cache_clear()
+    try:
+        base = key(name)
+        assert key(name) == base
+        real = importlib.metadata.version
+        monkeypatch.setattr(importlib.metadata, "version",
+                            lambda dist: "0.0.1" if dist == "jaxlib" else real(dist))
+        key.cache_clear()
+        assert key(name) != base
+        monkeypatch.undo()
+        monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+        key.cache_clear()
+        assert key(name) != base
+    finally:
+        monkeypatch.undo()
+        key.cache_clear()
+
 # --- Hugging Face, Keras, ONNX Runtime, Equinox -----------------------------------------------------
 
 HAVE_HF = hf_rmsnorm.unavailable() is None
