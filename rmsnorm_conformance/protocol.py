@@ -257,7 +257,7 @@ class Implementation:
 
     def vjp_sequence(self, calls: Sequence[tuple]) -> list[tuple]:
         """VJP calls ``(x, weight, eps, g)`` in order, on one function built for the whole
-        sequence (GRAD-15). The default calls ``vjp`` for each."""
+        sequence (GRAD-16). The default calls ``vjp`` for each."""
         return [self.vjp(x, w, eps, g) for x, w, eps, g in calls]
 
     # Gradients (capability ``gradients``). Arrays as for rms_norm; the cotangent g has the
