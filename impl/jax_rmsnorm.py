@@ -195,17 +195,27 @@ def _build_key(module: str) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def _without_persistent_cache() -> None:
+    """JAX's persistent compilation cache off in this (the adapter's supervised) process, which a
+    user's ``JAX_COMPILATION_CACHE_DIR`` would turn on: an executable that cache loaded
+    serializes without its code (jax 0.10.2: stored and loaded again, it fails with "NOT_FOUND:
+    Function ... not found"), so ``Programs`` stores only what XLA has just compiled."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+
+
 class Programs:
     """A ``jax.jit`` function whose compiled programs are kept in the suite's cache directory
     (``protocol.cache_dir("jax-programs")``), one file per call signature (the arguments' pytree,
     shapes and dtypes, and whether x64 is on), keyed also by ``_build_key``. A call whose program
     is stored loads it (``jax.experimental.serialize_executable``: about 3 ms) instead of tracing
-    and lowering it (about 25 ms) and compiling it (about 100 ms, or 5 ms from JAX's persistent
-    cache); it is the executable that ``jax.jit`` compiles for that signature, stored after its
-    first compilation. JAX's own persistent cache is not used: an executable it loaded serializes
-    without its code (jax 0.10.2: the stored program then fails with "NOT_FOUND: Function ...
-    not found"), so every program stored here is one XLA has just compiled. Without a cache
-    directory (the adapter in the caller's own process) it is the jitted function alone."""
+    and lowering it (about 25 ms) and compiling it (40-90 ms); it is the executable that
+    ``jax.jit`` compiles for that signature, stored after its first compilation. JAX's own
+    persistent cache is turned off in that process (``_without_persistent_cache``). Without a
+    cache directory (the adapter in the caller's own process) it is the jitted function alone,
+    and nothing of JAX's configuration is changed."""
 
     def __init__(self, jitted, fn, op: str):
         self.jitted = jitted
@@ -229,8 +239,10 @@ class Programs:
         return program(*args, **kwargs)
 
     def _program(self, where: pathlib.Path, signature, args, kwargs):
-        from jax.experimental import serialize_executable
-
+        try:
+            from jax.experimental import serialize_executable
+        except ImportError:  # a JAX that cannot serialize executables: jitted, nothing stored
+            return self.jitted
         key = repr((_build_key(self.module), self.name, signature)).encode()
         path = where / f"{hashlib.sha256(key).hexdigest()}.program"
         try:
@@ -238,14 +250,14 @@ class Programs:
             return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
         except Exception:    # not stored yet, or unreadable: compiled (and stored) again
             pass
+        _without_persistent_cache()
         program = self.jitted.lower(*args, **kwargs).compile()
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         try:
-            data = pickle.dumps(serialize_executable.serialize(program))
-            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            partial.write_bytes(data)
+            partial.write_bytes(pickle.dumps(serialize_executable.serialize(program)))
             os.replace(partial, path)
         except Exception:    # a program that cannot be serialized, or a full disk: not stored
-            pass
+            partial.unlink(missing_ok=True)
         return program
 
 

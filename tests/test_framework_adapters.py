@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -396,6 +397,52 @@ def test_jax_programs_are_stored_once_and_loaded_bit_identical(tmp_path, monkeyp
         again = run(jax_rmsnorm.Programs(jax.jit(fn), fn, "forward"))
         assert again.tobytes() == expected.tobytes()
         assert run(jax_rmsnorm.Programs(NotTraced(), fn, "forward")).tobytes() == expected.tobytes()
+
+
+#: A child process computing one jax-numpy-cpu forward through the adapter's plumbing; prints its
+#: bytes in hex.
+_PROGRAM_RUN = """
+import sys
+import numpy as np
+from rmsnorm_conformance.impl import jax_rmsnorm as J
+x = np.linspace(-2, 3, 3 * 33).reshape(3, 33).astype(np.float16)
+w = np.linspace(0.5, 1.5, 33).astype(np.float16)
+if sys.argv[1:] == ["plain"]:             # jax.jit alone, as the adapter's forward jits it
+    import jax
+    with J.x64():
+        y = jax.jit(J.jnp_rms_norm)(J.to_jax(x), J.to_jax(w), eps=1e-5)
+    print(J.to_numpy(y).tobytes().hex())
+else:
+    print(J.forward(J.jnp_rms_norm, x, w, 1e-5).tobytes().hex())
+"""
+
+
+@needs_jax
+@pytest.mark.slow_self_test
+def test_jax_programs_stored_under_a_users_persistent_cache_still_run(tmp_path):
+    """With JAX's persistent compilation cache turned on by the user (JAX_COMPILATION_CACHE_DIR)
+    and already holding the program, the program ``Programs`` stores is still one that runs
+    when a later process loads it (an executable JAX's cache loaded would serialize without its
+    code) and gives the same bytes."""
+    from rmsnorm_conformance.protocol import CACHE_ENV
+
+    env = {**{k: v for k, v in os.environ.items() if k != CACHE_ENV},
+           CACHE_ENV: str(tmp_path / "suite"),
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+    def run(*how) -> str:
+        done = subprocess.run([sys.executable, "-c", _PROGRAM_RUN, *how], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip()
+
+    first = run("plain")                      # fills JAX's persistent cache
+    assert any((tmp_path / "jax").iterdir())
+    assert run() == first                     # compiled with JAX's cache warm, and stored
+    assert len(list((tmp_path / "suite" / "jax-programs").glob("*.program"))) == 1
+    assert run() == first                     # loaded from the store: it runs
 
 
 @needs_jax
