@@ -222,6 +222,7 @@ class Programs:
         self.name = f"{fn.__module__}.{fn.__qualname__}/{op}"
         self.module = fn.__module__
         self.loaded: dict = {}
+        self.from_store: set = set()     # signatures whose loaded program has not run yet
 
     def __call__(self, *args, **kwargs):
         where = cache_dir("jax-programs")
@@ -236,20 +237,36 @@ class Programs:
         program = self.loaded.get(signature)
         if program is None:
             program = self.loaded[signature] = self._program(where, signature, args, kwargs)
-        return program(*args, **kwargs)
+        try:
+            out = program(*args, **kwargs)
+        except Exception:
+            if signature not in self.from_store:
+                raise
+            # A stored program that does not run is a defect of the store, not of the
+            # implementation: it is compiled afresh (and stored again); what that one raises is
+            # the implementation's.
+            self.from_store.discard(signature)
+            program = self.loaded[signature] = self._program(where, signature, args, kwargs,
+                                                             load=False)
+            return program(*args, **kwargs)
+        self.from_store.discard(signature)    # it ran: from now on it is the compiled program
+        return out
 
-    def _program(self, where: pathlib.Path, signature, args, kwargs):
+    def _program(self, where: pathlib.Path, signature, args, kwargs, load: bool = True):
         try:
             from jax.experimental import serialize_executable
         except ImportError:  # a JAX that cannot serialize executables: jitted, nothing stored
             return self.jitted
         key = repr((_build_key(self.module), self.name, signature)).encode()
         path = where / f"{hashlib.sha256(key).hexdigest()}.program"
-        try:
-            payload, in_tree, out_tree = pickle.loads(path.read_bytes())
-            return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
-        except Exception:    # not stored yet, or unreadable: compiled (and stored) again
-            pass
+        if load:
+            try:
+                payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+                program = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+                self.from_store.add(signature)
+                return program
+            except Exception:    # not stored yet, or unreadable: compiled (and stored) again
+                pass
         _without_persistent_cache()
         program = self.jitted.lower(*args, **kwargs).compile()
         partial = path.with_name(f"{path.name}.{os.getpid()}.partial")

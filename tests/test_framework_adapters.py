@@ -398,6 +398,22 @@ def test_jax_programs_are_stored_once_and_loaded_bit_identical(tmp_path, monkeyp
         assert again.tobytes() == expected.tobytes()
         assert run(jax_rmsnorm.Programs(NotTraced(), fn, "forward")).tobytes() == expected.tobytes()
 
+        # a stored program that loads but does not run (a defect of the store) is compiled afresh
+        # and stored again, not reported as the implementation's error
+        from jax.experimental import serialize_executable
+
+        def broken(*a, **k):
+            def program(*args, **kwargs):
+                raise RuntimeError("NOT_FOUND: Function fusion not found")
+            return program
+
+        load = serialize_executable.deserialize_and_load
+        monkeypatch.setattr(serialize_executable, "deserialize_and_load", broken)
+        healed = run(jax_rmsnorm.Programs(jax.jit(fn), fn, "forward"))
+        assert healed.tobytes() == expected.tobytes()
+        monkeypatch.setattr(serialize_executable, "deserialize_and_load", load)
+        assert run(jax_rmsnorm.Programs(NotTraced(), fn, "forward")).tobytes() == expected.tobytes()
+
 
 #: A child process computing one jax-numpy-cpu forward through the adapter's plumbing; prints its
 #: bytes in hex.
