@@ -31,11 +31,7 @@ ROWS = f"rows > {MANY_ROWS}"
 BACKWARD = {"vjp", "jvp", "hvp", "vjp_sequence", "functional_vjp"}
 
 
-@functools.lru_cache(maxsize=None)
-def numerical(clause: str) -> bool:
-    """Whether the clause judges values: False where its property carries
-    ``@judges_values(False)`` (shapes, dtypes, argument validation, module defaults)."""
-    return all(marks.judges_values_of(fn) for fn, _ in judges.properties(clause))
+numerical = judges.numerical
 
 
 @functools.lru_cache(maxsize=None)

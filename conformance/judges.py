@@ -16,6 +16,7 @@ with the value a case without them gets (``{"k": 1}``: a scale exponent).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from typing import Callable
@@ -101,6 +102,15 @@ def properties(clause: str) -> list[tuple[Callable, object]]:
 
     return [(fn, module) for module in section_modules() for fn in vars(module).values()
             if callable(fn) and clause_of(fn) == clause]
+
+
+@functools.lru_cache(maxsize=None)
+def numerical(clause: str) -> bool:
+    """Whether the clause judges values: False where its property carries
+    ``@judges_values(False)`` (shapes, dtypes, argument validation, module defaults)."""
+    from rmsnorm_conformance.conformance.marks import judges_values_of
+
+    return all(judges_values_of(fn) for fn, _ in properties(clause))
 
 
 def requirements(clause: str) -> list[dict]:

@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from rmsnorm_conformance.conformance import regions
+from rmsnorm_conformance.conformance import judges, regions
 
 _CURRENT: contextvars.ContextVar["Ledger | None"] = contextvars.ContextVar(
     "rmsnorm_conformance_ledger", default=None)
@@ -66,6 +66,11 @@ class Ledger:
         self.examples = 0
         self.artifacts = artifacts       # where large failing inputs are saved (None: default)
         self.clause = clause             # the clause being checked (named in repros)
+        # whether that clause judges values (None: no clause); a clause about form (shapes,
+        # dtypes: ``@judges_values(False)``) fails on a wrong output dtype, one about values
+        # judges the values converted to the contract's dtype (``assertions.check_result``).
+        # Resolved here, before any example runs (it imports the section modules).
+        self.judges_values = judges.numerical(clause) if clause else None
         self.by_dtype: dict[str, DtypeEntry] = {}
         self.worst: Worst | None = None
         self.record_calls = record_calls

@@ -103,7 +103,7 @@ class Plan:
     x is ``rows x d`` (reshaped to ``lead + (d,)``) with values ``m * 2**(exp - o)``: m from a
     normal distribution (or the drawn ``mantissas``), o uniform in 0..spread per element plus
     0..row_spread per row. ``kind`` "exact" makes x = k * 2**exp with integers k whose squares sum
-    below 2**24 per row (every float32 partial sum exact, in any order: ACC-3, MET-2, MET-5);
+    below 2**24 per row (every float32 partial sum exact, in any order: ACC-3, MET-2, MET-9);
     "spike" puts one element 2**spike_exp above the others in each row. ``regime`` says what
     ``exp`` was drawn for (``REGIMES``), so that a plan mapped to another dtype keeps an exponent
     valid for it. Every field is checked when a plan is made.

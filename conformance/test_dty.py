@@ -49,6 +49,7 @@ def test_weight_none_output(impl, plan):
 
 
 @clause("DTY-4")
+@judges_values(False)
 @requires(dtypes="float64")
 @given(plan=cs.plans(dtypes=("float64",), mixed=True, weights=("ones", "random", "none"),
                      **SMALL))

@@ -91,6 +91,14 @@ def jvp(impl, case):
     return check_result(impl, case, ty, case.x.shape, output_dtype(impl, case), what="jvp")
 
 
+def hvp(impl, case):
+    """impl.hvp on the case (g, v), checked: H v like x."""
+    _needs(case, "g", "v")
+    e = case.extras
+    hv = call(impl, case, impl.hvp, case.x, case.weight, case.eps, e["g"], e["v"], what="hvp")
+    return check_result(impl, case, hv, case.x.shape, case.x.dtype, what="hvp")
+
+
 def _row_dot(a, b):
     return np.sum(a.astype(np.float64) * b.astype(np.float64), axis=-1)
 
@@ -144,16 +152,18 @@ def jvp_within_bound(impl, case):
 @anchors([anchor("float32", 8, lead=lead) for lead in [(0,), (2, 0, 3), ()]])
 def test_gradient_shapes_and_dtypes(impl, plan):
     """dx has x's shape and dtype, dweight the weight's (None without weight), the tangent the
-    output's; zero-size arrays included."""
+    output's, H v x's; zero-size arrays included."""
     gradient_shapes(impl, _case(plan, impl))
 
 
 @judge("GRAD-3")
 def gradient_shapes(impl, case):
-    """dx like x, dweight like the weight, the tangent like the output."""
+    """dx like x, dweight like the weight, the tangent like the output, H v like x."""
     vjp(impl, case)
     if "jvp" in impl.capabilities.gradients:
         jvp(impl, case)
+    if "hvp" in impl.capabilities.gradients:
+        hvp(impl, case)
 
 
 def _identity_terms(impl, case):
@@ -459,10 +469,8 @@ def test_second_order(impl, plan):
 @judge("GRAD-12", by_default=_carries("hvp", "g", "v"))
 def second_order(impl, case):
     """The derivative of dx along v within the second-order bound."""
-    _needs(case, "g", "v")
     e = case.extras
-    hv = call(impl, case, impl.hvp, case.x, case.weight, case.eps, e["g"], e["v"], what="hvp")
-    check_result(impl, case, hv, case.x.shape, case.x.dtype, what="hvp")
+    hv = hvp(impl, case)
     assert_within(impl, case, hv, hvp_bound(case.x, case.applied, case.eps, e["g"], e["v"],
                                             weight_dtype=_param_dtype(case)), label="H v")
 
@@ -583,28 +591,38 @@ def test_vjp_calls_in_sequence(impl, plan):
             assert_within(impl, head, dw, bdw, label="dweight", context=context)
 
 
+#: Second order's own overflows (GRAD-17 for H v): n^3 of float16 rows with |x| about 2**-7 and
+#: eps 1e-5 (n about 120), x^2 of rows with |x| about 2**10, while H v is an ordinary number.
+SECOND_ORDER_OVERFLOW = [anchor("float16", d, exp=e, spread=0, eps=1e-5, lead=(3,))
+                         for d, e in ((1, -7), (33, -7), (255, 10))]
+
+
 @clause("GRAD-17")
 @requires(dtypes="float16")
-@requires(gradients=("vjp", "jvp"))
+@requires(gradients=("vjp", "jvp", "hvp"))
 @given(plan=cs.plans(dtypes=("float16",), mixed=False, regime="any", max_d=4096,
                      eps=st.sampled_from([1e-12, 1e-10, 1e-9]), weights=("random",),
                      spread=0, max_elements=1 << 14))
-@anchors([anchor("float16", d, exp=-16, spread=0, eps=1e-12, lead=(3,)) for d in (1, 33, 257)])
+@anchors([anchor("float16", d, exp=-15, spread=0, eps=1e-12, lead=(3,)) for d in (1, 33, 257)]
+         + SECOND_ORDER_OVERFLOW)
 @np.errstate(invalid="ignore", over="ignore")
 def test_gradients_finite_where_representable(impl, plan):
     """SHOULD: float16 inputs of about 2**-16 with a tiny eps (n about 2**16): the terms of dx and
     of the tangent exceed float16's range before they cancel or are scaled down, yet the true
     gradients are ordinary numbers; they come back finite wherever the reference is within
     float16's range (an implementation forming the terms in float32 does; MUST clauses accept
-    the overflow, TOL "Intermediates beyond the range")."""
-    plan = cs.Plan(**{**vars(plan), "exp": -17 + plan.seed % 4})   # |x| from 2**-17 to 2**-14
+    the overflow, TOL "Intermediates beyond the range"). H v likewise, where declared, with
+    anchors of its own (``SECOND_ORDER_OVERFLOW``)."""
+    if not plan.anchor:     # drawn: |x| from 2**-17 to 2**-14
+        plan = cs.Plan(**{**vars(plan), "exp": -17 + plan.seed % 4})
     gradients_finite(impl, _case(plan, impl))
 
 
 @judge("GRAD-17")
 @np.errstate(invalid="ignore", over="ignore")
 def gradients_finite(impl, case):
-    """dx, dweight and the tangent finite wherever the reference is within the type's range."""
+    """dx, dweight, the tangent and H v finite wherever the reference is within the type's
+    range."""
     checks = []
     if "vjp" in impl.capabilities.gradients:
         dx, dw = vjp(impl, case)
@@ -613,6 +631,10 @@ def gradients_finite(impl, case):
     if "jvp" in impl.capabilities.gradients:
         ty = jvp(impl, case)
         checks.append(("tangent", ty, tangent_bound(case, ty.dtype)))
+    if "hvp" in impl.capabilities.gradients:
+        e = case.extras
+        checks.append(("H v", hvp(impl, case), hvp_bound(
+            case.x, case.applied, case.eps, e["g"], e["v"], weight_dtype=_param_dtype(case))))
     for label, got, b in checks:
         if got is None:
             continue

@@ -258,11 +258,12 @@ def repro_case(section: str):
 def test_adapter_errors_fail_the_clause_with_a_short_repro(inner, monkeypatch):
     """Each broken adapter fails DTY-1 with the clause, the implementation, what went wrong and a
     runnable repro, and nothing of the suite's internals; the good one passes; plumbing that is
-    not wired up (NotImplementedError) is an ERROR, not a verdict."""
-    result = inner(*impl_args("fake-good", "fake-notimpl", *BAD), "-k", "DTY-1",
+    not wired up (NotImplementedError) is an ERROR, not a verdict; a wrong dtype is DTY-1's
+    alone (ACC-1 judges the values)."""
+    result = inner(*impl_args("fake-good", "fake-notimpl", *BAD), "-k", "DTY-1 or ACC-1",
                    "test_inner.py")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    assert outcomes(result) == {"passed": 1, "failed": 5}
+    assert outcomes(result) == {"passed": 3, "failed": 9}
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     monkeypatch.syspath_prepend(str(FIXTURES))
     from fake_rmsnorm_impls import adapters
@@ -285,6 +286,10 @@ def test_adapter_errors_fail_the_clause_with_a_short_repro(inner, monkeypatch):
     assert t.cells[("DTY-1", "fake-good")] == "pass"
     for eid, message in BAD.items():
         assert re.match("FAIL: " + message, t.note(("DTY-1", eid)))
+    # one cause, one red cell: fake-dtype's float64 output, correct to float32 rounding, fails
+    # DTY-1 (about dtypes) and passes ACC-1, which judges its values rounded to float32
+    assert status(t.cells[("ACC-1", "fake-dtype")]) == "pass", t.raw
+    assert status(t.cells[("ACC-1", "fake-good")]) == "pass", t.raw
     assert t.note(("DTY-1", "fake-notimpl")).startswith(
         "ERROR: AdapterError: fake-notimpl: rms_norm is not implemented by the adapter")
 

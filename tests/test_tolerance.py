@@ -493,3 +493,27 @@ def test_rounding_candidates_accept_nearest_and_reject_truncation(name):
         got = convert(exact32).astype(np.float64)
         ok = np.any(cands.values == got[..., None], axis=-1) | ~cands.judged
         assert ok.all() == accepted
+
+
+@clause("TOL-1")
+def test_second_order_accepts_overflow_of_its_intermediates_only():
+    """H v's bound accepts inf or NaN where the second-order graph, formed in float16, may
+    overflow an intermediate: n^3 at d = 1, x = -0.0087, eps 1e-5 (MLX's CUDA backend gave NaN
+    there on an H200, where H v is -67.6) and x^2 at |x| about 1416 (PyTorch's CUDA graph gave
+    inf); never for ordinary float16 rows, where a non-finite H v is still judged."""
+    from rmsnorm_conformance.conformance.cases import decode
+
+    x = decode("float16", (3, 1), "AzEXsXSg")            # 0.1566, -0.159, -0.0087
+    w = decode("float16", (1,), "iS0=")
+    g, v = decode("float16", (3, 1), "ecFZPIU4"), decode("float16", (3, 1), "lz08vsK1")
+    b = tol.hvp_bound(x, w, 1e-5, g, v)
+    assert b.nonfinite_ok.ravel().tolist() == [False, False, True], b.nonfinite_ok
+    assert np.isfinite(b.ref).all() and abs(b.ref.ravel()[2] + 67.58) < 0.01
+    rng = np.random.default_rng(0)
+    big = (1416.0 * rng.choice([-1, 1], (1, 255))).astype(np.float16)
+    one = np.ones(255, np.float16)
+    gb, vb = (rng.standard_normal((1, 255)).astype(np.float16) for _ in range(2))
+    assert tol.hvp_bound(big, one, 1e-5, gb, vb).nonfinite_ok.all()
+    ordinary = rng.standard_normal((4, 64)).astype(np.float16)
+    go, vo = (rng.standard_normal((4, 64)).astype(np.float16) for _ in range(2))
+    assert not tol.hvp_bound(ordinary, None, 1e-5, go, vo).nonfinite_ok.any()

@@ -526,6 +526,22 @@ def test_committed_tightness_page_is_current_and_every_slack_explained(capsys, t
         "docs/TIGHTNESS.md is stale: regenerate it (CONTRIBUTING.md)"
 
 
+@pytest.mark.parametrize("page, sources", [("MATRIX.md", ["baselines/all-cpu.json.gz"]),
+                                           ("GPU.md", ["docs/gpu-h200/*.json.gz"])])
+def test_committed_matrix_pages_are_current(capsys, tmp_path, monkeypatch, page, sources):
+    """docs/MATRIX.md and docs/GPU.md are what ``matrix`` makes from the committed results
+    files (CONTRIBUTING.md), run from the repository root as the page's command is."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(root)
+    files = sorted(str(f.relative_to(root)) for pattern in sources for f in root.glob(pattern))
+    assert files, sources
+    out = tmp_path / page
+    rc, _, err = run_cli(capsys, "matrix", *files, "--out", out)
+    assert rc == 0, err
+    assert out.read_text() == (root / "docs" / page).read_text(), \
+        f"docs/{page} is stale: regenerate it (CONTRIBUTING.md)"
+
+
 # --------------------------------------------------------------------------------------------
 # plot
 
