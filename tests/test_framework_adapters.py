@@ -651,7 +651,7 @@ def test_keras_layer_contract():
     epsilon is keras.config.epsilon() (1e-7); the layer equals the op with its scale; and it
     casts x to its compute dtype first (a float16 layer on float32 input returns float16, NaN
     where x exceeds float16's range), which is why it declares no mixed convention."""
-    import keras
+    keras = keras_rmsnorm._keras()     # KERAS_BACKEND=jax first, whatever ran before in this worker
 
     layer, ops = keras_rmsnorm.layer_cpu, keras_rmsnorm.ops_cpu
     assert keras.backend.backend() == "jax" and keras.config.epsilon() == 1e-7
