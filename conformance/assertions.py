@@ -91,9 +91,10 @@ def fail(impl, case: Case | None, message: str, summary: str | None = None) -> N
 def check_result(impl, case: Case, out, expect_shape, expect_dtype, what="rms_norm") -> np.ndarray:
     """``out`` as an ndarray of the expected shape and dtype. A wrong type or shape fails the
     clause. A wrong dtype fails only a clause about form (DTY, GRAD-3, MOD: its property carries
-    ``@judges_values(False)``; ``Ledger.judges_values``) or a call outside any clause; a clause about values judges them converted to the expected
-    dtype (rounded to nearest, the conversion a correct implementation makes), so that one cause
-    gives one red cell: the dtype clause's."""
+    ``@judges_values(False)``, ``Ledger.judges_values``) or a call outside any clause; a clause
+    about values judges the values converted to the expected dtype (rounded to nearest, the
+    conversion a correct implementation makes), so that one cause gives one red cell: the dtype
+    clause's (IMP-2)."""
     if not isinstance(out, np.ndarray):
         fail(impl, case, f"{what} returned {type(out).__module__}.{type(out).__name__}, "
                          f"expected a numpy.ndarray (adapters convert framework arrays)")

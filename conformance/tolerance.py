@@ -456,12 +456,12 @@ def hvp_bound(x, weight, eps, g, v, beyond_range=False, weight_dtype=None):
         absolute = (sc * (4 + n + n ** 2 * (p + s + t) + 3 * n ** 4 * s * p)
                     + TAU * (ax + v64) * (1 + n) ** 3)
         bound = rel * m + info(x.dtype).u * np.abs(ref) + absolute
-        # a second-order graph in the least precise type may also form n^3 or n^5 before
-        # scaling them down, and x^2 (the square it differentiates): beyond that type's range
-        # an inf or NaN is accepted (TOL, "Intermediates beyond the range"; GRAD-17 asks for
-        # finite values)
+        # a second-order graph in the least precise type may also form n^3 and n^5 before
+        # scaling them down (n^5 is the larger wherever either exceeds 1), and x^2 (the square
+        # it differentiates): beyond that type's range an inf or NaN is accepted (TOL,
+        # "Intermediates beyond the range"; GRAD-17 asks for finite values)
         top = _max_c(x.dtype, g.dtype, wdt)
-        peaks = np.maximum(np.maximum(n ** 5, n ** 3), np.max(ax, axis=-1, keepdims=True) ** 2)
+        peaks = np.maximum(n ** 5, np.max(ax, axis=-1, keepdims=True) ** 2)
         overflow = (m > top) | (peaks > top)
     return _finish(ref, bound, ok, x.dtype, overflow)
 
