@@ -34,6 +34,7 @@ from rmsnorm_conformance.conformance.regions import (ALL_DTYPES, AXIS_REGIONS,  
                                                      D_TARGETS, EPS_DECADES, FLOAT64_PAIRS,
                                                      LEAD_DIMS, MANY_ROWS, MAX_D, MIXED_PAIRS)
 from rmsnorm_conformance.protocol import DTYPES
+from rmsnorm_conformance.reference.memo import by_value
 
 #: Axis lengths the random draws favour besides the regions' (powers of two and their
 #: neighbours where other kernels switch block sizes).
@@ -253,13 +254,15 @@ class Plan:
         declared the case holds the parameter ``applied - offset`` and the offset; the applied
         weights drawn are those of any other implementation."""
         plan = self.for_caps(caps)
-        x = plan.x_values(plan.x_dtype)
+        # the case's own (writable) arrays: x_values and weight_values are kept read-only
+        # (REF-5), and an adapter in the suite's process (--rmsnorm-isolation none) gets them
+        x = plan.x_values(plan.x_dtype).copy()
         params = ({"exact_sum": True} if plan.kind == "exact" else
                   {"exact_sum": True, "tie": True} if plan.kind == "tie" else {})
         if plan.weight == "none":
             return Case(x=x, weight=None, eps=plan.eps, recipe=repr(plan), params=params)
         w_dt = plan.w_dtype or plan.x_dtype
-        applied = weight_values(plan.weight, plan.d, w_dt, plan.seed + 1)
+        applied = weight_values(plan.weight, plan.d, w_dt, plan.seed + 1).copy()
         offset = float(getattr(caps, "weight_offset", 0.0) or 0.0)
         case = Case(x=x, weight=applied, eps=plan.eps, recipe=repr(plan), params=params,
                     weight_offset=offset)
@@ -267,6 +270,7 @@ class Plan:
             case = case.with_applied(applied, f"parameter = weight - {offset!r}")
         return case
 
+    @by_value
     def x_values(self, dtype: str) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
         rows, d = self.rows, self.d
@@ -318,6 +322,7 @@ def tie_rows(rng, shape: tuple, exp: int, dtype: str) -> np.ndarray:
     return np.ldexp(x, exp).astype(DTYPES[dtype])
 
 
+@by_value
 def weight_values(kind: str, d: int, dtype: str, seed: int) -> np.ndarray:
     """ones; random of both signs with magnitudes 2**U(-4, 2); small integers 1..4 of both signs
     (exact products, for tight checks); zeros; "odd": values of the dtype whose last significand

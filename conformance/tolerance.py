@@ -14,6 +14,7 @@ import numpy as np
 from rmsnorm_conformance import reference
 from rmsnorm_conformance.conformance.dtypes import F32, info, representable, round_to, ulp
 from rmsnorm_conformance.reference import gamma
+from rmsnorm_conformance.reference.memo import by_value
 
 U32 = F32.u            # unit roundoff of the float32 accumulator
 TAU = F32.tiny         # float32's smallest normal: the flush-to-zero threshold (SPEC.md, TOL)
@@ -145,6 +146,7 @@ def normalised(x, eps, exact_sum=False, accumulator="float32") -> Normalised:
     return Normalised(reference.rms_norm(x, None, eps), rel_t, theta_q, ms, k, rho)
 
 
+@by_value
 def forward_bound(x: np.ndarray, weight: np.ndarray | None, eps: float, out_dtype,
                   exact_sum: bool = False, flush_allowed: bool = True,
                   normalised_dtype=None, accumulator="float32") -> Bound:
@@ -229,6 +231,7 @@ def _judged(ref, span, out_dtype):
         return np.isfinite(ref) & small & normal & (np.abs(ref) <= out.max)
 
 
+@by_value
 def rounding_candidates(x, weight, eps, out_dtype, exact_sum=True,
                         normalised_value=None) -> Candidates:
     """The accepted values of each element of ``rms_norm(x, weight, eps)`` in a half output type
@@ -336,6 +339,7 @@ def _final_sigma(out_dtype, intermediates, last: float) -> float:
     return last * _sigma(out_dtype) if intermediates else 0.0
 
 
+@by_value
 def vjp_bounds(x, weight, eps, g, beyond_range=False, exact=False, weight_dtype=None,
                intermediates=None, final_rounding=True, accumulator="float32"):
     """Bounds for (dx, dweight) of the VJP with cotangent g (dweight None without weight).
@@ -401,6 +405,7 @@ def vjp_bounds(x, weight, eps, g, beyond_range=False, exact=False, weight_dtype=
     return dx_b, dw_b
 
 
+@by_value
 def jvp_bound(x, weight, eps, tx, tweight, out_dtype, beyond_range=False, weight_dtype=None,
               intermediates=None, final_rounding=True, accumulator="float32"):
     """Bound for the tangent ty = (tx n + x dn) w + x n tw, dn = -n^3 <x, tx>/d, against the size
@@ -431,6 +436,7 @@ def jvp_bound(x, weight, eps, tx, tweight, out_dtype, beyond_range=False, weight
     return _finish(ref, bound, ok, out_dtype, overflow)
 
 
+@by_value
 def hvp_bound(x, weight, eps, g, v, beyond_range=False, weight_dtype=None):
     """Bound for the second-order product H v (reference.rms_norm_hvp), against the size of its
     four terms; the second-order graph has about twice the roundings of the first, so the
@@ -486,6 +492,7 @@ def self_bound(ref: np.ndarray, weight: np.ndarray | None, out_dtype,
             + 2 * (1.0 + 2.0 * w) * _sigma(out_dtype))
 
 
+@by_value
 def self_comparison_bound(x, weight, eps, ref, out_dtype, exact_sum=True) -> np.ndarray:
     """``self_bound`` with each element's own count of roundings into the output type."""
     norm = normalised(x, eps, exact_sum)

@@ -84,11 +84,17 @@ def to_mx(a: np.ndarray):
     ``np.zeros((3, 0))`` has strides (4, 4), which MLX keeps from 0.32.0, and MLX's CPU
     reduction reads uninitialised memory for a non-row-contiguous input whose reduced axes
     all have size 0 or 1 (SPEC.md, "Findings": it returns, hangs or crashes at random). The
-    suite's empty-axis clause (FWD-5) asks about an ordinary empty array, deterministically."""
+    suite's empty-axis clause (FWD-5) asks about an ordinary empty array, deterministically.
+    An array with a negative stride (a reversed view, in the suite's own process under
+    ``--rmsnorm-isolation none``) is copied in order first: MLX 0.32.4 takes NumPy arrays
+    through DLPack and refuses negative strides ("Cannot convert DLPack arrays with negative
+    strides"); an adapter in its own process receives it unpickled, in order, anyway."""
     import mlx.core as mx
 
     if a.size == 0:
         a = np.zeros(a.shape, a.dtype)
+    elif any(s < 0 for s in a.strides):
+        a = a.copy()        # not ascontiguousarray: a size-1 axis keeps its negative stride
     if a.dtype == ml_dtypes.bfloat16:
         return mx.array(a.view(np.uint16)).view(mx.bfloat16)
     if a.dtype == np.float64:           # mx.array converts float64 to float32 unless told

@@ -12,6 +12,9 @@ a double-double path whose own error is at most 2**-96 of the result (REF-4): ``
 ``rms_norm_vjp_dd`` return its (hi, lo) pairs, ``rms_norm`` the float64 hi, which is the
 correctly rounded result up to that 2**-96; ``rms_norm_vjp`` stays within 8 * 2**-53 for them
 (REF-3), and the bounds of a float64 computation (GRAD-20) take ``rms_norm_vjp_dd``.
+
+The public functions are kept per process by their arguments' values (``memo.by_value``, REF-5):
+every implementation is judged on the same examples; their results are read-only arrays.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _grad
+from .memo import by_value
 
 
 def _has_bf16() -> bool:
@@ -86,6 +90,7 @@ _NARROW = frozenset([np.dtype(np.float32), np.dtype(np.float16)]
                     + [np.dtype(t) for t in ("bfloat16",) if _has_bf16()])
 
 
+@by_value
 def rms_norm(x, weight, eps):
     """Forward pass in float64. ``weight=None`` means no scaling. float64 inputs: the hi part
     of ``rms_norm_dd`` to ``BOUND_REL`` (REF-4: within 2**-53 (1 + 2**-26) of exact)."""
@@ -106,6 +111,7 @@ def _rows(a, shape, to_f64=True):
     return a.reshape(int(np.prod(shape[:-1], dtype=np.int64)), shape[-1])
 
 
+@by_value
 def rms_norm_dd(x, weight, eps, rel=2.0 ** -96):
     """Forward pass in double-double for inputs of any float dtype (REF-4): (hi, lo), float64
     arrays of x's shape with |hi + lo - y| <= rel |y| (+ float64 underflow; rel 2**-96 unless
@@ -125,6 +131,7 @@ def rms_norm_dd(x, weight, eps, rel=2.0 ** -96):
     return hi.reshape(shape), lo.reshape(shape)
 
 
+@by_value
 def rms_norm_vjp(x, weight, eps, g):
     """Vector-Jacobian product: (dx, dweight) for cotangent g (dweight None without weight).
 
@@ -152,6 +159,7 @@ def rms_norm_vjp(x, weight, eps, g):
     return dx.reshape(shape), dw
 
 
+@by_value
 def rms_norm_vjp_dd(x, weight, eps, g, rel=2.0 ** -96):
     """The VJP in double-double (REF-4): ((dx_hi, dx_lo), (dw_hi, dw_lo) or None), with
     |dx_hi + dx_lo - dx| <= rel |dx| (2**-96 unless asked for less) and |dw_hi + dw_lo - dw|
@@ -165,6 +173,7 @@ def rms_norm_vjp_dd(x, weight, eps, g, rel=2.0 ** -96):
     return (hi.reshape(shape), lo.reshape(shape)), dw
 
 
+@by_value
 def rms_norm_jvp(x, weight, eps, tx, tweight=None):
     """Jacobian-vector product: the tangent of y for tangents tx (and tweight),
     ty = (tx n - x n**3 <x, tx>/d) w + x n tw = n (w tx + x tw - w x <x, tx>/Q),
@@ -177,6 +186,7 @@ def rms_norm_jvp(x, weight, eps, tx, tweight=None):
     return ty.reshape(shape)
 
 
+@by_value
 def rms_norm_hvp(x, weight, eps, g, v):
     """Second order: the derivative of the VJP's dx (cotangent g fixed) along the direction v,
     i.e. H v for H the Hessian of L(x) = <g, rms_norm(x, weight, eps)>.

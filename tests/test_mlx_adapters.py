@@ -130,6 +130,15 @@ def test_conversion_keeps_dtype_and_values(dtype):
     assert _mlx.to_np(mx.ones((2,), dtype=getattr(mx, dtype))).dtype == DTYPES[dtype]
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_conversion_of_views_with_any_strides(dtype):
+    """A reversed, a strided and a transposed view convert to their values (in the suite's own
+    process, ``--rmsnorm-isolation none``, MET-7's sources are such views)."""
+    a = data((3, 6), dtype)
+    for view in (a[..., ::-1], a[::-1], a[:, ::2], a.T, a[:, :1][..., ::-1]):
+        assert _mlx.to_np(_mlx.to_mx(view)).tobytes() == np.ascontiguousarray(view).tobytes()
+
+
 def test_bfloat16_round_trip_is_bit_exact_for_every_pattern():
     bits = np.arange(2 ** 16, dtype=np.uint16)
     a = bits.view(ml_dtypes.bfloat16)
