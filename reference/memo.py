@@ -3,14 +3,16 @@
 Every implementation is judged on the same examples (the default profile is derandomised, and
 ``profiles.same_examples_everywhere``), and the plugin runs all of one implementation's tests in
 one worker, one implementation after another. What the suite computes from an example alone
-(the float64 and double-double references, the error bounds) is therefore the same for every
-implementation a worker judges; ``by_value`` computes it once per worker.
+(the float64 and double-double references, the error bounds, the example's arrays) is therefore
+the same for every implementation a worker judges; ``by_value`` computes it once per worker
+(SPEC.md REF-5).
 
 A call is looked up by the function and the *values* of its arguments: an array by its dtype,
 shape and a digest of its bytes (so equal values in different arrays share an entry, and an
 array changed in place after the call misses), a float by its exact bits (0.0 and -0.0, or the
 float32 and the float64 nearest to 1e-5, are different arguments), None, a dtype, a type, and
-tuples, lists and dataclasses of these (a ``strategies.Plan``). A call with any other argument is computed and not kept.
+tuples, lists and dataclasses of these (a ``strategies.Plan``). A call with any other argument
+is computed and not kept.
 
 What is kept is returned read-only: its arrays (also inside a tuple or a dataclass) cannot be
 written to, and a dataclass comes back as a fresh shallow copy, so a caller that reassigns a
@@ -19,7 +21,8 @@ arrays; when a result does not fit, the results that cost the least time to comp
 held are dropped for it, as long as they cost less per byte than it does (a double-double
 reference of extreme values, about 30 ms per MB, stays before a float64 product, about 5 ms
 per MB). What is kept depends on how long calls took, never what a call returns, so the verdict
-of a run does not depend on it. ``RMSNORM_CONFORMANCE_MEMO_MB=0`` turns the store off.
+of a run does not depend on it. ``RMSNORM_CONFORMANCE_MEMO_MB`` sets the budget in MiB (0 turns
+the store off).
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ BUDGET_ENV = "RMSNORM_CONFORMANCE_MEMO_MB"
 #: The budget where the environment does not set one: at most this many MiB per process, and
 #: at most an eighth of the machine's memory shared among its cores (pytest -n auto's workers).
 DEFAULT_MB = 256
-
 
 
 class Store:
