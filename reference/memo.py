@@ -102,8 +102,8 @@ def _key(value):
     if isinstance(value, (tuple, list)):
         return (type(value).__name__,) + tuple(_key(v) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return (type(value).__qualname__,) + tuple((f.name, _key(getattr(value, f.name)))
-                                                   for f in dataclasses.fields(value))
+        return (type(value).__module__, type(value).__qualname__) + tuple(
+            (f.name, _key(getattr(value, f.name))) for f in dataclasses.fields(value))
     raise _Unkeyable(type(value).__name__)
 
 
