@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import functools
 import gzip
+import hashlib
 import importlib.resources
 import json
 import math
@@ -463,7 +464,18 @@ def load_json(path: str | os.PathLike) -> dict:
         raise ResultsError(f"{p} is not JSON: {what}") from None
     except RecursionError:
         raise ResultsError(f"{p} is not a results document: nested too deeply") from None
-    return check(doc, p)
+    digest = hashlib.blake2b(raw, digest_size=16).digest()
+    if digest not in _CHECKED:
+        check(doc, p)
+        _CHECKED.add(digest)
+    return doc
+
+
+#: Digests of the texts ``load_json`` has checked in this process: whether a document is valid
+#: depends on its text alone, and the schema's validation is the slow part of reading one
+#: (0.1-0.2 s for a baseline of every adapter), so a text read again (the committed baselines,
+#: read by several tools and self-tests) is parsed but not validated again.
+_CHECKED: set[bytes] = set()
 
 
 # --------------------------------------------------------------------------------------------

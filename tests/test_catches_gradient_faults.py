@@ -32,6 +32,7 @@ def test_gradient_mutant_is_killed_as_shipped(cls, cid, tmp_path, monkeypatch):
     assert_killed(cls, cid)
 
 
+@pytest.mark.slow_self_test          # as test_catches_faults.test_correct_implementation_passes
 @pytest.mark.parametrize("variant, fn", pass_params(
     VARIANTS, lambda fn: fn.__module__ == "rmsnorm_conformance.conformance.test_grad"))
 def test_correct_gradients_pass(variant, fn, tmp_path, monkeypatch):

@@ -176,13 +176,19 @@ def test_check_command_on_a_printed_repro_and_a_saved_case(tmp_path):
      "is not a literal"),
     ("helper = 1\n", "a repro assigns only 'clause' and 'case'"),
 ])
-def test_check_reads_a_repro_as_data_and_refuses_anything_else(text, why, tmp_path):
+def test_check_reads_a_repro_as_data_and_refuses_anything_else(text, why, tmp_path, monkeypatch,
+                                                               capsys):
     """A repro file holding other code is refused with a clear one-line error (exit 2) and
-    nothing in it runs."""
+    nothing in it runs (in this process: ``check``'s main, as the command calls it;
+    test_check_command_on_a_printed_repro_and_a_saved_case runs the command itself)."""
+    from rmsnorm_conformance.conformance.tools import cli
+
     marker = tmp_path / "ran"
     path = tmp_path / "repro.txt"
     path.write_text(text.format(marker=marker))
-    proc = _cli("--impl", "fake-good", "--repro-file", str(path), env=_env())
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert why in proc.stderr and "never run" in proc.stderr, proc.stderr
+    monkeypatch.syspath_prepend(str(FIXTURES))        # the fake distribution's entry points
+    status = cli.main(["check", "--impl", "fake-good", "--repro-file", str(path)])
+    out, err = capsys.readouterr()
+    assert status == 2, out + err
+    assert why in err and "never run" in err, err
     assert not marker.exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -83,7 +84,8 @@ def test_entry_points_registered_and_load():
         assert e.unavailable is None or e.unavailable.strip(), i
 
 
-@pytest.mark.parametrize("blocked, module, attrs, extra", [
+#: (frameworks made absent, adapter module, its adapters, the extra their reason names)
+WITHOUT = [
     (("torch",), "rmsnorm_conformance.impl.torch_rmsnorm", ("functional_cpu", "module_cuda"), "[torch]"),
     (("jax", "flax"), "rmsnorm_conformance.impl.jax_rmsnorm", ("numpy_cpu", "flax_cpu"), "[jax]"),
     (("flax",), "rmsnorm_conformance.impl.jax_rmsnorm", ("flax_cpu",), "[jax]"),
@@ -92,17 +94,47 @@ def test_entry_points_registered_and_load():
     (("keras",), "rmsnorm_conformance.impl.keras_rmsnorm", ("ops_cpu", "layer_cpu"), "[keras]"),
     (("onnxruntime",), "rmsnorm_conformance.impl.onnx_rmsnorm", ("cpu",), "[onnx]"),
     (("equinox",), "rmsnorm_conformance.impl.equinox_rmsnorm", ("cpu",), "[equinox]"),
-])
-def test_imports_without_framework_and_names_the_extra(blocked, module, attrs, extra):
+]
+
+#: One fresh interpreter for every case of WITHOUT: before each case the modules it imported
+#: are forgotten again (sys.modules as it was), so each adapter module is imported anew with
+#: only that case's frameworks absent (``sys.modules[name] = None``: ``import name`` raises).
+_WITHOUT_PROGRAM = """
+import json, sys
+import rmsnorm_conformance.protocol       # the core (NumPy): imported once, never forgotten
+cases, found = json.loads(sys.argv[1]), []
+for blocked, module, attrs in cases:
+    before = dict(sys.modules)
+    sys.modules.update({name: None for name in blocked})
+    try:
+        adapters = __import__(module, fromlist=["_"])
+        found.append([getattr(adapters, name).unavailable_reason() for name in attrs])
+    finally:
+        sys.modules.clear()
+        sys.modules.update(before)
+print(json.dumps(found))
+"""
+
+
+@pytest.fixture(scope="module")
+def reasons_without():
+    """unavailable_reason() of each adapter of each WITHOUT case, from one subprocess."""
+    cases = json.dumps([[blocked, module, attrs] for blocked, module, attrs, _ in WITHOUT])
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_PROGRAM, cases], capture_output=True,
+                         text=True, cwd=ROOT, check=True).stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("case", range(len(WITHOUT)),
+                         ids=[f"{module.rsplit('.', 1)[1]}-without-{'-'.join(blocked)}"
+                              for blocked, module, _, _ in WITHOUT])
+def test_imports_without_framework_and_names_the_extra(reasons_without, case):
     """With the framework absent the adapter module still imports, and unavailable_reason()
     names the extra to install."""
-    code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
-            f"import {module} as a\n"
-            f"for name in {attrs!r}: print(getattr(a, name).unavailable_reason())\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, check=True).stdout.strip().splitlines()
-    assert len(out) == len(attrs) and all("is not installed" in line and extra in line
-                                          for line in out), out
+    _, _, attrs, extra = WITHOUT[case]
+    out = reasons_without[case]
+    assert len(out) == len(attrs) and all(
+        line and "is not installed" in line and extra in line for line in out), out
 
 
 @needs_torch

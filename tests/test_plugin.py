@@ -1,9 +1,9 @@
 """The pytest plugin itself (conformance/plugin.py, registry.py, report.py), run end to end as a
 user runs it.
 
-Each test starts a small inner pytest session in a subprocess (``pytester.runpytest_subprocess``)
-with ``tests/plugin_fixtures`` on PYTHONPATH, where the fake distribution ``fake_rmsnorm_impls``
-0.1 registers adapters in the entry-point group ``rmsnorm_conformance.implementations``:
+The tests read small inner pytest sessions, run in a subprocess (``Project.run``) with
+``tests/plugin_fixtures`` on PYTHONPATH, where the fake distribution ``fake_rmsnorm_impls`` 0.1
+registers adapters in the entry-point group ``rmsnorm_conformance.implementations``:
 
     fake-good         a correct NumPy float32 RMSNorm
     fake-raises       raises RuntimeError
@@ -19,6 +19,12 @@ The inner sessions run real conformance tests (imported into a small inner test 
 (SHOULD) whose property has a bug of its own (KeyError), TST-8 (SHOULD) and TST-9 (MAY) that are
 never met.
 
+Most tests read one shared session (``shared``: every fake, the clauses DTY-*, ACC-1, IMP-1 and
+TST-*, the results written, a terminal 60 columns wide), started once per process that runs
+them, so the quick tier costs one inner session instead of one per test; the variants that need
+a session of their own (usage errors, one implementation alone, --rmsnorm-strict-should, -n and
+--tx) are slow self-tests.
+
 IMP-1: loading and selection. IMP-2: adapter errors fail the clause being checked, with a short
 message naming the implementation and a repro, and the run goes on. IMP-3: statuses, the table,
 the results document, the exit status, clause selection.
@@ -26,18 +32,18 @@ the results document, the exit status, clause selection.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
 import re
+import subprocess
 import sys
 
 import pytest
 
 from rmsnorm_conformance.conformance.marks import clause
 from tests import endtable
-
-pytest_plugins = ["pytester"]
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "plugin_fixtures"
 DIST = "fake_rmsnorm_impls 0.1"
@@ -112,27 +118,84 @@ BASE_ARGS = ("-p", "no:cacheprovider", "--assert=plain", "--hypothesis-profile=p
              "-rA")
 
 
+@dataclasses.dataclass
+class Inner:
+    """What an inner session printed and returned (the parts of pytester's RunResult these tests
+    read), so that one session can be shared by several tests."""
+    ret: int
+    outlines: list[str]
+    errlines: list[str]
+
+    @property
+    def stdout(self) -> pytest.LineMatcher:
+        return pytest.LineMatcher(self.outlines)
+
+    @property
+    def stderr(self) -> pytest.LineMatcher:
+        return pytest.LineMatcher(self.errlines)
+
+    def parseoutcomes(self) -> dict[str, int]:
+        return pytest.RunResult.parse_summary_nouns(self.outlines)
+
+
+class Project:
+    """A folder holding the inner test module and conftest, where inner sessions run in a
+    subprocess against the fake distribution."""
+
+    def __init__(self, folder: pathlib.Path):
+        self.path = folder
+        (folder / "pytest.ini").write_text(
+            "[pytest]\nfilterwarnings = error::pytest.PytestUnknownMarkWarning\n")
+        (folder / "conftest.py").write_text(INNER_CONFTEST)
+        (folder / "test_inner.py").write_text(INNER_TESTS)
+
+    def run(self, *args, columns: int | None = None, timeout: float = 90) -> Inner:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT",
+                            "PYTEST_XDIST_TESTRUNUID", "PYTEST_PLUGINS", "PYTEST_ADDOPTS")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(FIXTURES), os.environ.get("PYTHONPATH", "")) if p)
+        env["RMSNORM_CONFORMANCE_ARTIFACTS"] = str(self.path / "artifacts")
+        if columns is not None:
+            env["COLUMNS"] = str(columns)
+        proc = subprocess.run([sys.executable, "-m", "pytest", f"--basetemp={self.path / 'tmp'}",
+                               *BASE_ARGS, *args], cwd=self.path, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        return Inner(proc.returncode, proc.stdout.splitlines(), proc.stderr.splitlines())
+
+
 @pytest.fixture
-def inner(pytester, monkeypatch):
-    """Run an inner pytest session in a subprocess against the fake distribution."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(FIXTURES), os.environ.get("PYTHONPATH", "")) if p))
-    monkeypatch.setenv("RMSNORM_CONFORMANCE_ARTIFACTS", str(pytester.path / "artifacts"))
-    for var in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID",
-                "PYTEST_PLUGINS"):
-        monkeypatch.delenv(var, raising=False)
-    pytester.makeini("[pytest]\nfilterwarnings = error::pytest.PytestUnknownMarkWarning\n")
-    pytester.makeconftest(INNER_CONFTEST)
-    pytester.makepyfile(test_inner=INNER_TESTS)
-
-    def run(*args, timeout=90):
-        return pytester.runpytest_subprocess(*BASE_ARGS, *args, timeout=timeout)
-
-    return run
+def inner(tmp_path):
+    """Run an inner session of its own (the variants the shared session cannot show)."""
+    return Project(tmp_path).run
 
 
 def impl_args(*ids):
     return [a for i in ids for a in ("--rmsnorm-impl", i)]
+
+
+#: The shared session: every fake adapter (fake-unavailable and fake-broken included), the
+#: clauses below selected with --rmsnorm-clause (globs), the results written, a terminal 60
+#: columns wide (so the table is split), no -n. Most tests below read this one session.
+ALL_IDS = ("fake-good", "fake-raises", "fake-shape", "fake-dtype", "fake-list", "fake-notimpl",
+           "fake-broken", "fake-unavailable")
+SHARED_CLAUSES = ("DTY-*", "ACC-1", "IMP-1", "TST-*")
+SHARED_WIDTH = 60
+#: the clauses (rows) those globs select from SPEC.md and the inner conftest, in SPEC.md order
+SELECTED = ["DTY-1", "DTY-2", "ACC-1", "IMP-1", "TST-7", "TST-8", "TST-9"]
+
+
+def shared_args(path: pathlib.Path) -> list[str]:
+    return [*impl_args(*ALL_IDS), *(a for c in SHARED_CLAUSES for a in ("--rmsnorm-clause", c)),
+            "--rmsnorm-results", str(path), "test_inner.py"]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """The shared session (run once per process that runs these tests) and its results path."""
+    project = Project(tmp_path_factory.mktemp("shared"))
+    path = project.path / "results" / "r.json"       # a folder that does not exist yet
+    return project.run(*shared_args(path), columns=SHARED_WIDTH), path
 
 
 def outcomes(result) -> dict[str, int]:
@@ -151,7 +214,7 @@ def status(cell: str) -> str:
 
 def failure_section(result, test_id: str) -> str:
     """The text of one test's entry in the FAILURES section."""
-    text = result.stdout.str()
+    text = "\n".join(result.outlines)
     m = re.search(r"^_+ " + re.escape(test_id) + r" _+$(.*?)(?=^_{3,} |^=+ )", text,
                   re.M | re.S)
     assert m, f"no failure section for {test_id}:\n{text}"
@@ -167,9 +230,9 @@ def results_doc(path: pathlib.Path) -> dict:
 
 # --- IMP-1: loading and selecting -----------------------------------------------------------
 
-
+@pytest.mark.slow_self_test
 @clause("IMP-1")
-def test_usage_errors_come_before_the_run(inner, pytester):
+def test_usage_errors_come_before_the_run(inner):
     """An unknown --rmsnorm-impl or --rmsnorm-clause is a usage error before anything is
     collected, naming what to pass instead."""
     result = inner(*impl_args("fake-good", "nope-*"), "test_inner.py")
@@ -184,10 +247,11 @@ def test_usage_errors_come_before_the_run(inner, pytester):
         result.stderr.str()
 
 
+@pytest.mark.slow_self_test
 @clause("IMP-6")
-def test_an_unwritable_results_path_is_a_usage_error(inner, pytester):
+def test_an_unwritable_results_path_is_a_usage_error(inner, tmp_path):
     """A results path that cannot be written is a usage error before anything is collected."""
-    blocker = pytester.path / "not-a-dir"
+    blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     result = inner("--rmsnorm-results", str(blocker / "r.json"), "test_inner.py")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -196,23 +260,38 @@ def test_an_unwritable_results_path_is_a_usage_error(inner, pytester):
 
 
 @clause("IMP-1")
-def test_broken_entry_point_alone_is_an_imp1_failure(inner):
-    """Selected alone, a broken entry point fails IMP-1 (named with its distribution); its other
-    clauses are skipped with that reason; no internal error."""
-    result = inner(*impl_args("fake-broken"), "-k", "IMP-1 or DTY-1", "test_inner.py")
+def test_broken_entry_point_is_an_imp1_failure(shared):
+    """A broken entry point fails IMP-1 (named with its distribution); its other clauses are
+    skipped with that reason; no internal error; the others run."""
+    result, _ = shared
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     out = result.stdout.str() + result.stderr.str()
     assert "INTERNALERROR" not in out
     section = failure_section(result, "test_entry_point_loads[fake-broken]")
     assert (f"entry point fake-broken = {BROKEN_VALUE} from distribution {DIST} failed to load: "
-            f"{BROKEN_ERROR}") in section
+            f"{BROKEN_ERROR}") in " ".join(section.split())
     t = table(result)
     assert t.cells[("IMP-1", "fake-broken")].startswith("FAIL")
-    assert t.note(("DTY-1", "fake-broken")) == \
-        f"skip: not loaded ({BROKEN_ERROR}; IMP-1)"
+    for row in SELECTED:
+        if row != "IMP-1":
+            assert t.note((row, "fake-broken")) == \
+                f"skip: not loaded ({BROKEN_ERROR}; IMP-1) (fake-broken)"
     assert f"BROKEN implementation fake-broken = {BROKEN_VALUE}: {BROKEN_ERROR}" in out
+    assert t.cells[("IMP-1", "fake-good")] == "pass"
 
 
+@pytest.mark.slow_self_test
+@clause("IMP-1")
+def test_broken_entry_point_alone_fails_the_run_cleanly(inner):
+    """Selected alone, a broken entry point still gives a run that fails (IMP-1) with a table,
+    not an internal error."""
+    result = inner(*impl_args("fake-broken"), "-k", "IMP-1 or DTY-1", "test_inner.py")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert table(result).cells[("IMP-1", "fake-broken")].startswith("FAIL")
+
+
+@pytest.mark.slow_self_test
 @clause("IMP-1")
 def test_selected_implementation_that_cannot_run_fails_the_run(inner):
     """A CI job selecting an implementation that is unavailable here must not pass: exit 5
@@ -222,6 +301,18 @@ def test_selected_implementation_that_cannot_run_fails_the_run(inner):
     assert "NOTHING TESTED for fake-unavailable: no fake accelerator here" in result.outlines
 
 
+@clause("IMP-3")
+def test_clause_globs_name_the_rows(shared):
+    """--rmsnorm-clause globs expand to SPEC.md's (and a conftest's) clause ids: the table's rows
+    and the results are the selected clauses, for every implementation (what they leave out:
+    test_clause_selection)."""
+    result, path = shared
+    assert sorted({c for c, _ in table(result).cells}, key=SELECTED.index) == SELECTED
+    assert {(r["clause"], r["impl"]) for r in results_doc(path)["results"]} == {
+        (c, i) for c in SELECTED for i in ALL_IDS}
+
+
+@pytest.mark.slow_self_test
 @clause("IMP-3")
 def test_clause_selection(inner):
     """--rmsnorm-clause (globs) and -k with a clause id select that clause's tests only."""
@@ -255,15 +346,12 @@ def repro_case(section: str):
 
 
 @clause("IMP-2")
-def test_adapter_errors_fail_the_clause_with_a_short_repro(inner, monkeypatch):
+def test_adapter_errors_fail_the_clause_with_a_short_repro(shared, monkeypatch):
     """Each broken adapter fails DTY-1 with the clause, the implementation, what went wrong and a
     runnable repro, and nothing of the suite's internals; the good one passes; plumbing that is
     not wired up (NotImplementedError) is an ERROR, not a verdict; a wrong dtype is DTY-1's
     alone (ACC-1 judges the values)."""
-    result = inner(*impl_args("fake-good", "fake-notimpl", *BAD), "-k", "DTY-1 or ACC-1",
-                   "test_inner.py")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    assert outcomes(result) == {"passed": 3, "failed": 9}
+    result, _ = shared
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     monkeypatch.syspath_prepend(str(FIXTURES))
     from fake_rmsnorm_impls import adapters
@@ -290,24 +378,21 @@ def test_adapter_errors_fail_the_clause_with_a_short_repro(inner, monkeypatch):
     # DTY-1 (about dtypes) and passes ACC-1, which judges its values rounded to float32
     assert status(t.cells[("ACC-1", "fake-dtype")]) == "pass", t.raw
     assert status(t.cells[("ACC-1", "fake-good")]) == "pass", t.raw
-    assert t.note(("DTY-1", "fake-notimpl")).startswith(
-        "ERROR: AdapterError: fake-notimpl: rms_norm is not implemented by the adapter")
+    for eid in ("fake-raises", "fake-shape", "fake-list"):
+        assert status(t.cells[("ACC-1", eid)]) == "FAIL", t.raw
+    for row in ("DTY-1", "ACC-1"):
+        assert t.note((row, "fake-notimpl")).startswith(
+            "ERROR: AdapterError: fake-notimpl: rms_norm is not implemented by the adapter")
 
 
 # --- IMP-3: statuses, the table, the results document --------------------------------------
 
-SHOULD_MAY = ("-k", "TST-7 or TST-8 or TST-9")
-
-
 @clause("IMP-3")
-def test_statuses_each_mean_one_thing(inner, pytester):
+def test_statuses_each_mean_one_thing(shared):
     """unmet (a SHOULD/MAY clause not met) carries its reason in the table, in -rx and in the
-    results; a property's own bug in a SHOULD clause is an ERROR that fails the run."""
-    path = pytester.path / "missing" / "dir" / "results.json"
-    result = inner(*impl_args("fake-good"), *SHOULD_MAY, "--rmsnorm-results", str(path),
-                   "test_inner.py")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED          # the ERROR, not the unmet ones
-    assert outcomes(result) == {"failed": 1, "xfailed": 2}
+    results; a property's own bug in a SHOULD clause is an ERROR; the results are written into a
+    folder that did not exist."""
+    result, path = shared
     result.stdout.fnmatch_lines_random([
         "XFAIL test_inner.py::test_should_clause[[]fake-good[]] - SHOULD clause TST-8 unmet by "
         "fake-good: optional behaviour missing",
@@ -315,74 +400,75 @@ def test_statuses_each_mean_one_thing(inner, pytester):
         "fake-good: optional feature missing",
     ])
     t = table(result)
-    assert t.note(("TST-8", "fake-good")) == "unmet: optional behaviour missing"
+    assert t.note(("TST-8", "fake-good")).startswith("unmet: optional behaviour missing (")
     assert t.note(("TST-7", "fake-good")).startswith(
         "ERROR: KeyError: \"a property's own bug\" (a defect of the suite")
-    data = results_doc(path)
-    got = {r["clause"]: (r["status"], r["reason"]) for r in data["results"]}
-    assert got["TST-8"] == ("unmet", "optional behaviour missing")
-    assert got["TST-9"] == ("unmet", "optional feature missing")
-    assert got["TST-7"][0] == "ERROR"
-    result = inner(*impl_args("fake-good"), "-k", "TST-8 or TST-9", "--rmsnorm-strict-should",
-                   "test_inner.py")
+    got = {(r["clause"], r["impl"]): (r["status"], r["reason"])
+           for r in results_doc(path)["results"]}
+    assert got["TST-8", "fake-good"] == ("unmet", "optional behaviour missing")
+    assert got["TST-9", "fake-good"] == ("unmet", "optional feature missing")
+    assert got["TST-7", "fake-good"][0] == "ERROR"
+
+
+@pytest.mark.slow_self_test
+@clause("IMP-3")
+def test_unmet_clauses_pass_the_run_unless_strict(inner):
+    """A run whose only findings are unmet SHOULD/MAY clauses passes; with
+    --rmsnorm-strict-should the same run fails, with those cells FAIL; a property's own bug
+    (ERROR) fails it either way."""
+    args = (*impl_args("fake-good"), "-k", "TST-8 or TST-9", "test_inner.py")
+    result = inner(*args)
+    assert result.ret == pytest.ExitCode.OK
+    assert outcomes(result) == {"xfailed": 2}
+    result = inner(*args, "--rmsnorm-strict-should")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert {k: status(v) for k, v in table(result).cells.items()} == {
         ("TST-8", "fake-good"): "FAIL", ("TST-9", "fake-good"): "FAIL"}
-
-
-#: --rmsnorm-impl selection and expected table (serial and xdist) for the full inner suite.
-FULL_IDS = ("fake-good", "fake-raises", "fake-unavailable", "fake-broken")
-#: the columns: fake-unavailable skipped every clause, so it is listed under the table instead
-SHOWN_IDS = ("fake-broken", "fake-good", "fake-raises")
-FULL_TABLE_CELLS = {    # rows in SPEC.md order; notes numbered as they first appear
-    "DTY-1": ["skip [1]", "pass", "FAIL [2]"],
-    "DTY-2": ["skip [1]", "skip [3]", "skip [3]"],
-    "ACC-1": ["skip [1]", "pass {ratio}", "FAIL [2]"],     # the same reason as DTY-1's: [2]
-    "IMP-1": ["FAIL [4]", "pass", "pass"],
-}
-
-
-#: how the tests are distributed: in-process, xdist's workers, and execnet gateways (--tx, the
-#: way one run is spread over several hosts: ``--tx ssh=host//python=...`` instead of popen)
-DISTRIBUTIONS = {"serial": ["-n", "0"], "xdist": ["-n", "2"],
-                 "tx": ["--dist", "load", "--tx", f"2*popen//python={sys.executable}"]}
+    result = inner(*impl_args("fake-good"), "-k", "TST-7", "test_inner.py")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert outcomes(result) == {"failed": 1}
 
 
 @clause("IMP-3")
-@pytest.mark.parametrize("how", [pytest.param(h, marks=[pytest.mark.slow_self_test] if h != "serial" else []) for h in DISTRIBUTIONS])
-def test_table_and_results_identical_with_and_without_xdist(inner, pytester, how):
+def test_table_and_results_complete(shared):
     """The table (titles, legend, shared notes, the implementation that tested nothing listed
-    under it) and the results document are complete and the same whether the tests run
-    in-process, in xdist workers or through execnet gateways; the results validate against the
-    schema and keep every implementation; a cell's number is its worst error / bound."""
+    under it) and the results document are complete; the results validate against the schema
+    and keep every implementation; a cell's number is its worst error / bound."""
     from rmsnorm_conformance.conformance.results import format_ratio
 
-    path = pytester.path / f"r-{how}.json"
-    result = inner(*impl_args(*FULL_IDS), *DISTRIBUTIONS[how], "-k", "IMP-1 or DTY or ACC-1",
-                   "--rmsnorm-results", str(path), "test_inner.py")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result, path = shared
     t = table(result)
-    assert t.impls == list(SHOWN_IDS)
+    shown = [i for i in ALL_IDS if i != "fake-unavailable"]
+    assert sorted(t.impls) == sorted(shown)
+    assert set(t.cells) == {(c, i) for c in SELECTED for i in shown}
     data = results_doc(path)
     by_key = {(r["clause"], r["impl"]): r for r in data["results"]}
     good = by_key[("ACC-1", "fake-good")]
     assert good["examples"] > 0 and good["worst"]["ratio"] <= 1
     ratio = format_ratio(good["worst"]["ratio"])
     assert re.fullmatch(r"(0\.\d\d|1\.00|<0\.01)x", ratio), ratio
-    assert {c: [t.cells[c, i] for i in SHOWN_IDS] for c in FULL_TABLE_CELLS} == {
-        c: [v.format(ratio=ratio) for v in row] for c, row in FULL_TABLE_CELLS.items()}
-    assert len(t.cells) == len(FULL_TABLE_CELLS) * len(SHOWN_IDS)
-    assert t.notes["3"] == "skip: does not declare capability mixed='promote' " \
-                           "(fake-good, fake-raises)"
-    assert t.notes["2"].startswith("FAIL: rms_norm raised RuntimeError: fake kernel exploded")
-    assert t.notes["5"] == "unavailable: no fake accelerator here"
+    assert t.cells[("ACC-1", "fake-good")] == f"pass {ratio}"
+    assert t.cells[("IMP-1", "fake-good")] == "pass"
+    # a note shared by every cell with that reason: DTY-2's skip, ACC-1's and DTY-1's exception
+    assert t.note(("DTY-2", "fake-good")) == t.note(("DTY-2", "fake-raises")) == (
+        "skip: does not declare capability mixed='promote' (fake-dtype, fake-good, fake-list, "
+        "fake-notimpl, fake-raises, fake-shape)")
+    assert t.cells[("DTY-1", "fake-raises")] == t.cells[("ACC-1", "fake-raises")]
+    assert t.note(("DTY-1", "fake-raises")).startswith(
+        "FAIL: rms_norm raised RuntimeError: fake kernel exploded")
+    numbers = [int(m) for c in t.cells.values() for m in re.findall(r"\[(\d+)\]$", c)]
+    assert sorted(t.notes, key=int) == [str(k) for k in range(1, len(t.notes) + 1)]
+    assert set(map(str, numbers)) | {n for n, text in t.notes.items()
+                                     if text.startswith("unavailable")} == set(t.notes)
+    unavailable = next(n for n, text in t.notes.items() if text.startswith("unavailable"))
+    assert t.notes[unavailable] == "unavailable: no fake accelerator here"
     assert t.line("Not in the table") == \
-        "Not in the table (nothing tested: every clause skipped): fake-unavailable [5]."
+        f"Not in the table (nothing tested: every clause skipped): fake-unavailable [{unavailable}]."
     legend = t.line("Cells:")
     assert "x = worst error / bound" in legend and "FAIL = a MUST clause not met" in legend
     assert "- = not checked" in legend
     assert result.outlines.count(t.headers[0]) == 1       # printed once, by the controller
-    assert set(data["implementations"]) == set(FULL_IDS)
+    assert set(data["implementations"]) == set(ALL_IDS)
     assert data["implementations"]["fake-broken"]["state"] == "broken"
     assert data["implementations"]["fake-unavailable"]["reason"] == "no fake accelerator here"
     assert data["implementations"]["fake-good"]["distribution"] == {
@@ -396,26 +482,52 @@ def test_table_and_results_identical_with_and_without_xdist(inner, pytester, how
     assert bad["reason"].startswith("rms_norm raised RuntimeError: fake kernel exploded")
 
 
+#: how the tests are distributed besides in-process: xdist's workers, and execnet gateways
+#: (--tx, the way one run is spread over several hosts: ``--tx ssh=host//python=...``)
+DISTRIBUTIONS = {"xdist": ["-n", "2"],
+                 "tx": ["--dist", "load", "--tx", f"2*popen//python={sys.executable}"]}
+
+
+def _verdicts(data: dict) -> dict:
+    """What a results document says about each cell (not when, where or how long)."""
+    return {(r["clause"], r["impl"]): {k: v for k, v in r.items() if k != "time_s"}
+            for r in data["results"]}
+
+
+@pytest.mark.slow_self_test
 @clause("IMP-3")
-def test_table_fits_the_terminal(inner, monkeypatch, pytester):
+@pytest.mark.parametrize("how", DISTRIBUTIONS)
+def test_table_and_results_identical_with_and_without_xdist(shared, tmp_path, how):
+    """The shared session run in xdist workers or through execnet gateways prints the same
+    table (cells, notes, the lines under it) and writes the same results as in-process."""
+    serial, serial_path = shared
+    path = tmp_path / "r.json"
+    result = Project(tmp_path).run(*shared_args(path), *DISTRIBUTIONS[how],
+                                   columns=SHARED_WIDTH)
+    assert result.ret == serial.ret
+    got, want = table(result), table(serial)
+    assert (got.cells, got.notes, got.under, got.headers) == \
+        (want.cells, want.notes, want.under, want.headers)
+    data, want_data = results_doc(path), results_doc(serial_path)
+    assert _verdicts(data) == _verdicts(want_data)
+    assert data["implementations"].keys() == want_data["implementations"].keys()
+
+
+@clause("IMP-3")
+def test_table_fits_the_terminal(shared):
     """A table wider than the terminal is split into tables of columns, each line within the
     terminal's width (pytest's, here COLUMNS=60), each column once, every row in each table;
     the results document keeps everything."""
-    ids = ("fake-good", "fake-raises", "fake-shape", "fake-dtype", "fake-list", "fake-notimpl",
-           "fake-broken", "fake-unavailable")
-    monkeypatch.setenv("COLUMNS", "60")
-    path = pytester.path / "r.json"
-    result = inner(*impl_args(*ids), "-k", "DTY-1 or IMP-1", "--rmsnorm-results", str(path),
-                   "test_inner.py")
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result, path = shared
     t = table(result)
     assert len(t.headers) > 1, t.raw
-    assert all(len(line) <= 60 for line in t.raw), [line for line in t.raw if len(line) > 60]
-    assert sorted(t.impls) == sorted(set(ids) - {"fake-unavailable"})
+    assert all(len(line) <= SHARED_WIDTH for line in t.raw), \
+        [line for line in t.raw if len(line) > SHARED_WIDTH]
     shown = [h.split()[3:] if "title" in h.split() else h.split()[2:] for h in t.headers]
     assert sorted(sum(shown, [])) == sorted(t.impls)                # each column once
+    assert all(len([c for c in t.cells if c[1] == i]) == len(SELECTED) for i in t.impls)
     data = results_doc(path)
-    assert {r["impl"] for r in data["results"]} == set(ids)
+    assert {r["impl"] for r in data["results"]} == set(ALL_IDS)
     assert {k: status(v) for k, v in t.cells.items()} == {
         (r["clause"], r["impl"]): r["status"] for r in data["results"]
         if r["impl"] != "fake-unavailable"}

@@ -48,11 +48,13 @@ def diff(capsys, *args):
     return rc, capsys.readouterr().out
 
 
+@pytest.mark.slow_self_test          # inner pytest sessions
 def test_a_result_against_itself_is_no_regression(clean, capsys):
     rc, out = diff(capsys, clean, clean)
     assert rc == 0, out
 
 
+@pytest.mark.slow_self_test          # inner pytest sessions
 def test_a_baseline_better_than_reality_names_the_regression(clean, tmp_path, capsys):
     better = results.load(clean)
     acc = next(r for r in better.results if r.clause == "ACC-1")
@@ -69,6 +71,7 @@ def test_a_baseline_better_than_reality_names_the_regression(clean, tmp_path, ca
     assert diff(capsys, path, clean)[0] == 0          # the default margin absorbs half an ulp
 
 
+@pytest.mark.slow_self_test          # inner pytest sessions
 def test_a_planted_fault_against_the_clean_baseline_names_the_clause(clean, tmp_path, capsys):
     faulty = _run(tmp_path, "faulty", fault="eps-ignored")
     rc, out = diff(capsys, clean, faulty)

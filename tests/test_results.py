@@ -219,6 +219,33 @@ def test_load_reports_every_bad_file_in_one_line(tmp_path):
         assert path in msg, (name, msg)
 
 
+def test_a_text_read_again_is_validated_once_and_a_changed_one_again(tmp_path, monkeypatch):
+    """load_json validates a document's text once per process (the schema's validation is the
+    slow part of reading a baseline): the same text read again, from any path, is parsed and
+    handed out fresh without validating; a text that differs in one byte is validated (and an
+    invalid one refused) however often a similar one was read."""
+    calls = []
+    real = results.validate
+    monkeypatch.setattr(results, "validate", lambda doc: calls.append(1) or real(doc))
+    monkeypatch.setattr(results, "_CHECKED", set())
+    doc = good()
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    results.write_atomic(first, doc)
+    second.write_bytes(first.read_bytes())
+    calls.clear()                                 # write_atomic validated what it wrote
+    one = results.load_json(first)
+    one["results"].clear()                        # the caller's copy is its own
+    assert results.load_json(second) == doc and len(calls) == 1
+    invalid = copy.deepcopy(doc)
+    invalid["results"][0]["status"] = "ok"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(invalid))
+    for _ in range(2):
+        with pytest.raises(ResultsError, match="is not one of"):
+            results.load_json(bad)
+    assert len(calls) == 3
+
+
 def test_load_round_trips_write_atomic(tmp_path):
     doc = good()
     doc["results"][0]["worst"]["error_ulps"] = float("inf")     # an infinite error survives

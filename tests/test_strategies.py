@@ -191,6 +191,7 @@ def test_informative_exponents_keep_rows_informative():
                             seed=1).x_values(dtype).astype(np.float64)
                 assert np.all(np.isfinite(x))
                 assert np.sum(x * x, axis=-1).max() < 2.0 ** 118
-                low = cs.Plan(x_dtype=dtype, d=d, lead=(64,), exp=lo, eps=eps, spread=0,
+                rows = min(64, max(2, 2 ** 16 // d))     # 64 rows, or at least 2**16 values
+                low = cs.Plan(x_dtype=dtype, d=d, lead=(rows,), exp=lo, eps=eps, spread=0,
                               seed=1).x_values(dtype).astype(np.float64)
                 assert np.mean(low * low) >= eps / 16 * 0.5, (dtype, d, eps)
