@@ -156,6 +156,8 @@ class Project:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(FIXTURES), os.environ.get("PYTHONPATH", "")) if p)
         env["RMSNORM_CONFORMANCE_ARTIFACTS"] = str(self.path / "artifacts")
+        # as pytester does: no colours (the output is parsed), no user configuration
+        env.update(PY_COLORS="0", HOME=str(self.path), USERPROFILE=str(self.path))
         if columns is not None:
             env["COLUMNS"] = str(columns)
         proc = subprocess.run([sys.executable, "-m", "pytest", f"--basetemp={self.path / 'tmp'}",
