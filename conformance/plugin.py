@@ -57,6 +57,10 @@ def pytest_addoption(parser):
                     help="where inputs too large to print are saved on a failure (default: "
                          ".rmsnorm-conformance/ under pytest's rootdir; the environment "
                          "variable RMSNORM_CONFORMANCE_ARTIFACTS overrides)")
+    group.addoption("--rmsnorm-cache", metavar="DIR", default=None,
+                    help="where adapters keep what they build between runs, such as JAX's "
+                         "compiled programs (default: cache/ in the --rmsnorm-artifacts "
+                         "folder); give several checkouts, or CI, one folder to compile once")
     group.addoption("--rmsnorm-coverage", action="store_true",
                     help="record every input the properties send to each implementation and "
                          "print, per property, the examples, the informative ones and the "
@@ -71,7 +75,8 @@ def pytest_addoption(parser):
 
 #: The options' defaults: any other value given means the session asks for the suite.
 _DEFAULTS = {"rmsnorm_impl": [], "rmsnorm_clause": [], "rmsnorm_strict_should": False,
-             "rmsnorm_results": None, "rmsnorm_artifacts": None, "rmsnorm_coverage": False,
+             "rmsnorm_results": None, "rmsnorm_artifacts": None, "rmsnorm_cache": None,
+             "rmsnorm_coverage": False,
              "rmsnorm_isolation": "process", "rmsnorm_call_timeout": 30.0}
 
 

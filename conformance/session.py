@@ -113,6 +113,7 @@ class Run:
     opt_in: list             # opt-in implementations left out (not selected)
     profile: str
     artifacts: pathlib.Path
+    cache: pathlib.Path      # offered to supervised adapters (protocol.cache_dir)
     collector: report.Collector = None
 
     @classmethod
@@ -134,9 +135,10 @@ class Run:
             config.option.rmsnorm_results = str(_writable_target(results))
         artifacts = pathlib.Path(os.environ.get(ARTIFACTS_ENV) or option("rmsnorm_artifacts")
                                  or config.rootpath / ".rmsnorm-conformance").resolve()
+        cache = pathlib.Path(option("rmsnorm_cache") or artifacts / "cache").expanduser().resolve()
         profile = option("hypothesis_profile", None) or profiles.DEFAULT
         profiles.register()
-        run = cls(config, entries, opt_in, profile, artifacts)
+        run = cls(config, entries, opt_in, profile, artifacts, cache)
         run.collector = report.Collector(config, entries, run.load)
         config.stash[RUN] = run
         config.pluginmanager.register(sys.modules[__name__], "rmsnorm-conformance-fixtures")
@@ -146,7 +148,7 @@ class Run:
     def load(self, entry) -> registry.Entry:
         option = self.config.getoption
         return entry.load(option("rmsnorm_isolation"), option("rmsnorm_call_timeout"),
-                          str(self.artifacts / "cache"))
+                          str(self.cache))
 
     def prestart(self) -> None:
         """In a run without xdist, the first implementation's process is started before
@@ -157,8 +159,7 @@ class Run:
         if (self.entries and option("rmsnorm_isolation") == "process"
                 and not option("collectonly") and not hasattr(self.config, "workerinput")
                 and not option("numprocesses", None)):
-            self.entries[0].prestart(option("rmsnorm_call_timeout"),
-                                     str(self.artifacts / "cache"))
+            self.entries[0].prestart(option("rmsnorm_call_timeout"), str(self.cache))
 
     # ---- reporting ---------------------------------------------------------------------------
     def header_lines(self) -> list[str]:

@@ -43,9 +43,10 @@ CACHE_ENV = "RMSNORM_CONFORMANCE_CACHE"
 
 def cache_dir(name: str) -> pathlib.Path | None:
     """A directory where an adapter may keep what it builds between runs (compiled programs),
-    ``<artifacts>/cache/<name>`` (``--rmsnorm-artifacts``, default ``.rmsnorm-conformance``),
-    created; None when the adapter runs in the caller's process (``--rmsnorm-isolation none``
-    or imported directly), where process-wide settings are the caller's to make."""
+    ``<cache>/<name>``, created: ``--rmsnorm-cache`` (default ``cache`` in the
+    ``--rmsnorm-artifacts`` folder, ``.rmsnorm-conformance``); None when the adapter runs in the
+    caller's process (``--rmsnorm-isolation none`` or imported directly), where process-wide
+    settings are the caller's to make."""
     root = os.environ.get(CACHE_ENV)
     if not root:
         return None

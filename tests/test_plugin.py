@@ -189,7 +189,7 @@ SELECTED = ["DTY-1", "DTY-2", "ACC-1", "IMP-1", "TST-7", "TST-8", "TST-9"]
 
 def shared_args(path: pathlib.Path) -> list[str]:
     return [*impl_args(*ALL_IDS), *(a for c in SHARED_CLAUSES for a in ("--rmsnorm-clause", c)),
-            "--rmsnorm-results", str(path), "test_inner.py"]
+            "--rmsnorm-results", str(path), "--rmsnorm-cache", "programs", "test_inner.py"]
 
 
 @pytest.fixture(scope="module")
@@ -482,6 +482,19 @@ def test_table_and_results_complete(shared):
     assert set(good["dtypes"]) == {"float32"}
     bad = by_key[("ACC-1", "fake-raises")]
     assert bad["reason"].startswith("rms_norm raised RuntimeError: fake kernel exploded")
+
+
+@clause("IMP-8")
+def test_adapters_are_offered_the_cache_folder_given(shared):
+    """``--rmsnorm-cache DIR`` (relative: to the folder pytest runs in) is where a supervised
+    adapter is offered to keep what it builds between runs (``protocol.cache_dir``), instead of
+    ``cache/`` in the artifacts folder."""
+    _, path = shared
+    project = path.parent.parent
+    env = results_doc(path)["implementations"]["fake-good"]["environment"]
+    assert env["cache"] == str(project.resolve() / "programs" / "fake")
+    assert (project / "programs" / "fake").is_dir()
+    assert not (project / "artifacts" / "cache").exists()
 
 
 #: how the tests are distributed besides in-process: xdist's workers, and execnet gateways

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from rmsnorm_conformance import reference
-from rmsnorm_conformance.protocol import Capabilities, Implementation
+from rmsnorm_conformance.protocol import Capabilities, Implementation, cache_dir
 
 CAPS = Capabilities(dtypes=("float32",), weight_none=True)
 
@@ -27,6 +27,10 @@ def _rms_norm(x, weight, eps):
 
 class Good(Implementation):
     capabilities = CAPS
+
+    def environment(self):
+        """The folder it is offered for what it builds (tests/test_plugin.py: --rmsnorm-cache)."""
+        return {"framework": "fake", "cache": str(cache_dir("fake"))}
 
     def rms_norm(self, x, weight, eps, layout=None):
         return _rms_norm(x, weight, eps)
